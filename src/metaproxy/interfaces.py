@@ -1,0 +1,150 @@
+# -*- test-case-name: metaproxy.test.test_interfaces -*-
+"""
+The seams between metaproxy's parts.
+
+Each interface is implemented by a real component and by an in-package fake
+(under L{metaproxy.testing}); both are checked with C{verifyObject}.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IRouteTable(Interface):
+    """
+    Knows which Pegasus cluster owns each table.
+
+    Implemented by the ZooKeeper-backed registry and by the static C{routes:}
+    map of the embedded default.
+    """
+
+    def lookup(table):
+        """
+        Find the route of C{table}.
+
+        @param table: the table name as the client sent it.
+        @type table: L{str}
+
+        @return: a L{Deferred} that fires with a L{metaproxy.route.Route}, or
+            fails with L{metaproxy.errors.TableNotFound} (no such table is
+            configured), L{metaproxy.errors.InvalidRoute} (the table's route
+            data is malformed) or L{metaproxy.errors.RouteUnavailable} (the
+            route source cannot be read right now and nothing is cached).
+            It never fails with anything else and never hangs longer than the
+            route source's own timeout.
+        """
+
+    def is_ready():
+        """
+        @return: L{True} once the route source is usable (for ZooKeeper: a
+            session was established at least once).
+        """
+
+    def clusters():
+        """
+        @return: the L{frozenset} of L{metaproxy.route.MetaAddrs} referenced
+            by the routes currently cached; pools for any other meta set may
+            be closed once idle.
+        """
+
+    def describe():
+        """
+        @return: a L{list} of L{dict}, one per cached table, JSON-ready:
+            C{table}, C{cluster_name}, C{meta_addrs} (list of str), C{state}
+            (C{"ok"}, C{"missing"}, C{"invalid"}, C{"loading"}), C{age}
+            (seconds since last confirmed from the source), C{stale} (bool),
+            C{error} (str or None).
+        """
+
+
+class IMetaCluster(Interface):
+    """
+    One Pegasus cluster's meta servers, reached through pooled connections.
+
+    Follows the leader itself: C{ERR_FORWARD_TO_OTHERS} never comes out.
+    """
+
+    meta_addrs = Attribute("The L{metaproxy.route.MetaAddrs} of this cluster.")
+
+    def query_config(app_name, partition_indices, timeout):
+        """
+        Ask the cluster's leader for a table's partition configuration.
+
+        @param app_name: the table name.
+        @type app_name: L{str}
+        @param partition_indices: the partition indices the client asked for
+            (empty means all).
+        @type partition_indices: L{tuple} of L{int}
+        @param timeout: seconds this call may take at most.
+        @type timeout: L{float}
+
+        @return: a L{Deferred} firing with a L{metaproxy.wire.frame.Response}
+            whose rpc error is not a forward and whose body (for rpc
+            C{ERR_OK}) is a query_cfg result that is not
+            C{ERR_FORWARD_TO_OTHERS}; or failing with
+            L{metaproxy.errors.BackendUnavailable} when no meta answered in
+            time. It always fires within C{timeout} (plus scheduling slack).
+        """
+
+    def close():
+        """
+        Close every connection and stop reconnecting.
+
+        Pending calls fail with L{metaproxy.errors.BackendUnavailable}.
+
+        @return: a L{Deferred} that fires once every connection is closed.
+        """
+
+
+class IClusterPools(Interface):
+    """
+    Hands out one L{IMetaCluster} per distinct set of meta addresses.
+    """
+
+    def get(meta_addrs):
+        """
+        @param meta_addrs: a L{metaproxy.route.MetaAddrs}.
+        @return: the L{IMetaCluster} for that set, created on first use.
+        """
+
+    def close():
+        """
+        Close every pool. @return: a L{Deferred} fired when all are closed.
+        """
+
+
+class IRequestHandler(Interface):
+    """
+    Answers decoded Pegasus requests for the server-side protocol.
+    """
+
+    def handle(request, connection):
+        """
+        Answer one request.
+
+        @param request: the decoded request.
+        @type request: L{metaproxy.wire.frame.Request}
+        @param connection: an opaque object identifying the client
+            connection (for per-connection state such as framing version).
+
+        @return: a L{metaproxy.wire.frame.Reply}, or a L{Deferred} firing
+            with one. A failure is turned into an C{ERR_UNKNOWN}-free
+            rpc-level error reply by the protocol; it never escapes.
+        """
+
+
+class IMetricsReporter(Interface):
+    """
+    A way of getting metrics out of the process (Prometheus scrape,
+    Open-Falcon push, or a site's own), discovered with L{twisted.plugin}.
+    """
+
+    name = Attribute("The C{metric.type} value that selects this reporter.")
+
+    def makeService(metrics, config, reactor):
+        """
+        @param metrics: the process's L{metaproxy.metrics.Metrics}.
+        @param config: the loaded L{metaproxy.config.MetricConfig}.
+        @param reactor: the reactor to run on.
+        @return: an L{twisted.application.service.IService} that reports, or
+            L{None} if this reporter only contributes admin HTTP resources.
+        """

@@ -1,0 +1,1 @@
+"""Tests for metaproxy, run with ``trial metaproxy``."""
