@@ -1,0 +1,234 @@
+# -*- test-case-name: metaproxy.test.test_resolver -*-
+"""
+The query_cfg path: route the table, ask its cluster, relay the answer.
+
+Identical queries are coalesced *with freshness*: per (cluster, table,
+partition_indices) at most one upstream query is in flight, plus one queued
+batch. A request that arrives while a query is in flight waits for the next
+one, so every answer was computed after its request arrived. This is what
+absorbs the herd when an operator switches a table and every client
+re-queries at once.
+"""
+
+import time
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from metaproxy import errors
+from metaproxy.wire import codes, querycfg
+from metaproxy.wire.frame import Reply
+
+log = Logger()
+
+#: Go clients compute client_timeout as uint32(ns)/1e6, which wraps for
+#: deadlines above 4.29 s; anything longer than this is not a real deadline.
+_MAX_SANE_CLIENT_TIMEOUT_MS = 3_600_000
+
+
+def timeout_for(client_timeout_ms, default, maximum):
+    """
+    Choose how long a backend call may take for one request.
+
+    @param client_timeout_ms: the header's C{client_timeout} (0 when the
+        client sends none, as NodeJS and Go meta calls do).
+    @param default: seconds to use when the header gives no sane value.
+    @param maximum: the cap, in seconds.
+    @return: seconds, in C{(0, maximum]}.
+    """
+    if 0 < client_timeout_ms <= _MAX_SANE_CLIENT_TIMEOUT_MS:
+        return min(client_timeout_ms / 1000.0, maximum)
+    return min(default, maximum)
+
+
+def _error_reply(err):
+    return Reply(querycfg.error_result(err))
+
+
+_NOT_FOUND = _error_reply(codes.ERR_OBJECT_NOT_FOUND)
+_RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
+
+
+def relay_reply(response):
+    """
+    Turn a backend query_cfg response into the reply a THFT client gets.
+
+    The body is relayed as it came, minus the C{hp_*} fields old clients
+    cannot parse; an app-level error name some client would not know
+    becomes C{ERR_UNKNOWN}; a forward (which the pool must never return)
+    and any rpc-level error become the retryable C{ERR_SERVICE_NOT_ACTIVE}.
+
+    @param response: a L{metaproxy.wire.frame.Response}.
+    @return: a L{Reply}.
+    @raise metaproxy.wire.binary.DecodeError: if the body is malformed.
+    """
+    if response.rpc_error != codes.ERR_OK:
+        return _RETRY_LATER
+    body = response.body
+    peek = querycfg.peek_result(body)
+    if peek.err == codes.ERR_FORWARD_TO_OTHERS:
+        return _RETRY_LATER
+    if peek.err not in codes.CLIENT_SAFE:
+        return _error_reply(codes.ERR_UNKNOWN)
+    return Reply(querycfg.strip_host_port(body))
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """Requests answered by one upstream query."""
+
+    waiters: list = attrs.field(factory=list)
+    timeout: float = 0.0
+    upstream: defer.Deferred | None = None
+
+
+@attrs.define(eq=False)
+class _Flight:
+    """The running batch of one key, and the batch queued behind it."""
+
+    running: _Batch
+    queued: _Batch | None = None
+
+
+@attrs.define(eq=False)
+class QueryConfigResolver:
+    """
+    Answers C{RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX} requests.
+
+    @ivar routes: the L{metaproxy.interfaces.IRouteTable}.
+    @ivar pools: the L{metaproxy.interfaces.IClusterPools}.
+    @ivar default_timeout: seconds a backend query may take when the
+        client's header gives no deadline.
+    @ivar max_timeout: the cap on any backend query, in seconds.
+    @ivar metrics: an object with the hooks of L{metaproxy.metrics.Metrics},
+        or L{None}.
+    @ivar timer: returns the current time in seconds, for latency metrics.
+    """
+
+    routes: object
+    pools: object
+    default_timeout: float = 5.0
+    max_timeout: float = 30.0
+    metrics: object = None
+    timer: object = time.perf_counter
+    _flights: dict = attrs.field(init=False, factory=dict)
+
+    def in_flight(self):
+        """@return: how many distinct upstream queries are running now."""
+        return len(self._flights)
+
+    def handle(self, request, connection):
+        """
+        Answer one query_cfg request (an L{IRequestHandler}-style callable).
+
+        @return: a L{Deferred} firing with a L{Reply}; it fails only with
+            L{metaproxy.wire.binary.DecodeError} for malformed args (the
+            protocol answers those with an rpc-level error) or with
+            L{defer.CancelledError} when the caller cancels it.
+        """
+        query = querycfg.decode_args(request.args)
+        timeout = timeout_for(request.header.client_timeout, self.default_timeout, self.max_timeout)
+        started = self.timer()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.query_received(query.app_name)
+        d = self.routes.lookup(query.app_name)
+        d.addCallback(self._join, query, timeout)
+        d.addErrback(self._error_reply, query.app_name)
+        if metrics is not None:
+            d.addCallback(self._observe, query.app_name, started)
+        return d
+
+    def _observe(self, reply, table, started):
+        err = codes.ERR_OK
+        if reply.rpc_error != codes.ERR_OK:
+            err = reply.rpc_error
+        elif reply.body is not None:
+            try:
+                err = querycfg.peek_result(reply.body).err
+            except ValueError:
+                pass
+        self.metrics.query_answered(table, err, self.timer() - started)
+        return reply
+
+    def _error_reply(self, failure, table):
+        if failure.check(defer.CancelledError):
+            return failure
+        if failure.check(errors.TableNotFound):
+            return _NOT_FOUND
+        if failure.check(errors.InvalidRoute, errors.RouteUnavailable, errors.BackendUnavailable):
+            return _RETRY_LATER
+        log.failure("query_cfg for {table} failed unexpectedly", failure, table=table)
+        return _RETRY_LATER
+
+    def _join(self, route, query, timeout):
+        """Add one request to the batch for its key; start it if none runs."""
+        key = (route.meta_addrs, query.app_name, query.partition_indices)
+        flight = self._flights.get(key)
+
+        def cancel(waiter):
+            self._leave(key, waiter)
+
+        waiter = defer.Deferred(cancel)
+        if flight is None:
+            batch = _Batch([waiter], timeout)
+            self._flights[key] = _Flight(batch)
+            self._start(key, batch)
+        else:
+            if flight.queued is None:
+                flight.queued = _Batch()
+            if self.metrics is not None:
+                self.metrics.coalesced(query.app_name)
+            flight.queued.waiters.append(waiter)
+            flight.queued.timeout = max(flight.queued.timeout, timeout)
+        return waiter
+
+    def _start(self, key, batch):
+        meta_addrs, table, indices = key
+        try:
+            cluster = self.pools.get(meta_addrs)
+            upstream = cluster.query_config(table, indices, batch.timeout)
+        except Exception:
+            upstream = defer.fail()
+        batch.upstream = upstream
+        upstream.addCallbacks(self._relay, self._upstream_failed, errbackArgs=(table,))
+        upstream.addCallback(self._finish, key, batch)
+
+    def _relay(self, response):
+        try:
+            return relay_reply(response)
+        except ValueError:
+            log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
+            return _RETRY_LATER
+
+    def _upstream_failed(self, failure, table):
+        if not failure.check(errors.BackendUnavailable, defer.CancelledError):
+            log.failure("backend query for {table} failed unexpectedly", failure, table=table)
+        return _RETRY_LATER
+
+    def _finish(self, reply, key, batch):
+        flight = self._flights.get(key)
+        if flight is not None and flight.running is batch:
+            nxt = flight.queued
+            if nxt is not None and nxt.waiters:
+                flight.running, flight.queued = nxt, None
+                self._start(key, nxt)
+            else:
+                del self._flights[key]
+        waiters, batch.waiters = batch.waiters, []
+        for waiter in waiters:
+            waiter.callback(reply)
+
+    def _leave(self, key, waiter):
+        """A caller gave up: drop it; cancel the upstream only if nobody is left."""
+        flight = self._flights.get(key)
+        if flight is None:
+            return
+        for batch in (flight.running, flight.queued):
+            if batch is not None and waiter in batch.waiters:
+                batch.waiters.remove(waiter)
+                if batch is flight.running and not batch.waiters and batch.upstream is not None:
+                    batch.upstream.cancel()
+                return

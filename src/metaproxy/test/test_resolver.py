@@ -1,0 +1,340 @@
+"""
+Tests for L{metaproxy.resolver}: routing, error mapping, relay, coalescing.
+"""
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from metaproxy import errors
+from metaproxy.interfaces import IClusterPools, IMetaCluster, IRouteTable
+from metaproxy.resolver import QueryConfigResolver, relay_reply, timeout_for
+from metaproxy.route import MetaAddrs, Route
+from metaproxy.wire import codes, querycfg
+from metaproxy.wire.binary import DecodeError
+from metaproxy.wire.frame import Request, RequestHeader, Response
+
+A = querycfg.rpc_address
+META1 = MetaAddrs.parse("10.0.0.1:34601,10.0.0.2:34601")
+META2 = MetaAddrs.parse("10.0.1.1:34601")
+
+
+@implementer(IRouteTable)
+class _Routes:
+    """Routes from a dict; a value may be an exception to fail with."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def lookup(self, table):
+        value = self.table.get(table, errors.TableNotFound(table))
+        if isinstance(value, Exception):
+            return defer.fail(value)
+        return defer.succeed(value)
+
+    def is_ready(self):
+        return True
+
+    def clusters(self):
+        return frozenset(r.meta_addrs for r in self.table.values() if isinstance(r, Route))
+
+    def describe(self):
+        return []
+
+
+@implementer(IMetaCluster)
+class _Cluster:
+    """Records each query; the test fires its Deferred."""
+
+    def __init__(self, meta_addrs):
+        self.meta_addrs = meta_addrs
+        self.calls = []
+        self.cancelled = 0
+
+    def query_config(self, app_name, partition_indices, timeout):
+        def cancel(d):
+            self.cancelled += 1
+
+        d = defer.Deferred(cancel)
+        self.calls.append((app_name, partition_indices, timeout, d))
+        return d
+
+    def close(self):
+        return defer.succeed(None)
+
+
+@implementer(IClusterPools)
+class _Pools:
+    def __init__(self):
+        self.clusters = {}
+
+    def get(self, meta_addrs):
+        return self.clusters.setdefault(meta_addrs, _Cluster(meta_addrs))
+
+    def close(self):
+        return defer.succeed(None)
+
+
+def _request(table, indices=(), client_timeout=0, seqid=1):
+    return Request(
+        RequestHeader(client_timeout=client_timeout),
+        querycfg.QUERY_CFG,
+        seqid,
+        querycfg.encode_args(table, indices),
+    )
+
+
+def _table_response(app_id=3, count=2, with_hp=True, err=codes.ERR_OK):
+    parts = tuple(
+        querycfg.PartitionConfig(
+            app_id,
+            i,
+            ballot=4,
+            primary=A("10.1.0.1", 34801),
+            secondaries=(A("10.1.0.2", 34801),),
+            hp_primary=querycfg.HostPort("r1", 34801) if with_hp else None,
+            hp_secondaries=(querycfg.HostPort("r2", 34801),) if with_hp else None,
+            hp_last_drops=() if with_hp else None,
+        )
+        for i in range(count)
+    )
+    return querycfg.QueryCfgResponse(err, app_id, count, True, parts)
+
+
+def _ok(resp=None):
+    resp = resp or _table_response()
+    return Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 99, querycfg.encode_result(resp))
+
+
+class _Metrics:
+    def __init__(self):
+        self.events = []
+
+    def query_received(self, table):
+        self.events.append(("received", table))
+
+    def query_answered(self, table, err, seconds):
+        self.events.append(("answered", table, err))
+
+    def coalesced(self, table):
+        self.events.append(("coalesced", table))
+
+
+class ResolverTestsMixin:
+    def setUp(self):
+        self.routes = _Routes(
+            {
+                "temp": Route("c1", META1),
+                "other": Route("c2", META2),
+                "broken": errors.InvalidRoute("not JSON"),
+                "unreachable": errors.RouteUnavailable("zk down"),
+            }
+        )
+        self.pools = _Pools()
+        self.metrics = _Metrics()
+        self.resolver = QueryConfigResolver(
+            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics
+        )
+
+    def cluster(self, meta=META1):
+        return self.pools.get(meta)
+
+    def answer(self, call, response):
+        call[3].callback(response)
+
+
+class FakesConformTests(SynchronousTestCase):
+    def test_fakes_provide_interfaces(self):
+        """The test doubles provide the interfaces the resolver is written against."""
+        verifyObject(IRouteTable, _Routes({}))
+        verifyObject(IMetaCluster, _Cluster(META1))
+        verifyObject(IClusterPools, _Pools())
+
+
+class TimeoutForTests(SynchronousTestCase):
+    def test_client_timeout_used(self):
+        """A sane header timeout (ms) becomes the backend deadline in seconds."""
+        self.assertEqual(timeout_for(2000, 5.0, 30.0), 2.0)
+
+    def test_zero_means_default(self):
+        """NodeJS sends 0: the configured default applies."""
+        self.assertEqual(timeout_for(0, 5.0, 30.0), 5.0)
+
+    def test_capped(self):
+        """A long header timeout is capped at the maximum."""
+        self.assertEqual(timeout_for(20000, 5.0, 10.0), 10.0)
+
+    def test_wrapped_or_negative_means_default(self):
+        """Negative values and Go's wrapped huge values are not deadlines."""
+        self.assertEqual(timeout_for(-5, 5.0, 30.0), 5.0)
+        self.assertEqual(timeout_for(2**31 - 1, 5.0, 30.0), 5.0)
+
+
+class RelayTests(SynchronousTestCase):
+    def test_hp_fields_stripped(self):
+        """The relayed body carries the same table but no hp_* fields."""
+        reply = relay_reply(_ok())
+        decoded = querycfg.decode_result(reply.body)
+        expected = _table_response(with_hp=False)
+        self.assertEqual(decoded, expected)
+        self.assertEqual(reply.rpc_error, codes.ERR_OK)
+
+    def test_body_without_hp_is_relayed_unchanged(self):
+        """A body with nothing to strip is passed through as the same bytes."""
+        resp = _ok(_table_response(with_hp=False))
+        self.assertIs(relay_reply(resp).body, resp.body)
+
+    def test_forward_never_reaches_client(self):
+        """A forward that leaked out of a pool becomes ERR_SERVICE_NOT_ACTIVE."""
+        resp = Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, querycfg.forward_result(A("10.0.0.9", 34601)))
+        reply = relay_reply(resp)
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+
+    def test_unsafe_app_error_becomes_unknown(self):
+        """An error name old clients cannot parse (ERR_ACL_DENY) becomes ERR_UNKNOWN."""
+        resp = Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, querycfg.error_result("ERR_ACL_DENY"))
+        self.assertEqual(querycfg.peek_result(relay_reply(resp).body).err, codes.ERR_UNKNOWN)
+
+    def test_rpc_level_error_becomes_retryable(self):
+        """An rpc-level error from a backend is answered with a retryable app-level error."""
+        resp = Response(codes.ERR_HANDLER_NOT_FOUND, querycfg.QUERY_CFG_ACK, 1, b"")
+        reply = relay_reply(resp)
+        self.assertEqual(reply.rpc_error, codes.ERR_OK)
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+
+
+class ResolverErrorTests(ResolverTestsMixin, SynchronousTestCase):
+    def err_of(self, d):
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.rpc_error, codes.ERR_OK)
+        return querycfg.peek_result(reply.body).err
+
+    def test_unknown_table_is_object_not_found(self):
+        """A table with no route gets ERR_OBJECT_NOT_FOUND, as from a real meta."""
+        self.assertEqual(self.err_of(self.resolver.handle(_request("nope"), None)), codes.ERR_OBJECT_NOT_FOUND)
+
+    def test_invalid_route_is_retryable(self):
+        """A table whose route data is broken gets the retryable ERR_SERVICE_NOT_ACTIVE."""
+        self.assertEqual(self.err_of(self.resolver.handle(_request("broken"), None)), codes.ERR_SERVICE_NOT_ACTIVE)
+
+    def test_route_unavailable_is_retryable(self):
+        """A route source that cannot answer yields ERR_SERVICE_NOT_ACTIVE."""
+        d = self.resolver.handle(_request("unreachable"), None)
+        self.assertEqual(self.err_of(d), codes.ERR_SERVICE_NOT_ACTIVE)
+
+    def test_backend_unavailable_is_retryable(self):
+        """No meta answering in time yields ERR_SERVICE_NOT_ACTIVE."""
+        d = self.resolver.handle(_request("temp"), None)
+        self.cluster().calls[0][3].errback(errors.BackendUnavailable("all down"))
+        self.assertEqual(self.err_of(d), codes.ERR_SERVICE_NOT_ACTIVE)
+
+    def test_unexpected_backend_failure_is_retryable_and_logged(self):
+        """A bug below the resolver is logged and answered, never left hanging."""
+        d = self.resolver.handle(_request("temp"), None)
+        self.cluster().calls[0][3].errback(RuntimeError("boom"))
+        self.assertEqual(self.err_of(d), codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_malformed_args_raise_decode_error(self):
+        """Malformed args raise DecodeError for the protocol to answer."""
+        bad = Request(RequestHeader(), querycfg.QUERY_CFG, 1, b"\x0b\x00\x01")
+        self.assertRaises(DecodeError, self.resolver.handle, bad, None)
+
+
+class ResolverRelayTests(ResolverTestsMixin, SynchronousTestCase):
+    def test_routes_to_owning_cluster(self):
+        """A query goes to the cluster its route names, with table, indices and deadline."""
+        self.resolver.handle(_request("other", (1,), client_timeout=1500), None)
+        self.assertEqual(self.cluster(META1).calls, [])
+        [(table, indices, timeout, _)] = self.cluster(META2).calls
+        self.assertEqual((table, indices, timeout), ("other", (1,), 1.5))
+
+    def test_answer_relayed(self):
+        """The backend's answer reaches the client without hp_* fields."""
+        d = self.resolver.handle(_request("temp"), None)
+        self.answer(self.cluster().calls[0], _ok())
+        self.assertEqual(querycfg.decode_result(self.successResultOf(d).body), _table_response(with_hp=False))
+
+    def test_metrics_hooks(self):
+        """Each query is counted on arrival and on answer with its error code."""
+        d = self.resolver.handle(_request("temp"), None)
+        self.answer(self.cluster().calls[0], _ok())
+        self.successResultOf(d)
+        self.assertEqual(self.metrics.events, [("received", "temp"), ("answered", "temp", codes.ERR_OK)])
+
+
+class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
+    def test_concurrent_requests_share_next_query(self):
+        """
+        Requests arriving while a query is in flight are answered by ONE
+        next query, not by the one already running (freshness).
+        """
+        first = self.resolver.handle(_request("temp"), None)
+        later = [self.resolver.handle(_request("temp", seqid=i), None) for i in range(100)]
+        calls = self.cluster().calls
+        self.assertEqual(len(calls), 1)
+        old = _table_response(app_id=3)
+        self.answer(calls[0], _ok(old))
+        self.assertEqual(querycfg.decode_result(self.successResultOf(first).body).app_id, 3)
+        for d in later:
+            self.assertNoResult(d)
+        self.assertEqual(len(calls), 2)
+        self.answer(calls[1], _ok(_table_response(app_id=7)))
+        for d in later:
+            self.assertEqual(querycfg.decode_result(self.successResultOf(d).body).app_id, 7)
+        self.assertEqual(self.resolver.in_flight(), 0)
+        self.assertEqual(self.metrics.events.count(("coalesced", "temp")), 100)
+
+    def test_distinct_keys_do_not_coalesce(self):
+        """Different tables, clusters or partition_indices get their own queries."""
+        self.resolver.handle(_request("temp"), None)
+        self.resolver.handle(_request("temp", (0,)), None)
+        self.resolver.handle(_request("other"), None)
+        self.assertEqual(len(self.cluster(META1).calls), 2)
+        self.assertEqual(len(self.cluster(META2).calls), 1)
+
+    def test_queued_batch_uses_longest_deadline(self):
+        """The queued query waits as long as the most patient request in it."""
+        self.resolver.handle(_request("temp", client_timeout=1000), None)
+        self.resolver.handle(_request("temp", client_timeout=2000), None)
+        self.resolver.handle(_request("temp", client_timeout=3000), None)
+        calls = self.cluster().calls
+        self.answer(calls[0], _ok())
+        self.assertEqual(calls[1][2], 3.0)
+
+    def test_disconnected_client_does_not_cancel_others(self):
+        """One waiter cancelling leaves the shared query running for the rest."""
+        a = self.resolver.handle(_request("temp"), None)
+        b = self.resolver.handle(_request("temp"), None)
+        c = self.resolver.handle(_request("temp"), None)
+        b.cancel()
+        self.failureResultOf(b, defer.CancelledError)
+        calls = self.cluster().calls
+        self.assertEqual(self.cluster().cancelled, 0)
+        self.answer(calls[0], _ok())
+        self.successResultOf(a)
+        self.assertEqual(len(calls), 2)
+        self.assertFalse(calls[1][3].called)
+        self.answer(calls[1], _ok())
+        self.successResultOf(c)
+
+    def test_last_waiter_gone_cancels_upstream(self):
+        """When every waiter of the running query is gone, the query is cancelled."""
+        a = self.resolver.handle(_request("temp"), None)
+        a.cancel()
+        self.failureResultOf(a, defer.CancelledError)
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_cancelled_running_batch_starts_queued(self):
+        """Cancelling the running batch's only waiter still serves the queued batch."""
+        a = self.resolver.handle(_request("temp"), None)
+        b = self.resolver.handle(_request("temp"), None)
+        a.cancel()
+        self.failureResultOf(a, defer.CancelledError)
+        calls = self.cluster().calls
+        self.assertEqual(len(calls), 2)
+        self.answer(calls[1], _ok())
+        self.successResultOf(b)
+        self.assertEqual(self.resolver.in_flight(), 0)
