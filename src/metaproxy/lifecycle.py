@@ -1,0 +1,79 @@
+# -*- test-case-name: metaproxy.test.test_lifecycle -*-
+"""
+Service plumbing for an orderly start and a draining stop.
+"""
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class OrderedMultiService(MultiService):
+    """
+    A L{MultiService} that stops its children one at a time, last added
+    first, each after the previous one's stop has finished.
+
+    Twisted's own L{MultiService} stops every child at once; metaproxy
+    needs the listener to finish draining before the meta pools and the
+    route source it drains through are closed.
+    """
+
+    def stopService(self):
+        """
+        @return: a L{Deferred} that fires once every child has stopped; a
+            child whose stop fails is logged and the others still stop.
+        """
+        Service.stopService(self)
+        d = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, c=child: defer.maybeDeferred(c.stopService))
+            d.addErrback(
+                lambda f, c=child: log.failure("stopping {service} failed", f, service=c.name)
+            )
+        return d
+
+
+class DrainingServerService(StreamServerEndpointService):
+    """
+    Listens on an endpoint; on stop, stops accepting first, then lets the
+    factory answer what is in flight (bounded by C{drain_timeout}).
+
+    @ivar listening: L{True} while the listening port is bound.
+    """
+
+    def __init__(self, endpoint, factory, drain_timeout):
+        super().__init__(endpoint, factory)
+        self.drain_timeout = drain_timeout
+        self.listening = False
+        self.port = None
+
+    def startService(self):
+        """Bind the endpoint; a bind failure stops the process with a logged reason."""
+        super().startService()
+        self._waitingForPort.addCallback(self._bound)
+
+    def _bound(self, port):
+        self.port = port
+        self.listening = True
+        log.info("listening on {address}", address=port.getHost())
+        return port
+
+    def stopService(self):
+        """
+        @return: a L{Deferred} firing once the port is closed and every
+            request in flight was answered or the drain timed out.
+        """
+        self.listening = False
+        d = super().stopService()
+        d.addCallback(lambda _: self.factory.drain(self.drain_timeout))
+        d.addCallback(self._drained)
+        return d
+
+    def _drained(self, unanswered):
+        if unanswered:
+            log.warn("drain timed out with {count} requests unanswered", count=unanswered)
+        else:
+            log.info("drained: every request in flight was answered")
