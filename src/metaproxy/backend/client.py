@@ -1,0 +1,189 @@
+# -*- test-case-name: metaproxy.test.test_backend_client -*-
+"""
+The client end of one TCP connection to a Pegasus meta server.
+
+Many calls may be in flight on one connection (pipelining); each gets its
+own seqid and the answers are matched by seqid, in whatever order they
+come. A reply nobody waits for any more (cancelled, timed out) is dropped.
+A byte stream that cannot be parsed drops the connection, because nothing
+after the bad frame can be trusted.
+"""
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from metaproxy.wire import frame
+
+log = Logger()
+
+_I32_MAX = 0x7FFFFFFF
+_I32_MIN = -0x80000000
+
+
+class CallError(Exception):
+    """A single backend call failed; the meta may still be healthy."""
+
+
+class NotConnected(CallError):
+    """The connection to this meta is down right now (the call was not sent)."""
+
+
+class CallTimedOut(CallError):
+    """The meta did not answer the call within its deadline."""
+
+
+class ConnectionClosed(CallError):
+    """The connection closed before the meta answered the call."""
+
+
+def next_seqid(seqid):
+    """
+    @param seqid: the last seqid used.
+    @return: the one after it, wrapping from the largest i32 to the smallest
+        (as Go's C{atomic.AddInt32} does), so it always fits the wire field.
+    """
+    return _I32_MIN if seqid >= _I32_MAX else seqid + 1
+
+
+@attrs.define(eq=False, slots=False)
+class _Pending:
+    deferred: defer.Deferred
+    timer: object = None
+
+
+@attrs.define(eq=False, slots=False)
+class MetaClientProtocol(Protocol):
+    """
+    Sends THFT (version 0) requests to a meta server and matches the
+    replies to them by seqid.
+
+    @ivar clock: the L{twisted.internet.interfaces.IReactorTime} that runs
+        per-call deadlines.
+    @ivar max_frame_bytes: the largest reply accepted; a larger one is a
+        framing error and drops the connection.
+    @ivar on_lost: called with this protocol once the connection is gone
+        (after every pending call has failed), or L{None}.
+    @ivar stray_replies: how many replies matched no pending call.
+    """
+
+    clock: object
+    max_frame_bytes: int = 64 << 20
+    on_lost: object = None
+    stray_replies: int = attrs.field(init=False, default=0)
+    _seqid: int = attrs.field(init=False, default=0)
+    _pending: dict = attrs.field(init=False, factory=dict)
+    _decoder: object = attrs.field(init=False, default=None)
+    _open: bool = attrs.field(init=False, default=False)
+
+    def connectionMade(self):
+        """Disable Nagle (requests are small and latency-bound) and accept calls."""
+        self._decoder = frame.ResponseDecoder(self.max_frame_bytes)
+        self._open = True
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+
+    def unwrapped(self):
+        """
+        @return: this protocol itself, also when called through a wrapper
+            (L{ClientService} hands out a proxy object).
+        """
+        return self
+
+    def is_open(self):
+        """@return: L{True} while calls can be sent on this connection."""
+        return self._open
+
+    def pending_count(self):
+        """@return: how many calls are waiting for their reply."""
+        return len(self._pending)
+
+    def call(self, name, args, timeout=None, client_timeout_ms=0):
+        """
+        Send one request and wait for its reply.
+
+        @param name: the rpc name, e.g. C{RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX}.
+        @param args: the encoded args struct.
+        @param timeout: seconds to wait for the reply, or L{None} to wait
+            until the connection closes or the caller cancels.
+        @param client_timeout_ms: the C{client_timeout} header field.
+
+        @return: a L{Deferred} that fires with the L{frame.Response}, or
+            fails with L{NotConnected} (not sent), L{CallTimedOut} or
+            L{ConnectionClosed}. Cancelling it forgets the call; a late reply
+            is then dropped.
+        """
+        if not self._open:
+            return defer.fail(NotConnected("connection is not open"))
+        seqid = next_seqid(self._seqid)
+        pending = self._pending
+        while seqid in pending:  # only after ~4e9 calls with one still pending
+            seqid = next_seqid(seqid)
+        self._seqid = seqid
+
+        def cancel(d):
+            entry = pending.pop(seqid, None)
+            if entry is not None and entry.timer is not None:
+                entry.timer.cancel()
+
+        d = defer.Deferred(cancel)
+        entry = _Pending(d)
+        if timeout is not None:
+            entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
+        pending[seqid] = entry
+        self.transport.write(
+            frame.encode_request(name, seqid, args, client_timeout=max(0, int(client_timeout_ms)))
+        )
+        return d
+
+    def _expire(self, seqid, timeout):
+        entry = self._pending.pop(seqid, None)
+        if entry is not None:
+            entry.timer = None
+            entry.deferred.errback(CallTimedOut(f"no reply within {timeout:.3f}s"))
+
+    def dataReceived(self, data):
+        """Decode replies and fire the calls they answer; drop the link on a framing error."""
+        try:
+            responses = self._decoder.feed(data)
+        except frame.FramingError as e:
+            log.warn(
+                "dropping connection to meta {peer}: {error}",
+                peer=_peer(self.transport),
+                error=str(e),
+            )
+            self._open = False
+            self.transport.abortConnection()
+            return
+        pending = self._pending
+        for response in responses:
+            entry = pending.pop(response.seqid, None)
+            if entry is None:
+                self.stray_replies += 1
+                continue
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.deferred.callback(response)
+
+    def connectionLost(self, reason):
+        """Fail every pending call with L{ConnectionClosed}."""
+        self._open = False
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.deferred.errback(ConnectionClosed(reason.getErrorMessage()))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+def _peer(transport):
+    try:
+        return str(transport.getPeer())
+    except Exception:
+        return "?"

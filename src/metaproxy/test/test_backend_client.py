@@ -1,0 +1,310 @@
+# -*- test-case-name: metaproxy.test.test_backend_client -*-
+"""
+Tests for L{metaproxy.backend.client} and L{metaproxy.backend.connection}.
+"""
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from metaproxy.backend import connection as connmod
+from metaproxy.backend.client import (
+    CallTimedOut,
+    ConnectionClosed,
+    MetaClientProtocol,
+    NotConnected,
+    next_seqid,
+)
+from metaproxy.backend.connection import MetaConnection
+from metaproxy.wire import frame, querycfg
+from metaproxy.wire.frame import RequestDecoder, encode_reply
+
+ARGS = querycfg.encode_args("temp")
+QCFG = querycfg.QUERY_CFG
+
+
+def connected_protocol(clock=None):
+    """@return: C{(protocol, transport)}, connected to a L{StringTransport}."""
+    proto = MetaClientProtocol(clock or Clock())
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def sent_requests(transport):
+    """@return: the L{frame.Request}s written to C{transport} so far."""
+    return RequestDecoder().feed(transport.value())
+
+
+def reply_to(request, body=b"\x0c\x00\x00\x00", rpc_error="ERR_OK"):
+    """@return: a reply frame answering C{request}."""
+    return encode_reply(frame.ack_name(request.name), request.seqid, body, rpc_error)
+
+
+class SeqidTests(SynchronousTestCase):
+    """L{next_seqid} stays inside a signed 32-bit field."""
+
+    def test_counts_up(self):
+        """The seqid after C{n} is C{n + 1}."""
+        self.assertEqual(next_seqid(0), 1)
+        self.assertEqual(next_seqid(-5), -4)
+
+    def test_wraps_at_i32_max(self):
+        """After the largest i32 comes the smallest one."""
+        self.assertEqual(next_seqid(0x7FFFFFFF), -0x80000000)
+
+
+class MetaClientProtocolTests(SynchronousTestCase):
+    """L{MetaClientProtocol} pipelines calls and matches replies by seqid."""
+
+    def test_request_is_a_thft_v0_frame(self):
+        """A call writes one THFT v0 request carrying the name, args and header timeout."""
+        proto, transport = connected_protocol()
+        proto.call(QCFG, ARGS, client_timeout_ms=1500)
+        [request] = sent_requests(transport)
+        self.assertEqual(request.name, QCFG)
+        self.assertEqual(request.args, ARGS)
+        self.assertEqual(request.header.version, 0)
+        self.assertEqual(request.header.client_timeout, 1500)
+
+    def test_seqids_are_distinct(self):
+        """Pipelined calls get distinct seqids."""
+        proto, transport = connected_protocol()
+        for _ in range(3):
+            proto.call(QCFG, ARGS)
+        seqids = [r.seqid for r in sent_requests(transport)]
+        self.assertEqual(len(set(seqids)), 3)
+        self.assertEqual(proto.pending_count(), 3)
+
+    def test_out_of_order_replies(self):
+        """Replies arriving in another order fire the calls they answer."""
+        proto, transport = connected_protocol()
+        d1 = proto.call(QCFG, ARGS)
+        d2 = proto.call(QCFG, ARGS)
+        r1, r2 = sent_requests(transport)
+        proto.dataReceived(reply_to(r2, b"\x0c\x00\x00\x02") + reply_to(r1, b"\x0c\x00\x00\x01"))
+        self.assertEqual(self.successResultOf(d1).body, b"\x0c\x00\x00\x01")
+        second = self.successResultOf(d2)
+        self.assertEqual((second.body, second.seqid), (b"\x0c\x00\x00\x02", r2.seqid))
+
+    def test_reply_split_across_reads(self):
+        """A reply delivered one byte at a time is still decoded."""
+        proto, transport = connected_protocol()
+        d = proto.call(QCFG, ARGS)
+        [r] = sent_requests(transport)
+        data = reply_to(r)
+        for i in range(len(data)):
+            self.assertNoResult(d)
+            proto.dataReceived(data[i : i + 1])
+        self.assertEqual(self.successResultOf(d).rpc_error, "ERR_OK")
+
+    def test_rpc_error_is_delivered(self):
+        """An rpc-level error reply is a result, not a failure: the caller judges it."""
+        proto, transport = connected_protocol()
+        d = proto.call(QCFG, ARGS)
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r, None, "ERR_HANDLER_NOT_FOUND"))
+        self.assertEqual(self.successResultOf(d).rpc_error, "ERR_HANDLER_NOT_FOUND")
+
+    def test_deadline(self):
+        """A call not answered within its timeout fails with L{CallTimedOut}; a late reply is dropped."""
+        clock = Clock()
+        proto, transport = connected_protocol(clock)
+        d = proto.call(QCFG, ARGS, timeout=2.0)
+        clock.advance(1.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, CallTimedOut)
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.assertEqual(proto.stray_replies, 1)
+        self.assertEqual(proto.pending_count(), 0)
+
+    def test_answer_cancels_deadline(self):
+        """An answered call leaves no timer behind."""
+        clock = Clock()
+        proto, transport = connected_protocol(clock)
+        proto.call(QCFG, ARGS, timeout=2.0)
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancel_forgets_call(self):
+        """Cancelling a call removes it and its timer; its reply is then a stray."""
+        clock = Clock()
+        proto, transport = connected_protocol(clock)
+        d = proto.call(QCFG, ARGS, timeout=2.0)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(proto.pending_count(), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.assertEqual(proto.stray_replies, 1)
+
+    def test_connection_lost_fails_pending(self):
+        """Losing the connection fails every pending call with L{ConnectionClosed}."""
+        lost = []
+        proto = MetaClientProtocol(Clock(), on_lost=lost.append)
+        proto.makeConnection(StringTransport())
+        d1 = proto.call(QCFG, ARGS, timeout=5)
+        d2 = proto.call(QCFG, ARGS)
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        self.failureResultOf(d1, ConnectionClosed)
+        self.failureResultOf(d2, ConnectionClosed)
+        self.assertEqual(lost, [proto])
+        self.failureResultOf(proto.call(QCFG, ARGS), NotConnected)
+
+    def test_framing_error_drops_connection(self):
+        """A reply that cannot be framed aborts the connection and fails what is pending."""
+        proto, transport = connected_protocol()
+        d = proto.call(QCFG, ARGS)
+        proto.dataReceived(b"\x00\x00\x00\x01garbage")
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(proto.is_open())
+        proto.connectionLost(Failure(ConnectionClosed("aborted")))
+        self.failureResultOf(d, ConnectionClosed)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_not_connected_before_connection(self):
+        """A protocol that never connected refuses calls at once."""
+        proto = MetaClientProtocol(Clock())
+        self.failureResultOf(proto.call(QCFG, ARGS), NotConnected)
+
+
+class MetaConnectionTests(SynchronousTestCase):
+    """L{MetaConnection} keeps one reconnecting link and fails fast while it is down."""
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.conn = MetaConnection(
+            self.reactor, "127.0.0.1", 34601, retry_policy=lambda attempt: 1.0
+        )
+
+    def _connect(self):
+        """Complete the pending connection attempt; @return: (protocol, transport)."""
+        host, port, factory, timeout, _ = self.reactor.tcpClients[-1]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_Addr("127.0.0.1", port))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_connects_to_address_with_timeout(self):
+        """Starting dials the configured address with the connect timeout."""
+        self.conn.start()
+        host, port, _, timeout, _ = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 34601, 3.0))
+        self.assertEqual(self.conn.state, connmod.CONNECTING)
+
+    def test_call_waits_while_connecting(self):
+        """A call made during a connection attempt is sent once it succeeds."""
+        self.conn.start()
+        d = self.conn.call(QCFG, ARGS)
+        self.assertNoResult(d)
+        proto, transport = self._connect()
+        self.assertTrue(self.conn.is_connected())
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.assertEqual(self.successResultOf(d).seqid, r.seqid)
+
+    def test_fails_fast_when_down(self):
+        """After a failed attempt, calls fail at once until the next attempt starts."""
+        self.conn.start()
+        waiting = self.conn.call(QCFG, ARGS)
+        _, _, factory, _, _ = self.reactor.tcpClients[0]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.failureResultOf(waiting, NotConnected)
+        self.assertEqual(self.conn.state, connmod.DOWN)
+        self.failureResultOf(self.conn.call(QCFG, ARGS), NotConnected)
+        self.reactor.advance(1.0)  # the retry policy's delay
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.conn.state, connmod.CONNECTING)
+
+    def test_reconnects_after_loss(self):
+        """A lost connection is re-dialled after the backoff delay."""
+        self.conn.start()
+        proto, transport = self._connect()
+        proto.connectionLost(Failure(ConnectionClosed("gone")))
+        self.assertEqual(self.conn.state, connmod.DOWN)
+        self.assertIsNone(self.conn.peer())
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_peer_matching(self):
+        """C{matches} knows the meta by its configured address and by its peer address."""
+        conn = MetaConnection(self.reactor, "meta1.example", 34601, endpoint=_MemoryEndpoint(self))
+        conn.start()
+        self.assertFalse(conn.matches("10.1.1.1", 34601))
+        self.assertTrue(conn.matches("meta1.example", 34601))
+        proto = self.endpoint_factory.buildProtocol(None)
+        proto.makeConnection(StringTransport(peerAddress=_Addr("10.1.1.1", 34601)))
+        self.endpoint_deferred.callback(proto)
+        self.assertEqual(conn.peer(), ("10.1.1.1", 34601))
+        self.assertTrue(conn.matches("10.1.1.1", 34601))
+        self.assertFalse(conn.matches("10.1.1.1", 34602))
+
+    def test_stop_closes_and_fails_waiters(self):
+        """Stopping fails waiting calls and closes the connection; later calls fail fast."""
+        self.conn.start()
+        waiting = self.conn.call(QCFG, ARGS)
+        d = self.conn.stop()
+        self.failureResultOf(waiting, NotConnected)
+        self.successResultOf(d)
+        self.failureResultOf(self.conn.call(QCFG, ARGS), NotConnected)
+        self.assertEqual(self.conn.state, connmod.STOPPED)
+
+    def test_stop_disconnects(self):
+        """Stopping a connected link closes its transport."""
+        self.conn.start()
+        proto, transport = self._connect()
+        d = self.conn.stop()
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionClosed("closed")))
+        self.successResultOf(d)
+
+    def test_cancel_waiting_call(self):
+        """Cancelling a call that waits for the connection forgets it."""
+        self.conn.start()
+        d = self.conn.call(QCFG, ARGS)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        proto, transport = self._connect()
+        self.assertEqual(transport.value(), b"")
+
+    def test_host_name_uses_hostname_endpoint(self):
+        """A host name is resolved at every attempt; an IP literal is dialled directly."""
+        from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+
+        self.assertIsInstance(
+            connmod.default_endpoint(self.reactor, "meta1.example", 1, 3.0), HostnameEndpoint
+        )
+        self.assertIsInstance(
+            connmod.default_endpoint(self.reactor, "10.0.0.1", 1, 3.0), TCP4ClientEndpoint
+        )
+
+    def test_default_policy_has_jitter_and_cap(self):
+        """The default backoff grows, is capped, and adds at most 0.5 s of jitter."""
+        policy = connmod.default_retry_policy()
+        first = policy(0)
+        self.assertTrue(0.1 <= first <= 0.6)
+        self.assertTrue(10.0 <= policy(50) <= 10.5)
+
+
+class _Addr:
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+
+
+class _MemoryEndpoint:
+    """An endpoint whose single attempt the test completes by hand."""
+
+    def __init__(self, test):
+        self.test = test
+
+    def connect(self, factory):
+        self.test.endpoint_factory = factory
+        self.test.endpoint_deferred = defer.Deferred()
+        return self.test.endpoint_deferred
