@@ -1,0 +1,354 @@
+# -*- test-case-name: metaproxy.test.test_backend_cluster -*-
+"""
+Tests for L{metaproxy.backend.cluster.MetaCluster}: leader following,
+hedging and deadlines, against scripted in-memory connections.
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from metaproxy.backend.client import CallTimedOut, NotConnected
+from metaproxy.backend.cluster import MetaCluster
+from metaproxy.errors import BackendUnavailable
+from metaproxy.interfaces import IMetaCluster
+from metaproxy.route import MetaAddrs
+from metaproxy.wire import codes, querycfg
+from metaproxy.wire.frame import Response
+from metaproxy.wire.querycfg import QueryCfgResponse
+
+OK = querycfg.encode_result(QueryCfgResponse(codes.ERR_OK, app_id=7, partition_count=4, is_stateful=True))
+NOT_ACTIVE = querycfg.error_result(codes.ERR_SERVICE_NOT_ACTIVE)
+NOT_FOUND = querycfg.error_result(codes.ERR_OBJECT_NOT_FOUND)
+
+
+def forward(ip=None, port=None):
+    """@return: a follower's answer naming C{ip:port} as leader (or none)."""
+    return querycfg.forward_result(None if ip is None else querycfg.rpc_address(ip, port))
+
+
+class FakeConnection:
+    """A scripted connection: records calls and lets the test answer them."""
+
+    def __init__(self, host, port, peer=None):
+        self.host, self.port, self.peer_addr = host, port, peer
+        self.pending = []
+        self.sent = 0
+        self.down = False
+        self.started = self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.errback(NotConnected("stopped"))
+        return defer.succeed(None)
+
+    def matches(self, ip, port):
+        return port == self.port and (ip == self.host or self.peer_addr == (ip, port))
+
+    def call(self, name, args, timeout=None, client_timeout_ms=0):
+        self.last_args = args
+        if self.down or self.stopped:
+            return defer.fail(NotConnected("down"))
+        self.sent += 1
+        d = defer.Deferred(lambda d: self.pending.remove(d))
+        self.pending.append(d)
+        return d
+
+    def answer(self, body, rpc_error="ERR_OK"):
+        self.pending.pop(0).callback(Response(rpc_error, querycfg.QUERY_CFG_ACK, 1, body))
+
+    def fail(self, exc):
+        self.pending.pop(0).errback(exc)
+
+
+class ClusterFixture:
+    """Builds a L{MetaCluster} over L{FakeConnection}s with a L{Clock}."""
+
+    addrs = "10.0.0.1:34601,10.0.0.2:34601,10.0.0.3:34601"
+    peers = {}
+
+    def setUp(self):
+        self.clock = Clock()
+        self.conns = {}
+
+        def factory(host, port):
+            conn = FakeConnection(host, port, self.peers.get(f"{host}:{port}"))
+            self.conns[f"{host}:{port}"] = conn
+            return conn
+
+        self.cluster = MetaCluster(
+            self.clock, MetaAddrs.parse(self.addrs), hedge_delay=1.0, connection_factory=factory
+        )
+
+    def query(self, timeout=5.0, indices=()):
+        return self.cluster.query_config("temp", indices, timeout)
+
+    def sent(self):
+        return {a: c.sent for a, c in self.conns.items()}
+
+
+class MetaClusterTests(ClusterFixture, SynchronousTestCase):
+    """L{MetaCluster} asks the leader, follows forwards and hedges."""
+
+    def test_interface(self):
+        """L{MetaCluster} provides L{IMetaCluster}."""
+        self.assertTrue(verifyObject(IMetaCluster, self.cluster))
+        self.assertEqual(self.cluster.meta_addrs, MetaAddrs.parse(self.addrs))
+
+    def test_connections_started(self):
+        """Every configured meta gets a started connection."""
+        self.assertEqual(sorted(self.conns), self.addrs.split(","))
+        self.assertTrue(all(c.started for c in self.conns.values()))
+
+    def test_leader_answer_wins(self):
+        """The believed leader's answer is the result; nobody else is asked."""
+        d = self.query()
+        self.assertEqual(self.sent(), {"10.0.0.1:34601": 1, "10.0.0.2:34601": 0, "10.0.0.3:34601": 0})
+        self.conns["10.0.0.1:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_request_args(self):
+        """The backend request carries the table and the partition indices."""
+        self.query(indices=(2, 3))
+        args = self.conns["10.0.0.1:34601"].last_args
+        self.assertEqual(querycfg.decode_args(args), querycfg.QueryCfgRequest("temp", (2, 3)))
+
+    def test_forward_is_followed(self):
+        """A forward to another configured meta is followed at once and that meta becomes the leader."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(forward("10.0.0.3", 34601))
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 1)
+        self.assertEqual(self.conns["10.0.0.2:34601"].sent, 0)
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.cluster.leader, "10.0.0.3:34601")
+        self.query()
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 2)
+        self.assertEqual(self.conns["10.0.0.1:34601"].sent, 1)
+
+    def test_forward_never_returned(self):
+        """Forwards from every meta never reach the caller; the deadline gives L{BackendUnavailable}."""
+        d = self.query(timeout=2.0)
+        self.conns["10.0.0.1:34601"].answer(forward())
+        self.conns["10.0.0.2:34601"].answer(forward())
+        self.conns["10.0.0.3:34601"].answer(forward())
+        self.assertNoResult(d)
+        self.clock.pump([0.25] * 8)
+        self.failureResultOf(d, BackendUnavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retry_round_finds_new_leader(self):
+        """While a leader is elected the metas are asked again until one answers."""
+        d = self.query(timeout=5.0)
+        for c in self.conns.values():
+            c.answer(forward())
+        self.clock.advance(0.25)
+        self.assertEqual(set(self.sent().values()), {2})
+        self.conns["10.0.0.2:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.cluster.leader, "10.0.0.2:34601")
+
+    def test_forward_to_unlisted_leader(self):
+        """A forward to a meta outside the list opens a connection to it; it becomes the leader."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(forward("10.0.0.9", 34601))
+        extra = self.conns["10.0.0.9:34601"]
+        self.assertTrue(extra.started)
+        extra.answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.cluster.leader, "10.0.0.9:34601")
+        self.query()
+        self.assertEqual(extra.sent, 2)
+
+    def test_unlisted_leader_down_hedges_to_configured(self):
+        """When an unlisted leader fails, the configured metas are asked."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(forward("10.0.0.9", 34601))
+        self.conns["10.0.0.9:34601"].answer(OK)
+        self.successResultOf(d)
+        d = self.query()
+        self.conns["10.0.0.9:34601"].fail(CallTimedOut("x"))
+        self.assertEqual(self.sent(), {
+            "10.0.0.1:34601": 2, "10.0.0.2:34601": 1, "10.0.0.3:34601": 1, "10.0.0.9:34601": 2,
+        })
+        self.conns["10.0.0.2:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(self.cluster.leader, "10.0.0.2:34601")
+
+    def test_extra_connections_bounded(self):
+        """At most C{max_extra} connections to unlisted metas are kept; evicted ones are stopped."""
+        self.cluster.max_extra = 2
+        for i in range(4):
+            d = self.query()
+            self.conns[self.cluster.leader].answer(forward("10.0.1.%d" % i, 34601))
+            self.conns["10.0.1.%d:34601" % i].answer(OK)
+            self.successResultOf(d)
+        self.assertEqual(len(self.cluster.connections()), 3 + 2)
+        self.assertTrue(self.conns["10.0.1.0:34601"].stopped)
+        self.assertTrue(self.conns["10.0.1.1:34601"].stopped)
+        self.assertFalse(self.conns["10.0.1.3:34601"].stopped)
+
+    def test_forward_without_leader_hedges(self):
+        """A forward naming no leader makes every other meta be asked at once."""
+        self.query()
+        self.conns["10.0.0.1:34601"].answer(forward())
+        self.assertEqual(self.sent(), {"10.0.0.1:34601": 1, "10.0.0.2:34601": 1, "10.0.0.3:34601": 1})
+
+    def test_forward_loop_hedges(self):
+        """Two metas forwarding to each other do not loop: the others are asked."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(forward("10.0.0.2", 34601))
+        self.conns["10.0.0.2:34601"].answer(forward("10.0.0.1", 34601))
+        self.assertEqual(self.conns["10.0.0.1:34601"].sent, 1)
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 1)
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.successResultOf(d)
+
+    def test_hedge_after_delay(self):
+        """A silent leader makes every other meta be asked after C{hedge_delay}; the first answer wins."""
+        d = self.query()
+        self.clock.advance(0.99)
+        self.assertEqual(self.conns["10.0.0.2:34601"].sent, 0)
+        self.clock.advance(0.01)
+        self.assertEqual(self.sent(), {"10.0.0.1:34601": 1, "10.0.0.2:34601": 1, "10.0.0.3:34601": 1})
+        self.conns["10.0.0.2:34601"].answer(forward("10.0.0.3", 34601))
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.conns["10.0.0.1:34601"].pending, [])  # the slow attempt is cancelled
+        self.assertEqual(self.cluster.leader, "10.0.0.3:34601")
+
+    def test_leader_failure_hedges_at_once(self):
+        """A leader whose link is down is skipped without waiting for C{hedge_delay}."""
+        self.conns["10.0.0.1:34601"].down = True
+        d = self.query()
+        self.assertEqual(self.sent(), {"10.0.0.1:34601": 0, "10.0.0.2:34601": 1, "10.0.0.3:34601": 1})
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(self.cluster.leader, "10.0.0.3:34601")
+
+    def test_rpc_error_counts_as_failure(self):
+        """An rpc-level error from a meta is not an answer: the others are asked."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(None, "ERR_HANDLER_NOT_FOUND")
+        self.assertNoResult(d)
+        self.assertEqual(self.conns["10.0.0.2:34601"].sent, 1)
+
+    def test_malformed_answer_counts_as_failure(self):
+        """A body that cannot be decoded is not an answer: the others are asked."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(b"\x01\x02")
+        self.assertNoResult(d)
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 1)
+
+    def test_app_level_errors_win(self):
+        """C{ERR_SERVICE_NOT_ACTIVE} and C{ERR_OBJECT_NOT_FOUND} are answers, returned as they came."""
+        for body in (NOT_ACTIVE, NOT_FOUND):
+            d = self.query()
+            self.conns[self.cluster.leader].answer(body)
+            self.assertEqual(self.successResultOf(d).body, body)
+
+    def test_all_down_fails_fast(self):
+        """With every link down the caller is told at once, not at the deadline."""
+        for c in self.conns.values():
+            c.down = True
+        d = self.query(timeout=5.0)
+        f = self.failureResultOf(d, BackendUnavailable)
+        self.assertIn("reachable", f.getErrorMessage())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_deadline(self):
+        """When no meta answers, the caller gets L{BackendUnavailable} at the deadline and every attempt is cancelled."""
+        d = self.query(timeout=3.0)
+        self.clock.advance(2.99)
+        self.assertNoResult(d)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, BackendUnavailable)
+        self.assertEqual([c.pending for c in self.conns.values()], [[], [], []])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.cluster.in_flight(), 0)
+
+    def test_deadline_shorter_than_hedge(self):
+        """A deadline shorter than C{hedge_delay} still fires on time."""
+        d = self.query(timeout=0.5)
+        self.clock.advance(0.5)
+        self.failureResultOf(d, BackendUnavailable)
+
+    def test_cancel(self):
+        """Cancelling a query cancels its attempts and timers."""
+        d = self.query()
+        self.clock.advance(1.0)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual([c.pending for c in self.conns.values()], [[], [], []])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close(self):
+        """Closing fails running queries, stops every connection and refuses new queries."""
+        d = self.query()
+        closed = self.cluster.close()
+        self.failureResultOf(d, BackendUnavailable)
+        self.successResultOf(closed)
+        self.assertTrue(all(c.stopped for c in self.conns.values()))
+        self.failureResultOf(self.query(), BackendUnavailable)
+
+    def test_in_flight_and_last_used(self):
+        """Running queries are counted and the time of the last one is kept."""
+        self.clock.advance(10)
+        d = self.query()
+        self.assertEqual(self.cluster.in_flight(), 1)
+        self.assertEqual(self.cluster.last_used, 10)
+        self.conns["10.0.0.1:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(self.cluster.in_flight(), 0)
+
+
+class HostNameClusterTests(ClusterFixture, SynchronousTestCase):
+    """Metas configured by host name are recognised in forwards by their peer IP."""
+
+    addrs = "meta-a.example:34601,meta-b.example:34601"
+    peers = {"meta-b.example:34601": ("10.0.0.2", 34601)}
+
+    def test_forward_to_peer_ip(self):
+        """A forward to the IP of a named meta uses that meta's connection; no extra one is made."""
+        d = self.query()
+        self.conns["meta-a.example:34601"].answer(forward("10.0.0.2", 34601))
+        self.assertEqual(self.conns["meta-b.example:34601"].sent, 1)
+        self.assertNotIn("10.0.0.2:34601", self.conns)
+        self.conns["meta-b.example:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(self.cluster.leader, "meta-b.example:34601")
+
+
+class SingleMetaTests(ClusterFixture, SynchronousTestCase):
+    """A cluster with a single meta works, with no hedging."""
+
+    addrs = "127.0.0.1:34601"
+
+    def test_single_meta(self):
+        """The only meta is asked; its answer wins; no hedge timer is left."""
+        d = self.query()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the deadline
+        self.conns["127.0.0.1:34601"].answer(OK)
+        self.successResultOf(d)
+
+    def test_single_meta_silent(self):
+        """A silent single meta gives L{BackendUnavailable} at the deadline."""
+        d = self.query(timeout=1.5)
+        self.clock.advance(1.5)
+        self.failureResultOf(d, BackendUnavailable)
+
+    def test_single_meta_failure_retries(self):
+        """A failed call to the only meta is retried within the deadline."""
+        d = self.query(timeout=2.0)
+        self.conns["127.0.0.1:34601"].fail(CallTimedOut("x"))
+        self.clock.advance(0.25)
+        self.assertEqual(self.conns["127.0.0.1:34601"].sent, 2)
+        self.conns["127.0.0.1:34601"].answer(OK)
+        self.successResultOf(d)
