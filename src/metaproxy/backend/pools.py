@@ -1,0 +1,170 @@
+# -*- test-case-name: metaproxy.test.test_backend_pools -*-
+"""
+One L{MetaCluster} per distinct set of meta addresses, for the whole process.
+
+Routes name their cluster by a meta address list; two lists naming the same
+metas in another order share one pool (L{metaproxy.route.MetaAddrs} is
+normalised). A periodic sweep closes pools that no route references any
+more and that have been idle for C{idle_close} seconds, so connections to
+decommissioned metas do not leak.
+"""
+
+import attrs
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from metaproxy.backend.cluster import MetaCluster
+from metaproxy.interfaces import IClusterPools
+from metaproxy.route import MetaAddrs
+
+log = Logger()
+
+#: A header C{client_timeout} above this (ms) is not a real deadline: Go
+#: computes it as C{uint32(ns)/1e6}, and other garbage shows up as huge or
+#: negative values.
+MAX_SANE_CLIENT_TIMEOUT_MS = 3_600_000
+
+
+def deadline_for(client_timeout_ms, default, maximum):
+    """
+    Choose how many seconds one backend call may take.
+
+    @param client_timeout_ms: the request header's C{client_timeout}; 0 (not
+        given), negative or absurdly large values count as unset.
+    @param default: seconds to use when the header gives no sane value.
+    @param maximum: the cap, in seconds.
+    @return: seconds, at most C{maximum}.
+    """
+    if 0 < client_timeout_ms <= MAX_SANE_CLIENT_TIMEOUT_MS:
+        return min(client_timeout_ms / 1000.0, maximum)
+    return min(default, maximum)
+
+
+@implementer(IClusterPools)
+@attrs.define(eq=False)
+class ClusterPools:
+    """
+    Hands out one L{MetaCluster} per L{MetaAddrs} and closes unused ones.
+
+    @ivar reactor: provides L{IReactorTime} and L{IReactorTCP}; its clock
+        runs the sweep, hedging and deadlines.
+    @ivar referenced: a callable returning the L{frozenset} of L{MetaAddrs}
+        that current routes use; those pools are never swept.
+    @ivar idle_close: seconds a pool must go unused (and unreferenced)
+        before the sweep closes it.
+    @ivar hedge_delay: see L{MetaCluster.hedge_delay}.
+    @ivar connect_timeout: seconds one connection attempt may take.
+    @ivar retry_delay: see L{MetaCluster.retry_delay}.
+    @ivar max_extra: see L{MetaCluster.max_extra}.
+    @ivar sweep_interval: seconds between sweeps; by default half of
+        C{idle_close}, between 1 and 60 seconds.
+    @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
+        C{in_flight()} and C{close()}; a L{MetaCluster} by default.
+    """
+
+    reactor: object
+    referenced: object = frozenset
+    idle_close: float = 300.0
+    hedge_delay: float = 1.0
+    connect_timeout: float = 3.0
+    retry_delay: float = 0.25
+    max_extra: int = 3
+    sweep_interval: float | None = None
+    cluster_factory: object = None
+    _pools: dict = attrs.field(init=False, factory=dict)
+    _sweeper: object = attrs.field(init=False, default=None)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    def get(self, meta_addrs):
+        """
+        @param meta_addrs: a L{MetaAddrs} (a C{"h:p,h:p"} string or a list
+            is parsed into one).
+        @return: the L{metaproxy.interfaces.IMetaCluster} for that set,
+            created (and its connections started) on first use.
+        @raise RuntimeError: after L{close}.
+        """
+        pool = self._pools.get(meta_addrs)
+        if pool is not None:
+            return pool
+        if not isinstance(meta_addrs, MetaAddrs):
+            meta_addrs = MetaAddrs.parse(meta_addrs)
+            pool = self._pools.get(meta_addrs)
+            if pool is not None:
+                return pool
+        if self._closed:
+            raise RuntimeError("the meta pools are closed")
+        pool = self._make(meta_addrs)
+        self._pools[meta_addrs] = pool
+        log.info("opened a meta pool for {cluster}", cluster=str(meta_addrs))
+        self._start_sweeping()
+        return pool
+
+    def _make(self, meta_addrs):
+        if self.cluster_factory is not None:
+            return self.cluster_factory(meta_addrs)
+        return MetaCluster(
+            self.reactor,
+            meta_addrs,
+            hedge_delay=self.hedge_delay,
+            retry_delay=self.retry_delay,
+            max_extra=self.max_extra,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def pools(self):
+        """@return: a L{dict} of the open pools by L{MetaAddrs} (a copy)."""
+        return dict(self._pools)
+
+    def _start_sweeping(self):
+        if self._sweeper is not None:
+            return
+        interval = self.sweep_interval
+        if interval is None:
+            interval = max(1.0, min(60.0, self.idle_close / 2.0))
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.reactor
+        d = self._sweeper.start(interval, now=False)
+        d.addErrback(lambda f: log.failure("the meta pool sweep stopped", f))
+
+    def sweep(self):
+        """
+        Close every pool that no route references and that has had no query
+        for C{idle_close} seconds (and none running).
+
+        @return: a L{Deferred} firing once the swept pools are closed.
+        """
+        try:
+            keep = self.referenced()
+        except Exception:
+            log.failure("cannot tell which meta pools are referenced; sweeping none")
+            return defer.succeed(None)
+        now = self.reactor.seconds()
+        closing = []
+        for addrs, pool in list(self._pools.items()):
+            if addrs in keep or pool.in_flight():
+                continue
+            if now - pool.last_used < self.idle_close:
+                continue
+            del self._pools[addrs]
+            log.info("closing idle meta pool for {cluster}", cluster=str(addrs))
+            closing.append(defer.maybeDeferred(pool.close))
+        return defer.gatherResults(closing, consumeErrors=True).addCallbacks(
+            lambda _: None,
+            lambda f: log.failure("closing an idle meta pool failed", f),
+        )
+
+    def close(self):
+        """
+        Stop sweeping and close every pool; pending queries fail with
+        L{metaproxy.errors.BackendUnavailable}.
+
+        @return: a L{Deferred} firing once every connection is closed.
+        """
+        self._closed = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        pools, self._pools = list(self._pools.values()), {}
+        return defer.gatherResults(
+            [defer.maybeDeferred(p.close) for p in pools], consumeErrors=True
+        ).addCallback(lambda _: None)

@@ -1,0 +1,153 @@
+# -*- test-case-name: metaproxy.test.test_backend_pools -*-
+"""
+Tests for L{metaproxy.backend.pools}: one pool per meta set, idle sweep,
+close, and L{deadline_for}.
+"""
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from metaproxy.backend.cluster import MetaCluster
+from metaproxy.backend.pools import ClusterPools, deadline_for
+from metaproxy.interfaces import IClusterPools
+from metaproxy.route import MetaAddrs
+
+
+class FakePool:
+    """Stands in for a L{MetaCluster}: idle tracking and close only."""
+
+    def __init__(self, meta_addrs, clock):
+        self.meta_addrs = meta_addrs
+        self.last_used = clock.seconds()
+        self.running = 0
+        self.closed = False
+
+    def in_flight(self):
+        return self.running
+
+    def close(self):
+        self.closed = True
+        return defer.succeed(None)
+
+
+class DeadlineForTests(SynchronousTestCase):
+    """L{deadline_for} picks a bounded deadline from the client's header."""
+
+    def test_header_value_used(self):
+        """A sane header timeout is used, in seconds."""
+        self.assertEqual(deadline_for(1500, 5.0, 30.0), 1.5)
+
+    def test_capped(self):
+        """A header timeout above the maximum is capped."""
+        self.assertEqual(deadline_for(60_000, 5.0, 30.0), 30.0)
+
+    def test_unset_or_absurd(self):
+        """Zero, negative and absurd values mean the default (itself capped)."""
+        for value in (0, -1, -2_000_000_000, 4_000_000_000):
+            self.assertEqual(deadline_for(value, 5.0, 30.0), 5.0)
+        self.assertEqual(deadline_for(0, 50.0, 30.0), 30.0)
+
+
+class ClusterPoolsTests(SynchronousTestCase):
+    """L{ClusterPools} shares one pool per meta set and closes unused ones."""
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.referenced = frozenset()
+        self.pools = ClusterPools(
+            self.reactor,
+            referenced=lambda: self.referenced,
+            idle_close=300.0,
+            sweep_interval=60.0,
+            cluster_factory=lambda addrs: FakePool(addrs, self.reactor),
+        )
+
+    def test_interface(self):
+        """L{ClusterPools} provides L{IClusterPools}."""
+        self.assertTrue(verifyObject(IClusterPools, self.pools))
+
+    def test_one_pool_per_meta_set(self):
+        """Lists naming the same metas in another order or spacing share one pool."""
+        a = self.pools.get(MetaAddrs.parse("10.0.0.1:34601,10.0.0.2:34601"))
+        b = self.pools.get(MetaAddrs.parse(" 10.0.0.2:34601 , 10.0.0.1:34601"))
+        c = self.pools.get("10.0.0.2:34601,10.0.0.1:34601")
+        self.assertIs(a, b)
+        self.assertIs(a, c)
+        self.assertIsNot(a, self.pools.get(MetaAddrs.parse("10.0.0.1:34601")))
+        self.assertEqual(len(self.pools.pools()), 2)
+
+    def test_sweep_closes_idle_unreferenced(self):
+        """A pool no route references is closed once idle for C{idle_close}."""
+        pool = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"))
+        self.reactor.advance(240)
+        self.assertFalse(pool.closed)
+        self.reactor.advance(60)
+        self.assertTrue(pool.closed)
+        self.assertEqual(self.pools.pools(), {})
+
+    def test_referenced_pool_kept(self):
+        """A pool a route references is never swept, however idle."""
+        addrs = MetaAddrs.parse("10.0.0.1:34601")
+        self.referenced = frozenset({addrs})
+        pool = self.pools.get(addrs)
+        self.reactor.advance(3600)
+        self.assertFalse(pool.closed)
+
+    def test_recently_used_pool_kept(self):
+        """Use within C{idle_close} keeps an unreferenced pool open."""
+        pool = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"))
+        self.reactor.advance(200)
+        pool.last_used = self.reactor.seconds()
+        self.reactor.advance(200)
+        self.assertFalse(pool.closed)
+        self.reactor.advance(120)
+        self.assertTrue(pool.closed)
+
+    def test_busy_pool_kept(self):
+        """A pool with queries running is not swept."""
+        pool = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"))
+        pool.running = 1
+        self.reactor.advance(600)
+        self.assertFalse(pool.closed)
+
+    def test_swept_pool_recreated(self):
+        """After a sweep, asking again for the meta set gives a fresh pool."""
+        addrs = MetaAddrs.parse("10.0.0.1:34601")
+        old = self.pools.get(addrs)
+        self.reactor.advance(300)
+        new = self.pools.get(addrs)
+        self.assertIsNot(old, new)
+        self.assertFalse(new.closed)
+
+    def test_referenced_failure_sweeps_nothing(self):
+        """If the route table cannot say what it references, nothing is closed."""
+
+        def broken():
+            raise RuntimeError("boom")
+
+        self.pools.referenced = broken
+        pool = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"))
+        self.reactor.pump([60.0] * 10)
+        self.assertFalse(pool.closed)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 10)
+
+    def test_close(self):
+        """Closing closes every pool, stops the sweep and refuses new pools."""
+        a = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"))
+        b = self.pools.get(MetaAddrs.parse("10.0.0.2:34601"))
+        self.successResultOf(self.pools.close())
+        self.assertTrue(a.closed and b.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertRaises(RuntimeError, self.pools.get, MetaAddrs.parse("10.0.0.3:34601"))
+
+    def test_default_cluster(self):
+        """By default a pool is a L{MetaCluster} dialling every configured meta."""
+        pools = ClusterPools(self.reactor, hedge_delay=0.5, connect_timeout=2.0)
+        cluster = pools.get(MetaAddrs.parse("10.0.0.1:34601,10.0.0.2:34602"))
+        self.assertIsInstance(cluster, MetaCluster)
+        self.assertEqual(cluster.hedge_delay, 0.5)
+        dialled = sorted((h, p, t) for h, p, _, t, _ in self.reactor.tcpClients)
+        self.assertEqual(dialled, [("10.0.0.1", 34601, 2.0), ("10.0.0.2", 34602, 2.0)])
+        self.successResultOf(pools.close())
