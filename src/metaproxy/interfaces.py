@@ -140,11 +140,16 @@ class IMetricsReporter(Interface):
 
     name = Attribute("The C{metric.type} value that selects this reporter.")
 
-    def makeService(metrics, config, reactor):
+    def makeService(metrics, metric_config, reactor, admin_root):
         """
         @param metrics: the process's L{metaproxy.metrics.Metrics}.
-        @param config: the loaded L{metaproxy.config.MetricConfig}.
+        @param metric_config: the config's C{metric:} section
+            (C{.type}, C{.tags}, C{.table_labels}, C{.falcon}).
         @param reactor: the reactor to run on.
-        @return: an L{twisted.application.service.IService} that reports, or
-            L{None} if this reporter only contributes admin HTTP resources.
+        @param admin_root: the admin listener's root
+            L{twisted.web.resource.Resource}, for reporters that serve
+            (Prometheus mounts C{/metrics} there).
+        @return: an L{twisted.application.service.IService} that reports
+            (started and stopped with metaproxy), or L{None} if mounting a
+            resource was all it needed.
         """
