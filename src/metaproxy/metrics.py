@@ -134,6 +134,11 @@ class Metrics:
             "query_cfg requests that joined another's upstream query instead of sending their own.",
             c + t, registry=r,
         )
+        self._upstream = Counter(
+            "metaproxy_upstream_queries",
+            "query_cfg queries sent to a cluster on behalf of one or more coalesced client requests.",
+            c + t, registry=r,
+        )
         self._backend_latency = Histogram(
             "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster",),
             buckets=LATENCY_BUCKETS, registry=r,
@@ -191,6 +196,10 @@ class Metrics:
     def coalesced(self, table):
         """Count one request that joined a shared upstream query."""
         self._tabled(self._coalesced, table).inc()
+
+    def upstream_query(self, table):
+        """Count one query_cfg sent upstream (for any number of coalesced requests)."""
+        self._tabled(self._upstream, table).inc()
 
     def backend_call(self, cluster, meta, outcome, seconds):
         """

@@ -187,6 +187,8 @@ class QueryConfigResolver:
 
     def _start(self, key, batch):
         meta_addrs, table, indices = key
+        if self.metrics is not None:
+            self.metrics.upstream_query(table)
         try:
             cluster = self.pools.get(meta_addrs)
             upstream = cluster.query_config(table, indices, batch.timeout)

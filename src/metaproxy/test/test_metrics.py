@@ -70,10 +70,12 @@ class MetricsTests(SynchronousTestCase):
         self.m.query_answered("temp", "ERR_OK", 0.002)
         self.m.query_answered("temp", "ERR_OBJECT_NOT_FOUND", 0.004)
         self.m.coalesced("stat")
+        self.m.upstream_query("stat")
         self.assertEqual(_value(self.m, "metaproxy_query_answers_total", region="r1", table="temp", err="ERR_OK"), 1.0)
         self.assertEqual(_value(self.m, "metaproxy_query_latency_seconds_count", region="r1"), 2.0)
         self.assertAlmostEqual(_value(self.m, "metaproxy_query_latency_seconds_sum", region="r1"), 0.006)
         self.assertEqual(_value(self.m, "metaproxy_coalesced_requests_total", region="r1", table="stat"), 1.0)
+        self.assertEqual(_value(self.m, "metaproxy_upstream_queries_total", region="r1", table="stat"), 1.0)
 
     def test_backend_calls(self):
         """Backend latency is per cluster; only failed outcomes count as errors."""

@@ -120,6 +120,9 @@ class _Metrics:
     def coalesced(self, table):
         self.events.append(("coalesced", table))
 
+    def upstream_query(self, table):
+        self.events.append(("upstream", table))
+
 
 class ResolverTestsMixin:
     def setUp(self):
@@ -261,7 +264,10 @@ class ResolverRelayTests(ResolverTestsMixin, SynchronousTestCase):
         d = self.resolver.handle(_request("temp"), None)
         self.answer(self.cluster().calls[0], _ok())
         self.successResultOf(d)
-        self.assertEqual(self.metrics.events, [("received", "temp"), ("answered", "temp", codes.ERR_OK)])
+        self.assertEqual(
+            self.metrics.events,
+            [("received", "temp"), ("upstream", "temp"), ("answered", "temp", codes.ERR_OK)],
+        )
 
 
 class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
@@ -285,6 +291,7 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
             self.assertEqual(querycfg.decode_result(self.successResultOf(d).body).app_id, 7)
         self.assertEqual(self.resolver.in_flight(), 0)
         self.assertEqual(self.metrics.events.count(("coalesced", "temp")), 100)
+        self.assertEqual(self.metrics.events.count(("upstream", "temp")), 2)
 
     def test_distinct_keys_do_not_coalesce(self):
         """Different tables, clusters or partition_indices get their own queries."""
