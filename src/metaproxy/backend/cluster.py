@@ -26,6 +26,9 @@ from metaproxy.wire.binary import DecodeError
 
 log = Logger()
 
+#: Encoded request args kept per (table, partition_indices); clients repeat them.
+_ARGS_CACHE_SIZE = 1024
+
 
 @attrs.define(eq=False)
 class _Query:
@@ -231,6 +234,7 @@ class MetaCluster:
     _leader: tuple = attrs.field(init=False, default=None)
     _queries: set = attrs.field(init=False, factory=set)
     _closed: bool = attrs.field(init=False, default=False)
+    _args: dict = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self):
         if self.connection_factory is None:
@@ -267,7 +271,14 @@ class MetaCluster:
             return defer.fail(BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
         now = self.reactor.seconds()
         self.last_used = now
-        query = _Query(self, querycfg.encode_args(app_name, partition_indices), now + timeout)
+        key = (app_name, tuple(partition_indices))
+        args = self._args.get(key)
+        if args is None:
+            args = querycfg.encode_args(*key)
+            if len(self._args) >= _ARGS_CACHE_SIZE:
+                self._args.clear()
+            self._args[key] = args
+        query = _Query(self, args, now + timeout)
         self._queries.add(query)
         return query.start()
 
