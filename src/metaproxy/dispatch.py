@@ -1,0 +1,45 @@
+# -*- test-case-name: metaproxy.test.test_dispatch -*-
+"""
+Routes each decoded request to the handler for its rpc name, answering the
+RPCs a real meta server answers on its own.
+"""
+
+from zope.interface import implementer
+
+from metaproxy.interfaces import IRequestHandler
+from metaproxy.wire import codes
+from metaproxy.wire.frame import Reply
+from metaproxy.wire.negotiation import NEGOTIATION, auth_disable_result
+
+_AUTH_DISABLED = Reply(auth_disable_result())
+_NOT_FOUND = Reply(None, codes.ERR_HANDLER_NOT_FOUND)
+
+
+@implementer(IRequestHandler)
+class RpcDispatcher:
+    """
+    An L{IRequestHandler} that looks the rpc name up in a table.
+
+    C{RPC_NEGOTIATION} is answered with C{SASL_AUTH_DISABLE} (so Java 2.x and
+    C++ clients proceed at once) unless a handler is given for it; any other
+    name without a handler gets C{ERR_HANDLER_NOT_FOUND} with no body, as
+    from a real meta server.
+    """
+
+    def __init__(self, handlers):
+        """
+        @param handlers: a mapping of rpc name to a callable
+            C{(request, connection) -> Reply | Deferred[Reply]}.
+        """
+        self._handlers = dict(handlers)
+        self._handlers.setdefault(NEGOTIATION, lambda request, connection: _AUTH_DISABLED)
+
+    def handle(self, request, connection):
+        """
+        @return: what the handler for C{request.name} returns, or an
+            C{ERR_HANDLER_NOT_FOUND} reply.
+        """
+        handler = self._handlers.get(request.name)
+        if handler is None:
+            return _NOT_FOUND
+        return handler(request, connection)

@@ -1,0 +1,318 @@
+# -*- test-case-name: metaproxy.test.test_server -*-
+"""
+The server side of the THFT protocol: what clients connect to.
+
+The protocol only frames: it decodes requests, hands each to an
+L{IRequestHandler}, and writes each reply when it is ready (out of order is
+fine: every client matches replies by seqid). It never lets a handler's
+exception reach the reactor, and it closes a connection whose stream it can
+no longer parse, as a real meta server does.
+"""
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from metaproxy.wire import codes
+from metaproxy.wire.binary import DecodeError
+from metaproxy.wire.frame import FramingError, Reply, RequestDecoder, ack_name, encode_reply
+
+log = Logger()
+
+_INVALID_ARGS = Reply(None, codes.ERR_INVALID_PARAMETERS)
+_RETRY = Reply(None, codes.ERR_TIMEOUT)
+_MAX_NAMES = 64
+_OTHER = "_other"
+_WARN_EVERY = 10.0
+
+
+@attrs.define
+class ServerCounters:
+    """
+    What the server saw, for metrics.
+
+    @ivar requests: requests by rpc name (at most 64 names; the rest under
+        C{"_other"}).
+    @ivar framing_errors: connections closed for an unparsable stream.
+    @ivar rejected_connections: connections refused by C{max_connections}
+        or while draining.
+    @ivar handler_errors: handler failures turned into error replies.
+    """
+
+    requests: dict = attrs.Factory(dict)
+    framing_errors: int = 0
+    rejected_connections: int = 0
+    handler_errors: int = 0
+
+    def count_request(self, name):
+        """Count one request called C{name}, keeping the name set bounded."""
+        requests = self.requests
+        if name in requests:
+            requests[name] += 1
+        elif len(requests) < _MAX_NAMES:
+            requests[name] = 1
+        else:
+            requests[_OTHER] = requests.get(_OTHER, 0) + 1
+
+
+class PegasusServerProtocol(Protocol):
+    """
+    One client connection.
+
+    Requests are answered as their handlers finish; a connection with
+    C{max_pending_per_connection} requests unanswered stops being read
+    until it drops below that.
+    """
+
+    def __init__(self, factory):
+        self.factory = factory
+        self._decoder = RequestDecoder(factory.max_frame_bytes)
+        self._pending = {}
+        self._next_key = 0
+        self._paused = False
+        self._counted = False
+        self._closing = False
+        self._idle = None
+
+    # -- connection lifecycle
+
+    def connectionMade(self):
+        factory = self.factory
+        if factory.draining or (factory.max_connections and factory.connection_count >= factory.max_connections):
+            factory.counters.rejected_connections += 1
+            factory._warn(
+                "rejecting a connection from {peer}: {count} open, limit {limit}",
+                peer=_peer(self.transport),
+                count=factory.connection_count,
+                limit=factory.max_connections,
+            )
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        factory.connection_count += 1
+        factory._connections.add(self)
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass
+        self._arm_idle()
+
+    def connectionLost(self, reason):
+        factory = self.factory
+        if self._counted:
+            self._counted = False
+            factory.connection_count -= 1
+            factory._connections.discard(self)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
+        factory._check_drained()
+
+    # -- requests
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self._arm_idle()
+        try:
+            for request in self._decoder.feed_iter(data):
+                self._dispatch(request)
+                if self._closing:
+                    return
+        except FramingError as e:
+            factory = self.factory
+            factory.counters.framing_errors += 1
+            factory._warn("closing connection from {peer}: {error}", peer=_peer(self.transport), error=str(e))
+            self._closing = True
+            self.transport.loseConnection()
+
+    def _dispatch(self, request):
+        factory = self.factory
+        factory.counters.count_request(request.name)
+        try:
+            result = factory.handler.handle(request, self)
+        except DecodeError:
+            self._write(request, _INVALID_ARGS)
+            return
+        except Exception:
+            factory.counters.handler_errors += 1
+            log.failure("handler for {rpc} raised", rpc=request.name)
+            self._write(request, _RETRY)
+            return
+        if not isinstance(result, defer.Deferred):
+            self._write(request, result)
+            return
+        key = self._next_key
+        self._next_key = key + 1
+        self._pending[key] = result
+        result.addCallbacks(self._answered, self._failed, (request, key), None, (request, key))
+        if key in self._pending and len(self._pending) >= factory.max_pending_per_connection and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _answered(self, reply, request, key):
+        if self._pending.pop(key, None) is None:
+            return None
+        self._write(request, reply)
+        self._after_answer()
+        return None
+
+    def _failed(self, failure, request, key):
+        if self._pending.pop(key, None) is None:
+            return None
+        if failure.check(defer.CancelledError):
+            return None
+        if failure.check(DecodeError):
+            reply = _INVALID_ARGS
+        else:
+            self.factory.counters.handler_errors += 1
+            log.failure("handler for {rpc} failed", failure, rpc=request.name)
+            reply = _RETRY
+        self._write(request, reply)
+        self._after_answer()
+        return None
+
+    def _after_answer(self):
+        if self._paused and len(self._pending) < self.factory.max_pending_per_connection // 2 + 1:
+            self._paused = False
+            if not self.factory.draining:
+                self.transport.resumeProducing()
+        if self.factory.draining:
+            self.factory._check_drained()
+
+    def _write(self, request, reply):
+        if request.oneway or self.transport is None:
+            return
+        rpc_error = reply.rpc_error
+        if rpc_error not in codes.RPC_LEVEL_SAFE:
+            rpc_error = codes.ERR_UNKNOWN
+        self.transport.write(encode_reply(ack_name(request.name), request.seqid, reply.body, rpc_error))
+
+    def pending_count(self):
+        """@return: how many of this connection's requests are unanswered."""
+        return len(self._pending)
+
+    # -- idle timeout
+
+    def _arm_idle(self):
+        timeout = self.factory.idle_timeout
+        if not timeout:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(timeout)
+        else:
+            self._idle = self.factory.clock.callLater(timeout, self._idle_expired)
+
+    def _idle_expired(self):
+        self._idle = None
+        if self._pending:
+            self._arm_idle()
+            return
+        self._closing = True
+        self.transport.loseConnection()
+
+
+def _peer(transport):
+    try:
+        peer = transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:
+        return "?"
+
+
+class PegasusServerFactory(Factory):
+    """
+    Builds L{PegasusServerProtocol}s sharing one handler and the limits.
+
+    @ivar connection_count: connections open now.
+    @ivar counters: a L{ServerCounters}.
+    @ivar draining: L{True} once L{drain} was called.
+    """
+
+    def __init__(
+        self,
+        handler,
+        clock,
+        max_frame_bytes=1 << 20,
+        max_pending_per_connection=1024,
+        max_connections=0,
+        idle_timeout=0.0,
+    ):
+        """
+        @param handler: an L{metaproxy.interfaces.IRequestHandler}.
+        @param clock: an L{IReactorTime} for idle timeouts and drains.
+        @param max_frame_bytes: a larger request frame closes its connection.
+        @param max_pending_per_connection: stop reading a connection with
+            this many requests unanswered.
+        @param max_connections: refuse connections beyond this (0: no limit).
+        @param idle_timeout: close a connection with no traffic and nothing
+            pending for this many seconds (0: never).
+        """
+        self.handler = handler
+        self.clock = clock
+        self.max_frame_bytes = max_frame_bytes
+        self.max_pending_per_connection = max(1, max_pending_per_connection)
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connection_count = 0
+        self.counters = ServerCounters()
+        self.draining = False
+        self._connections = set()
+        self._drained = None
+        self._drain_timer = None
+        self._last_warn = {}
+
+    def buildProtocol(self, addr):
+        return PegasusServerProtocol(self)
+
+    def _warn(self, fmt, **kw):
+        now = self.clock.seconds()
+        if now - self._last_warn.get(fmt, -_WARN_EVERY) >= _WARN_EVERY:
+            self._last_warn[fmt] = now
+            log.warn(fmt, **kw)
+
+    def in_flight(self):
+        """@return: requests unanswered across all connections."""
+        return sum(p.pending_count() for p in self._connections)
+
+    def drain(self, timeout):
+        """
+        Stop reading every connection, wait until every request in flight
+        is answered (at most C{timeout} seconds), then close every
+        connection.
+
+        @return: a L{Deferred} firing with the number of requests that were
+            still unanswered when the connections were closed (0: clean).
+        """
+        if self._drained is not None:
+            return self._drained
+        self.draining = True
+        self._drained = defer.Deferred()
+        for proto in list(self._connections):
+            proto.transport.pauseProducing()
+        self._drain_timer = self.clock.callLater(timeout, self._finish_drain)
+        self._check_drained()
+        return self._drained
+
+    def _check_drained(self):
+        if self.draining and self._drain_timer is not None and self.in_flight() == 0:
+            self._finish_drain()
+
+    def _finish_drain(self):
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        unanswered = self.in_flight()
+        for proto in list(self._connections):
+            proto._closing = True
+            proto.transport.loseConnection()
+        self._drained.callback(unanswered)

@@ -1,0 +1,321 @@
+"""
+Tests for L{metaproxy.server} and L{metaproxy.dispatch}: the server-side
+protocol over a fake transport.
+"""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from metaproxy.dispatch import RpcDispatcher
+from metaproxy.interfaces import IRequestHandler
+from metaproxy.server import PegasusServerFactory
+from metaproxy.wire import codes, frame, querycfg
+from metaproxy.wire.binary import DecodeError
+from metaproxy.wire.negotiation import NEGOTIATION, SASL_AUTH_DISABLE
+
+OK_BODY = querycfg.error_result(codes.ERR_OK)
+
+
+def _reply_body(request, connection):
+    return frame.Reply(OK_BODY)
+
+
+class _Deferring:
+    """A handler whose answers the test fires."""
+
+    def __init__(self):
+        self.calls = []
+        self.cancelled = 0
+
+    def __call__(self, request, connection):
+        def cancel(d):
+            self.cancelled += 1
+
+        d = defer.Deferred(cancel)
+        self.calls.append((request, d))
+        return d
+
+
+def _connect(factory):
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport.protocol = proto
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def _replies(transport):
+    out = frame.ResponseDecoder().feed(transport.value())
+    transport.clear()
+    return out
+
+
+class _Base:
+    version = None
+
+    def setUp(self):
+        self.clock = Clock()
+        self.deferring = _Deferring()
+        self.dispatcher = RpcDispatcher(
+            {querycfg.QUERY_CFG: _reply_body, "RPC_SLOW": self.deferring, "RPC_BAD_ARGS": self.bad_args}
+        )
+        self.factory = PegasusServerFactory(self.dispatcher, self.clock, max_frame_bytes=4096)
+        self.proto, self.transport = _connect(self.factory)
+
+    @staticmethod
+    def bad_args(request, connection):
+        raise DecodeError("garbage")
+
+    def request(self, name=querycfg.QUERY_CFG, seqid=1, args=None):
+        if args is None:
+            args = querycfg.encode_args("temp")
+        return frame.encode_request(name, seqid, args, version=self.version)
+
+
+class _Cases(_Base):
+    def test_dispatcher_provides_interface(self):
+        """The dispatcher is an IRequestHandler."""
+        verifyObject(IRequestHandler, self.dispatcher)
+
+    def test_reply_echoes_seqid_zero(self):
+        """Seqid 0 is a normal seqid and is echoed."""
+        self.proto.dataReceived(self.request(seqid=0))
+        [r] = _replies(self.transport)
+        self.assertEqual((r.rpc_error, r.name, r.seqid, r.body), ("ERR_OK", querycfg.QUERY_CFG_ACK, 0, OK_BODY))
+
+    def test_byte_by_byte(self):
+        """A frame split into single bytes is answered once complete."""
+        data = self.request(seqid=5)
+        for b in data[:-1]:
+            self.proto.dataReceived(bytes([b]))
+        self.assertEqual(self.transport.value(), b"")
+        self.proto.dataReceived(data[-1:])
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [5])
+
+    def test_pipelined_out_of_order(self):
+        """Pipelined requests are answered as their handlers finish, in any order."""
+        self.proto.dataReceived(b"".join(self.request("RPC_SLOW", seqid=i) for i in (1, 2, 3)))
+        calls = self.deferring.calls
+        calls[2][1].callback(frame.Reply(OK_BODY))
+        calls[0][1].callback(frame.Reply(OK_BODY))
+        calls[1][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [3, 1, 2])
+        self.assertEqual([r.name for r in _replies(self.transport)], [])
+
+    def test_unknown_rpc(self):
+        """An unknown rpc gets ERR_HANDLER_NOT_FOUND with no body (ex4)."""
+        self.proto.dataReceived(self.request("RPC_FOO", seqid=7, args=b"\x00"))
+        raw = self.transport.value()
+        self.assertEqual(
+            raw,
+            b"\x00\x00\x00\x34\x00\x00\x00\x15ERR_HANDLER_NOT_FOUND\x80\x01\x00\x02"
+            b"\x00\x00\x00\x0bRPC_FOO_ACK\x00\x00\x00\x07",
+        )
+
+    def test_negotiation_auth_disabled(self):
+        """RPC_NEGOTIATION is answered SASL_AUTH_DISABLE."""
+        self.proto.dataReceived(self.request(NEGOTIATION, seqid=0, args=b"\x0c\x00\x01\x08\x00\x01\x00\x00\x00\x01\x00\x00"))
+        [r] = _replies(self.transport)
+        self.assertEqual((r.rpc_error, r.name), ("ERR_OK", "RPC_NEGOTIATION_ACK"))
+        self.assertIn(b"\x08\x00\x01" + SASL_AUTH_DISABLE.to_bytes(4, "big"), r.body)
+
+    def test_malformed_args(self):
+        """Malformed args get ERR_INVALID_PARAMETERS; the connection stays usable."""
+        self.proto.dataReceived(self.request("RPC_BAD_ARGS", seqid=3))
+        self.proto.dataReceived(self.request(seqid=4))
+        replies = _replies(self.transport)
+        self.assertEqual([(r.seqid, r.rpc_error) for r in replies], [(3, "ERR_INVALID_PARAMETERS"), (4, "ERR_OK")])
+        self.assertTrue(self.transport.connected)
+
+    def test_handler_exception_is_retryable(self):
+        """A handler bug is logged and answered ERR_TIMEOUT (retryable), never raised into the reactor."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=9))
+        self.deferring.calls[0][1].errback(RuntimeError("bug"))
+        [r] = _replies(self.transport)
+        self.assertEqual((r.seqid, r.rpc_error, r.body), (9, "ERR_TIMEOUT", b""))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.factory.counters.handler_errors, 1)
+
+    def test_unsafe_rpc_error_is_replaced(self):
+        """An rpc-level error name outside the safe subset is sent as ERR_UNKNOWN."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=2))
+        self.deferring.calls[0][1].callback(frame.Reply(None, "ERR_ACL_DENY"))
+        self.assertEqual(_replies(self.transport)[0].rpc_error, "ERR_UNKNOWN")
+
+    def test_requests_before_bad_frame_answered_then_closed(self):
+        """Frames before a broken one are answered; then the connection closes."""
+        self.proto.dataReceived(self.request(seqid=1) + self.request(seqid=2) + b"XXXX" + b"\x00" * 40)
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1, 2])
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.factory.counters.framing_errors, 1)
+
+    def test_oversized_frame_closes(self):
+        """A frame declaring more than max_frame_bytes closes the connection before buffering it."""
+        big = self.request(args=querycfg.encode_args("t" * 5000))
+        self.proto.dataReceived(big[:64])
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_disconnect_cancels_pending(self):
+        """A client that goes away cancels its own pending requests, silently."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1) + self.request("RPC_SLOW", seqid=2))
+        self.transport.loseConnection()
+        self.assertEqual(self.deferring.cancelled, 2)
+        self.assertEqual(self.factory.connection_count, 0)
+
+    def test_backpressure(self):
+        """With max_pending unanswered requests the connection stops being read until they drain."""
+        self.factory.max_pending_per_connection = 4
+        self.proto.dataReceived(b"".join(self.request("RPC_SLOW", seqid=i) for i in range(4)))
+        self.assertEqual(self.transport.producerState, "paused")
+        for _, d in self.deferring.calls[:3]:
+            d.callback(frame.Reply(OK_BODY))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_oneway_gets_no_reply(self):
+        """A ONEWAY message is handled but not answered."""
+        data = bytearray(self.request(seqid=1))
+        begin = data.index(b"\x80\x01\x00\x01")
+        data[begin + 3] = 4
+        self.proto.dataReceived(bytes(data))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.connected)
+
+
+class V0Tests(_Cases, SynchronousTestCase):
+    version = 0
+
+
+class V1Tests(_Cases, SynchronousTestCase):
+    version = 1
+
+
+class FactoryTests(_Base, SynchronousTestCase):
+    version = 0
+
+    def test_connection_limit(self):
+        """Connections beyond max_connections are closed at once and counted."""
+        self.factory.max_connections = 1
+        _, transport = _connect(self.factory)
+        self.assertFalse(transport.connected)
+        self.assertEqual((self.factory.connection_count, self.factory.counters.rejected_connections), (1, 1))
+
+    def test_idle_timeout(self):
+        """A connection with no traffic and nothing pending is closed after idle_timeout."""
+        self.factory.idle_timeout = 30.0
+        proto, transport = _connect(self.factory)
+        self.clock.advance(20)
+        proto.dataReceived(self.request(seqid=1))
+        self.clock.advance(20)
+        self.assertTrue(transport.connected)
+        self.clock.advance(11)
+        self.assertFalse(transport.connected)
+
+    def test_idle_timeout_waits_for_pending(self):
+        """A connection waiting for an answer is not idle."""
+        self.factory.idle_timeout = 5.0
+        proto, transport = _connect(self.factory)
+        proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        self.clock.advance(6)
+        self.assertTrue(transport.connected)
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.clock.advance(6)
+        self.assertFalse(transport.connected)
+
+    def test_drain_clean(self):
+        """Drain stops reading, waits for in-flight answers, then closes; fires 0."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        d = self.factory.drain(10)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertNoResult(d)
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1])
+        self.assertFalse(self.transport.connected)
+
+    def test_drain_timeout(self):
+        """Drain gives up after its timeout and reports what was unanswered."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        d = self.factory.drain(3)
+        self.clock.advance(3)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertFalse(self.transport.connected)
+
+    def test_no_connections_accepted_while_draining(self):
+        """A connection that arrives during a drain is refused."""
+        self.factory.drain(3)
+        _, transport = _connect(self.factory)
+        self.assertFalse(transport.connected)
+
+
+def _valid_frames():
+    return st.lists(
+        st.tuples(
+            st.sampled_from([0, 1]),
+            st.integers(0, 2**31 - 1),
+            st.sampled_from([querycfg.QUERY_CFG, NEGOTIATION, "RPC_OTHER"]),
+            st.text(min_size=0, max_size=12),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+
+
+class PropertyTests(SynchronousTestCase):
+    def setUp(self):
+        self.factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: _reply_body}), Clock())
+
+    def run_stream(self, data, chunk):
+        proto, transport = _connect(self.factory)
+        for i in range(0, len(data), chunk):
+            if not transport.connected:
+                break
+            proto.dataReceived(data[i : i + chunk])
+        self.proto = proto
+        return transport, frame.ResponseDecoder().feed(transport.value())
+
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=300), st.integers(1, 64))
+    def test_arbitrary_bytes_never_escape(self, data, chunk):
+        """Arbitrary bytes never raise; whatever is answered is well-formed."""
+        transport, replies = self.run_stream(data, chunk)
+        for r in replies:
+            self.assertIn(r.rpc_error, codes.RPC_LEVEL_SAFE)
+
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(_valid_frames(), st.integers(1, 97), st.data())
+    def test_valid_then_mutated(self, frames, chunk, data):
+        """
+        Every valid frame before a corrupted byte is answered with its
+        seqid; after the corruption the frame is answered or the connection
+        is closed, and nothing raises.
+        """
+        encoded = [
+            frame.encode_request(name, seqid, querycfg.encode_args(table), version=v)
+            for v, seqid, name, table in frames
+        ]
+        stream = bytearray(b"".join(encoded))
+        pos = data.draw(st.integers(0, len(stream) - 1))
+        stream[pos] ^= data.draw(st.integers(1, 255))
+        transport, replies = self.run_stream(bytes(stream), chunk)
+        intact, offset = [], 0
+        for (v, seqid, name, table), enc in zip(frames, encoded):
+            if offset + len(enc) > pos:
+                break
+            intact.append(seqid)
+            offset += len(enc)
+        answered = [r.seqid for r in replies]
+        self.assertEqual(answered[: len(intact)], intact)
+        for r in replies:
+            self.assertIn(r.rpc_error, codes.RPC_LEVEL_SAFE)
+        # After the corruption: closed, or every frame answered, or an
+        # incomplete frame (a corrupted length) is waiting for more bytes.
+        self.assertTrue(
+            not transport.connected or len(replies) == len(frames) or self.proto._decoder.buffered() > 0
+        )
