@@ -5,15 +5,21 @@ hedging and deadlines, against scripted in-memory connections.
 """
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from metaproxy.backend.client import CallTimedOut, NotConnected
 from metaproxy.backend.cluster import MetaCluster
+from metaproxy.backend.connection import MetaConnection
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.route import MetaAddrs
+from metaproxy.sim.server import SimulatedCluster
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Response
 from metaproxy.wire.querycfg import QueryCfgResponse
@@ -352,3 +358,231 @@ class SingleMetaTests(ClusterFixture, SynchronousTestCase):
         self.assertEqual(self.conns["127.0.0.1:34601"].sent, 2)
         self.conns["127.0.0.1:34601"].answer(OK)
         self.successResultOf(d)
+
+
+# ---------------------------------------------------------------- full stack
+
+
+class _PumpEndpoint:
+    """
+    A client endpoint that connects, through L{iosim}, to the simulated meta
+    listening at C{host:port} on a L{FakeNetwork}, or is refused.
+    """
+
+    def __init__(self, network, host, port):
+        self.network, self.host, self.port = network, host, port
+
+    def connect(self, factory):
+        meta = self.network.metas.get((self.host, self.port))
+        if meta is None or not meta.running:
+            return defer.fail(ConnectionRefusedError())
+        peer = IPv4Address("TCP", meta.host, meta.port)
+        local = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.network.pumps))
+        server = meta.factory.buildProtocol(local)
+        client = factory.buildProtocol(peer)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, True, hostAddress=peer, peerAddress=local),
+            client,
+            iosim.FakeTransport(client, False, hostAddress=local, peerAddress=peer),
+            greet=False,
+            clock=self.network.clock,
+        )
+        self.network.pumps.append(pump)
+        return defer.succeed(client)
+
+
+class FakeNetwork:
+    """Simulated metas reachable through in-memory connections, on one clock."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.metas = {}
+        self.pumps = []
+
+    def add(self, sim):
+        for meta in sim.servers:
+            self.metas[(meta.host, meta.port)] = meta
+
+    def connection_factory(self, host, port):
+        return MetaConnection(
+            self.clock, host, port, retry_policy=lambda attempt: 0.5,
+            endpoint=_PumpEndpoint(self, host, port),
+        )
+
+    def flush(self):
+        """Move bytes and disconnects until nothing moves."""
+        for _ in range(100):
+            moved = False
+            for pump in list(self.pumps):
+                if pump.flush():
+                    moved = True
+                if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                    self.pumps.remove(pump)
+            self.clock.advance(0)
+            if not moved:
+                return
+        raise AssertionError("the network never settled")
+
+    def run(self, seconds, step=0.05):
+        """Let C{seconds} pass in steps, flushing the network at each."""
+        self.flush()
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+            self.flush()
+
+
+class SimulatedClusterTests(SynchronousTestCase):
+    """
+    L{MetaCluster} against a L{SimulatedCluster}, both on one clock, over
+    in-memory connections (L{iosim}).
+    """
+
+    metas = ("127.0.0.1:34601", "127.0.0.1:34602", "127.0.0.1:34603")
+    configured = metas
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.sim = SimulatedCluster(self.clock, self.metas)
+        self.sim.create_table("temp", 8)
+        self.sim.startService()
+        self.net = FakeNetwork(self.clock)
+        self.net.add(self.sim)
+        self.cluster = MetaCluster(
+            self.clock,
+            MetaAddrs.parse(",".join(self.configured)),
+            hedge_delay=1.0,
+            connection_factory=self.net.connection_factory,
+        )
+        self.net.flush()
+        self.addCleanup(self._close)
+
+    def _close(self):
+        d = self.cluster.close()
+        self.net.flush()
+        self.successResultOf(d)
+        self.sim.stopService()
+        self.net.flush()
+
+    def query(self, table="temp", timeout=5.0, indices=()):
+        d = self.cluster.query_config(table, indices, timeout)
+        self.net.flush()
+        return d
+
+    def decoded(self, d):
+        response = self.successResultOf(d)
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        return querycfg.decode_result(response.body)
+
+    def test_leader_answers(self):
+        """The table's configuration comes back from the leader."""
+        resp = self.decoded(self.query(indices=(1,)))
+        self.assertEqual((resp.err, resp.partition_count), (codes.ERR_OK, 8))
+        self.assertEqual([p.partition_index for p in resp.partitions], [1])
+        self.assertEqual(self.sim.answered(), [1, 0, 0])
+
+    def test_unknown_table(self):
+        """An unknown table gives the leader's C{ERR_OBJECT_NOT_FOUND}."""
+        self.assertEqual(self.decoded(self.query("nope")).err, codes.ERR_OBJECT_NOT_FOUND)
+
+    def test_follows_new_leader(self):
+        """After a leader change the follower's forward is followed inside the proxy."""
+        self.sim.set_leader(2)
+        resp = self.decoded(self.query())
+        self.assertEqual(resp.err, codes.ERR_OK)
+        self.assertEqual(self.cluster.leader, "127.0.0.1:34603")
+        self.assertEqual(self.sim.answered(), [1, 0, 1])
+
+    def test_leader_change_mid_stream(self):
+        """Queries pipelined across a leader change all get a real answer, none a forward."""
+        first = [self.cluster.query_config("temp", (), 5.0) for _ in range(5)]
+        self.sim.set_leader(1)
+        second = [self.cluster.query_config("temp", (), 5.0) for _ in range(5)]
+        self.net.flush()
+        for d in first + second:
+            self.assertEqual(self.decoded(d).err, codes.ERR_OK)
+        self.assertEqual(self.cluster.leader, "127.0.0.1:34602")
+
+    def test_leader_down(self):
+        """With the old leader down and a new one elected, queries are answered without waiting for the hedge."""
+        self.decoded(self.query())
+        self.successResultOf(self.sim.stop_meta(0))
+        self.sim.set_leader(1)
+        self.net.flush()
+        resp = self.decoded(self.query())
+        self.assertEqual(resp.err, codes.ERR_OK)
+        self.assertEqual(self.cluster.leader, "127.0.0.1:34602")
+
+    def test_meta_comes_back(self):
+        """A stopped meta is reconnected once it listens again."""
+        self.successResultOf(self.sim.stop_meta(0))
+        self.net.flush()
+        self.sim.start_meta(0)
+        self.net.run(1.0)
+        self.assertTrue(self.cluster.connections()["127.0.0.1:34601"].is_connected())
+
+    def test_all_metas_down(self):
+        """With every meta down the caller gets L{BackendUnavailable}, not a hang."""
+        for i in range(3):
+            self.successResultOf(self.sim.stop_meta(i))
+        self.net.flush()
+        d = self.query(timeout=3.0)
+        self.net.run(3.0)
+        self.failureResultOf(d, BackendUnavailable)
+
+    def test_slow_leader_within_deadline(self):
+        """A slow leader's answer is still used when it comes before the deadline."""
+        self.sim.set_delay(2.0, index=0)
+        d = self.query(timeout=5.0)
+        self.net.run(1.5)
+        self.assertNoResult(d)
+        self.net.run(0.6)
+        self.assertEqual(self.decoded(d).err, codes.ERR_OK)
+
+    def test_slow_leader_past_deadline(self):
+        """A leader slower than the deadline gives L{BackendUnavailable} at the deadline."""
+        self.sim.set_delay(2.0, index=0)
+        d = self.query(timeout=1.5)
+        self.net.run(1.5)
+        self.failureResultOf(d, BackendUnavailable)
+
+    def test_not_active(self):
+        """The leader's C{ERR_SERVICE_NOT_ACTIVE} is an answer, passed on."""
+        self.sim.set_not_active(True)
+        self.assertEqual(self.decoded(self.query()).err, codes.ERR_SERVICE_NOT_ACTIVE)
+
+    def test_silence(self):
+        """A cluster that never answers gives L{BackendUnavailable} at the deadline."""
+        self.sim.set_silent(True)
+        d = self.query(timeout=2.0)
+        self.net.run(1.9)
+        self.assertNoResult(d)
+        self.net.run(0.1)
+        self.failureResultOf(d, BackendUnavailable)
+
+    def test_leader_unknown_then_elected(self):
+        """While no leader is known the query waits; once one is, it is answered."""
+        self.sim.set_leader(None)
+        d = self.query(timeout=5.0)
+        self.net.run(1.0)
+        self.assertNoResult(d)
+        self.sim.set_leader(2)
+        self.net.run(0.5)
+        self.assertEqual(self.decoded(d).err, codes.ERR_OK)
+        self.assertEqual(self.cluster.leader, "127.0.0.1:34603")
+
+
+class UnlistedLeaderTests(SimulatedClusterTests):
+    """The configured list misses the third meta; the same behaviours hold."""
+
+    configured = SimulatedClusterTests.metas[:2]
+
+    def test_forward_to_unlisted(self):
+        """A forward to the unlisted meta makes a connection to it, and it answers."""
+        self.sim.set_leader(2)
+        resp = self.decoded(self.query())
+        self.assertEqual(resp.err, codes.ERR_OK)
+        self.assertEqual(self.cluster.leader, "127.0.0.1:34603")
+        self.assertIn("127.0.0.1:34603", self.cluster.connections())
+        self.decoded(self.query())
+        self.assertEqual(self.sim.answered(), [1, 0, 2])
