@@ -49,17 +49,39 @@ class DrainingServerService(StreamServerEndpointService):
         self.drain_timeout = drain_timeout
         self.listening = False
         self.port = None
+        self._listen_waiters = []
+
+    def when_listening(self):
+        """
+        @return: a L{Deferred} firing with the listening port once bound
+            (at once if it already is); it does not consume the service's
+            own port Deferred, which L{stopService} needs.
+        """
+        if self.port is not None and self.listening:
+            return defer.succeed(self.port)
+        d = defer.Deferred()
+        self._listen_waiters.append(d)
+        return d
 
     def startService(self):
         """Bind the endpoint; a bind failure stops the process with a logged reason."""
         super().startService()
-        self._waitingForPort.addCallback(self._bound)
+        self._waitingForPort.addCallbacks(self._bound, self._bind_failed)
 
     def _bound(self, port):
         self.port = port
         self.listening = True
         log.info("listening on {address}", address=port.getHost())
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for d in waiters:
+            d.callback(port)
         return port
+
+    def _bind_failed(self, failure):
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for d in waiters:
+            d.errback(failure)
+        return failure
 
     def stopService(self):
         """
