@@ -259,6 +259,28 @@ class MetaCluster:
         """@return: a L{dict} C{"host:port"} to connection, configured and extra."""
         return {self._label(k): c for k, c in (*self._configured.items(), *self._extra.items())}
 
+    def describe(self):
+        """
+        @return: a JSON-ready L{dict}: C{meta_addrs}, C{leader}, C{in_flight},
+            C{last_used} and C{metas} (each meta's C{address}, C{state} and
+            whether it is C{configured}).
+        """
+        metas = [
+            {"address": self._label(k), "state": getattr(c, "state", "?"), "configured": True}
+            for k, c in self._configured.items()
+        ]
+        metas += [
+            {"address": self._label(k), "state": getattr(c, "state", "?"), "configured": False}
+            for k, c in self._extra.items()
+        ]
+        return {
+            "meta_addrs": str(self.meta_addrs),
+            "leader": self.leader,
+            "in_flight": len(self._queries),
+            "last_used": self.last_used,
+            "metas": metas,
+        }
+
     def query_config(self, app_name, partition_indices, timeout):
         """
         Ask the leader for a table's configuration (see L{IMetaCluster}).

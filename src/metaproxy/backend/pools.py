@@ -116,6 +116,13 @@ class ClusterPools:
         """@return: a L{dict} of the open pools by L{MetaAddrs} (a copy)."""
         return dict(self._pools)
 
+    def describe(self):
+        """
+        @return: a JSON-ready L{list}, one L{dict} per open pool (see
+            L{MetaCluster.describe}), for status pages.
+        """
+        return [p.describe() for p in self._pools.values() if hasattr(p, "describe")]
+
     def _start_sweeping(self):
         if self._sweeper is not None:
             return

@@ -173,6 +173,21 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
         self.query()
         self.assertEqual(extra.sent, 2)
 
+    def test_describe(self):
+        """C{describe} names the leader and every meta, extra ones marked as not configured."""
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(forward("10.0.0.9", 34601))
+        self.conns["10.0.0.9:34601"].answer(OK)
+        self.successResultOf(d)
+        info = self.cluster.describe()
+        self.assertEqual(info["leader"], "10.0.0.9:34601")
+        self.assertEqual(info["in_flight"], 0)
+        self.assertEqual(
+            [(m["address"], m["configured"]) for m in info["metas"]],
+            [("10.0.0.1:34601", True), ("10.0.0.2:34601", True), ("10.0.0.3:34601", True),
+             ("10.0.0.9:34601", False)],
+        )
+
     def test_unlisted_leader_down_hedges_to_configured(self):
         """When an unlisted leader fails, the configured metas are asked."""
         d = self.query()

@@ -150,4 +150,7 @@ class ClusterPoolsTests(SynchronousTestCase):
         self.assertEqual(cluster.hedge_delay, 0.5)
         dialled = sorted((h, p, t) for h, p, _, t, _ in self.reactor.tcpClients)
         self.assertEqual(dialled, [("10.0.0.1", 34601, 2.0), ("10.0.0.2", 34602, 2.0)])
+        [info] = pools.describe()
+        self.assertEqual(info["meta_addrs"], "10.0.0.1:34601,10.0.0.2:34602")
+        self.assertEqual({m["state"] for m in info["metas"]}, {"connecting"})
         self.successResultOf(pools.close())

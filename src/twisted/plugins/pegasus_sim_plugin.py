@@ -1,3 +1,4 @@
+# -*- test-case-name: metaproxy.test.test_sim -*-
 """
 The C{twistd pegasus-sim} plugin: a simulated Pegasus meta cluster.
 
