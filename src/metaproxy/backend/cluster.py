@@ -71,9 +71,11 @@ class _Query:
         self._send(self.cluster._leader)
         if not self.done and not self.hedged:
             if len(self.cluster._candidates()) > 1:
-                self.hedge_timer = self.cluster.reactor.callLater(
-                    self.cluster.hedge_delay, self._hedge
-                )
+                # A short deadline (Java 1.x sends 1000 ms) still leaves
+                # the other metas half of it.
+                clock = self.cluster.reactor
+                delay = min(self.cluster.hedge_delay, (self.deadline_at - clock.seconds()) / 2)
+                self.hedge_timer = clock.callLater(max(delay, 0.0), self._hedge)
             else:
                 self._check_exhausted()
 
@@ -208,7 +210,7 @@ class MetaCluster:
         default connection factory).
     @ivar meta_addrs: the cluster's L{metaproxy.route.MetaAddrs}.
     @ivar hedge_delay: seconds to wait for the believed leader before every
-        other meta is asked too.
+        other meta is asked too (at most half of a query's deadline).
     @ivar retry_delay: seconds to wait before another round when every meta
         answered without a usable answer (e.g. forwards while a new leader
         is elected) and the deadline allows it.

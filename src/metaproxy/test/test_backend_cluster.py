@@ -245,6 +245,16 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
         self.assertEqual(self.conns["10.0.0.1:34601"].pending, [])  # the slow attempt is cancelled
         self.assertEqual(self.cluster.leader, "10.0.0.3:34601")
 
+    def test_short_deadline_hedges_at_half(self):
+        """With a deadline shorter than twice C{hedge_delay}, the others are asked at half the deadline."""
+        d = self.query(timeout=1.0)
+        self.clock.advance(0.49)
+        self.assertEqual(self.conns["10.0.0.2:34601"].sent, 0)
+        self.clock.advance(0.01)
+        self.assertEqual(self.conns["10.0.0.2:34601"].sent, 1)
+        self.conns["10.0.0.2:34601"].answer(OK)
+        self.successResultOf(d)
+
     def test_leader_failure_hedges_at_once(self):
         """A leader whose link is down is skipped without waiting for C{hedge_delay}."""
         self.conns["10.0.0.1:34601"].down = True
