@@ -169,6 +169,13 @@ class MetaClientProtocolTests(SynchronousTestCase):
         self.failureResultOf(d, ConnectionClosed)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
+    def test_no_delay(self):
+        """The connection disables Nagle's algorithm, as a meta server does."""
+        proto = MetaClientProtocol(Clock())
+        transport = _NoDelayTransport()
+        proto.makeConnection(transport)
+        self.assertEqual(transport.no_delay, [True])
+
     def test_not_connected_before_connection(self):
         """A protocol that never connected refuses calls at once."""
         proto = MetaClientProtocol(Clock())
@@ -291,6 +298,15 @@ class MetaConnectionTests(SynchronousTestCase):
         first = policy(0)
         self.assertTrue(0.1 <= first <= 0.6)
         self.assertTrue(10.0 <= policy(50) <= 10.5)
+
+
+class _NoDelayTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.no_delay = []
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay.append(enabled)
 
 
 class _Addr:
