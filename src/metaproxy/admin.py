@@ -9,6 +9,7 @@ reporter adds C{/metrics}).
 import json
 
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 _JSON = b"application/json"
 
@@ -42,6 +43,15 @@ class _Root(Resource):
         if path == b"":
             return self
         return super().getChild(path, request)
+
+
+class QuietSite(Site):
+    """A L{Site} without a per-request access log line (scrapes are frequent)."""
+
+    noisy = False
+
+    def log(self, request):
+        """Log nothing per request."""
 
 
 def build_admin_root(route_table, ready, leaders=None):

@@ -236,6 +236,8 @@ class PegasusServerFactory(Factory):
     @ivar draining: L{True} once L{drain} was called.
     """
 
+    noisy = False  # no "Starting factory" lines per listener
+
     def __init__(
         self,
         handler,

@@ -1,0 +1,435 @@
+# -*- test-case-name: metaproxy.test.test_config -*-
+"""
+metaproxy's configuration: YAML in, frozen attrs objects out.
+
+ruamel.yaml (round-trip loader: safe constructors, line and column kept)
+reads the file; cattrs with strict hooks builds the objects; every problem
+is reported as C{file:line:col: what is wrong}, all of them at once where
+possible. A config written for the Go meta-proxy loads unchanged.
+
+Durations of metaproxy's own keys are seconds (floats); the Go-compatible
+C{zookeeper.timeout} is milliseconds, as it was there.
+"""
+
+import re
+
+import attrs
+import cattrs
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from metaproxy.route import MetaAddrs, is_ip_literal, parse_host_port
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; C{str()} is the located message(s)."""
+
+
+class HostList(tuple):
+    """C{host:port} addresses, from a YAML list or a C{"a:p,b:p"} string."""
+
+
+class Tags(dict):
+    """Metric tags, from a mapping or a Go-style list of C{"k=v"} strings."""
+
+
+class AddrString(str):
+    """Meta addresses as one C{"a:p,b:p"} string (a YAML list is joined)."""
+
+
+@attrs.frozen
+class AdminConfig:
+    listen: str = "tcp:9091:interface=127.0.0.1"
+
+
+@attrs.frozen
+class ZooKeeperConfig:
+    address: HostList
+    root: str = "/pegasus-cluster"
+    timeout: int = 10000
+    table_watcher_cache_capacity: int = 1024
+    read_timeout: float = 5.0
+    max_suspended: float = 30.0
+
+
+@attrs.frozen
+class RouteConfig:
+    cluster_name: str
+    meta_addrs: AddrString
+
+
+@attrs.frozen
+class SimTableConfig:
+    partition_count: int = 8
+    app_id: int | None = None
+
+
+@attrs.frozen
+class SimClusterConfig:
+    name: str
+    metas: HostList
+    tables: dict[str, SimTableConfig] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class SimulatorConfig:
+    clusters: tuple[SimClusterConfig, ...] = ()
+    host_ports: bool = False
+
+
+@attrs.frozen
+class FalconConfig:
+    url: str = "http://127.0.0.1:1988/v1/push"
+    endpoint: str = ""
+    step: int = 60
+    timeout: float = 5.0
+
+
+@attrs.frozen
+class MetricConfig:
+    type: str = "prometheus"
+    tags: Tags = attrs.Factory(Tags)
+    table_labels: bool = True
+    falcon: FalconConfig = attrs.Factory(FalconConfig)
+
+
+@attrs.frozen
+class TimeoutConfig:
+    client_default: float = 5.0
+    client_max: float = 30.0
+    hedge_delay: float = 1.0
+    connect: float = 3.0
+
+
+@attrs.frozen
+class LimitsConfig:
+    max_frame_bytes: int = 1048576
+    max_connections: int = 10000
+    idle_timeout: float = 0.0
+    max_pending_per_connection: int = 1024
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: str = "info"
+    file: str | None = None
+    max_bytes: int = 52428800
+    backups: int = 10
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration (see README.rst, "Configuration")."""
+
+    listen: str = "tcp:34601"
+    admin: AdminConfig = attrs.Factory(AdminConfig)
+    zookeeper: ZooKeeperConfig | None = None
+    routes: dict[str, RouteConfig] = attrs.Factory(dict)
+    simulator: SimulatorConfig | None = None
+    metric: MetricConfig = attrs.Factory(MetricConfig)
+    timeouts: TimeoutConfig = attrs.Factory(TimeoutConfig)
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
+    drain_timeout: float = 10.0
+    logging: LoggingConfig = attrs.Factory(LoggingConfig)
+
+
+# ------------------------------------------------------------ strict hooks
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _type_name(v):
+    return "null" if v is None else type(v).__name__
+
+
+def _str(v, _):
+    if not isinstance(v, str):
+        raise _Bad(f"expected a string, got {_type_name(v)} {v!r}")
+    return str(v)
+
+
+def _int(v, _):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected an integer, got {_type_name(v)} {v!r}")
+    return int(v)
+
+
+def _float(v, _):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad(f"expected a number, got {_type_name(v)} {v!r}")
+    return float(v)
+
+
+def _bool(v, _):
+    if not isinstance(v, bool):
+        raise _Bad(f"expected true or false, got {_type_name(v)} {v!r}")
+    return v
+
+
+def _host_list(v, _):
+    if isinstance(v, str):
+        items = [p.strip() for p in v.split(",") if p.strip()]
+    elif isinstance(v, list) and all(isinstance(i, str) for i in v):
+        items = [i.strip() for i in v]
+    else:
+        raise _Bad(f"expected a list of host:port or a 'h:p,h:p' string, got {_type_name(v)}")
+    if not items:
+        raise _Bad("no address given")
+    for item in items:
+        parse_host_port(item)  # ValueError says what is wrong
+    return HostList(items)
+
+
+def _addr_string(v, _):
+    hosts = _host_list(v, None)
+    MetaAddrs.parse(list(hosts))
+    return AddrString(",".join(hosts))
+
+
+def _tags(v, _):
+    if isinstance(v, dict):
+        out = {}
+        for k, val in v.items():
+            if not isinstance(k, str) or isinstance(val, (dict, list)) or val is None:
+                raise _Bad(f"tag {k!r}: expected a string value")
+            out[k] = str(val)
+        return Tags(out)
+    if isinstance(v, list):
+        out = {}
+        for item in v:
+            if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+                raise _Bad(f"tag {item!r}: expected key=value")
+            k, val = item.split("=", 1)
+            out[k.strip()] = val.strip()
+        return Tags(out)
+    raise _Bad(f"expected a mapping or a list of key=value, got {_type_name(v)}")
+
+
+def _converter():
+    c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    c.register_structure_hook(str, _str)
+    c.register_structure_hook(int, _int)
+    c.register_structure_hook(float, _float)
+    c.register_structure_hook(bool, _bool)
+    c.register_structure_hook(HostList, _host_list)
+    c.register_structure_hook(AddrString, _addr_string)
+    c.register_structure_hook(Tags, _tags)
+    return c
+
+
+_CONVERTER = _converter()
+
+# --------------------------------------------------------------- semantics
+
+
+def _endpoint_ok(description):
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        return f"not a valid Twisted endpoint ({e})"
+    return None
+
+
+def _is_power_of_two(n):
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _check(config):
+    """@return: a list of C{(path, message)} for values that are well-typed but wrong."""
+    errs = []
+
+    def need(ok, path, message):
+        if not ok:
+            errs.append((path, message))
+
+    for path, value in (("$.listen", config.listen), ("$.admin.listen", config.admin.listen)):
+        problem = _endpoint_ok(value)
+        need(problem is None, path, problem)
+    zk = config.zookeeper
+    if zk is not None:
+        need(zk.timeout >= 1, "$.zookeeper.timeout", "must be >= 1 (milliseconds)")
+        need(zk.table_watcher_cache_capacity >= 1, "$.zookeeper.table_watcher_cache_capacity", "must be >= 1")
+        need(zk.read_timeout > 0, "$.zookeeper.read_timeout", "must be > 0 (seconds)")
+        need(zk.max_suspended > 0, "$.zookeeper.max_suspended", "must be > 0 (seconds)")
+        need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
+        if config.routes:
+            errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))
+    elif not config.routes:
+        errs.append(("$", "give either zookeeper: (routes from ZooKeeper) or routes: (a static map)"))
+    for table, _ in config.routes.items():
+        need(bool(table) and "/" not in table, f"$.routes['{table}']", "not a valid table name")
+    if config.simulator is not None:
+        for i, cluster in enumerate(config.simulator.clusters):
+            for meta in cluster.metas:
+                need(
+                    is_ip_literal(parse_host_port(meta)[0]),
+                    f"$.simulator.clusters[{i}].metas",
+                    f"{meta!r}: simulated metas need an IPv4 address (followers name the leader by IP)",
+                )
+            for table, spec in cluster.tables.items():
+                need(
+                    _is_power_of_two(spec.partition_count),
+                    f"$.simulator.clusters[{i}].tables['{table}'].partition_count",
+                    "must be a power of two",
+                )
+    if config.metric.type not in ("none",) and not re.fullmatch(r"[A-Za-z0-9_.-]+", config.metric.type):
+        errs.append(("$.metric.type", "not a reporter name"))
+    need(config.metric.falcon.step >= 1, "$.metric.falcon.step", "must be >= 1 (seconds)")
+    need(config.metric.falcon.timeout > 0, "$.metric.falcon.timeout", "must be > 0 (seconds)")
+    t = config.timeouts
+    for name in ("client_default", "client_max", "hedge_delay", "connect"):
+        need(getattr(t, name) > 0, f"$.timeouts.{name}", "must be > 0 (seconds)")
+    need(t.client_default <= t.client_max, "$.timeouts.client_default", "must not exceed timeouts.client_max")
+    lim = config.limits
+    need(lim.max_frame_bytes >= 1024, "$.limits.max_frame_bytes", "must be >= 1024")
+    need(lim.max_connections >= 0, "$.limits.max_connections", "must be >= 0 (0: no limit)")
+    need(lim.idle_timeout >= 0, "$.limits.idle_timeout", "must be >= 0 (0: never)")
+    need(lim.max_pending_per_connection >= 1, "$.limits.max_pending_per_connection", "must be >= 1")
+    need(config.drain_timeout >= 0, "$.drain_timeout", "must be >= 0 (seconds)")
+    log = config.logging
+    need(log.level in ("debug", "info", "warn", "error", "critical"), "$.logging.level",
+         "must be one of debug, info, warn, error, critical")
+    need(log.max_bytes >= 1024, "$.logging.max_bytes", "must be >= 1024")
+    need(log.backups >= 0, "$.logging.backups", "must be >= 0")
+    return errs
+
+
+def _normalise(config):
+    zk = config.zookeeper
+    if zk is not None:
+        root = "/" + zk.root.strip().strip("/")
+        if root != zk.root:
+            config = attrs.evolve(config, zookeeper=attrs.evolve(zk, root=root))
+    return config
+
+
+# ---------------------------------------------------------------- locating
+
+_TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\[\"([^\"]*)\"\]")
+
+
+def _locate(doc, path, key=None):
+    """@return: C{(line, col)}, 1-based, of C{path} in the ruamel document."""
+    node, where = doc, (0, 0)
+    for m in _TOKEN.finditer(path[1:] if path.startswith("$") else path):
+        name, index = m.group(1) or m.group(3) or m.group(4), m.group(2)
+        try:
+            if index is not None:
+                where = node.lc.item(int(index))
+                node = node[int(index)]
+            else:
+                if name not in node:
+                    break
+                where = node.lc.value(name)
+                node = node[name]
+        except (AttributeError, KeyError, IndexError, TypeError):
+            break
+    if key is not None:
+        try:
+            where = node.lc.key(key)
+        except (AttributeError, KeyError, TypeError):
+            pass
+    return where[0] + 1, where[1] + 1
+
+
+def _messages(exc):
+    """@return: C{(path, message, extra_key)} for each error in a cattrs exception."""
+    out = []
+
+    def walk(e, path):
+        if isinstance(e, cattrs.errors.ForbiddenExtraKeysError):
+            for k in sorted(e.extra_fields):
+                out.append((path, f"unknown key {k!r}", k))
+        elif isinstance(e, (ExceptionGroup, cattrs.errors.BaseValidationError)):
+            for sub in e.exceptions:
+                walk(sub, path + _note_path(sub))
+        elif isinstance(e, AttributeError):
+            out.append((path, "expected a mapping", None))
+        elif isinstance(e, KeyError):
+            out.append((path, f"required key {e.args[0]!r} is missing" if e.args else "required key missing", None))
+        elif isinstance(e, (ValueError, TypeError)):
+            out.append((path, str(e) if str(e) else type(e).__name__, None))
+        else:
+            out.append((path, f"{type(e).__name__}: {e}", None))
+
+    walk(exc, "$")
+    return out
+
+
+def _note_path(e):
+    notes = getattr(e, "__notes__", ())
+    for note in notes:
+        name = getattr(note, "name", None)
+        if name is None:
+            continue
+        if getattr(note, "type", None) is not None and note.__class__.__name__ == "AttributeValidationNote":
+            return f".{name}"
+        if note.__class__.__name__ == "IterableValidationNote":
+            return f"[{note.index}]"
+    for note in notes:
+        idx = getattr(note, "index", None)
+        if idx is not None:
+            if isinstance(idx, str):
+                return f"['{idx}']"
+            return f"[{idx}]"
+    return ""
+
+
+def _fail(filename, items):
+    lines = [f"{filename}:{line}:{col}: {msg}" for (line, col), msg in items]
+    raise ConfigError("\n".join(lines))
+
+
+def parse_config(text, filename="<config>"):
+    """
+    @param text: YAML.
+    @param filename: what messages call the file.
+    @return: a L{Config}.
+    @raise ConfigError: with every problem, each as C{file:line:col: what}.
+    """
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(p for p in (e.context, e.problem) if p)
+        _fail(filename, [((line, col), problem or "YAML syntax error")])
+    except YAMLError as e:
+        _fail(filename, [((1, 1), str(e).splitlines()[0] if str(e) else "YAML error")])
+    if doc is None:
+        _fail(filename, [((1, 1), "the file is empty; give at least routes: or zookeeper:")])
+    if not isinstance(doc, dict):
+        _fail(filename, [((1, 1), "expected a mapping of settings at the top level")])
+    try:
+        config = _CONVERTER.structure(doc, Config)
+    except Exception as exc:
+        items = []
+        for path, msg, key in _messages(exc):
+            items.append((_locate(doc, path, key), f"{msg} @ {path}"))
+        _fail(filename, items)
+    config = _normalise(config)
+    problems = _check(config)
+    if problems:
+        _fail(filename, [(_locate(doc, path), f"{msg} @ {path}") for path, msg in problems])
+    return config
+
+
+def load_config(path):
+    """
+    @return: the L{Config} in the file at C{path}.
+    @raise ConfigError: located messages, also for a missing or unreadable file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}:1:1: cannot read the file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}:1:1: not UTF-8 text: {e}") from None
+    return parse_config(text, path)

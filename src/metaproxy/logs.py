@@ -1,0 +1,177 @@
+# -*- test-case-name: metaproxy.test.test_logs -*-
+"""
+Logging for metaproxy, all through L{twisted.logger}.
+
+ - C{twistd --logger=metaproxy.logs.journal_text}: plain text on stdout with
+   journald priority prefixes (C{<6>} info, C{<4>} warn, C{<3>} error), no
+   timestamps (journald adds them). The systemd unit uses it.
+ - C{twistd --logger=metaproxy.logs.json_lines}: one JSON object per line,
+   with the rendered message in C{"msg"}.
+ - L{configure_logging} applies the config's C{logging:} section: a minimum
+   level, and optionally a file with size rotation and retention.
+ - stdlib logging (kazoo's) is bridged into twisted.logger.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    PredicateResult,
+    formatEvent,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
+from twisted.logger import ILogObserver
+
+_PRIORITY = {
+    LogLevel.debug: 7,
+    LogLevel.info: 6,
+    LogLevel.warn: 4,
+    LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+
+#: The level the config's C{logging.level} sets; events below it are dropped
+#: by the observers made here.
+_level = {"value": LogLevel.info}
+
+
+def _enabled(event):
+    level = event.get("log_level", LogLevel.info)
+    return PredicateResult.yes if level >= _level["value"] else PredicateResult.no
+
+
+def format_journal(event):
+    """@return: one journald-ready line: C{<priority>[namespace] message}."""
+    text = formatEvent(event)
+    if event.get("log_failure") is not None:
+        try:
+            text += "\n" + event["log_failure"].getTraceback()
+        except Exception:
+            pass
+    priority = _PRIORITY.get(event.get("log_level"), 6)
+    namespace = event.get("log_namespace", "-")
+    return "".join(f"<{priority}>[{namespace}] {line}\n" for line in text.splitlines() or [""])
+
+
+@implementer(ILogObserver)
+class _LineObserver:
+    def __init__(self, stream, fmt):
+        self._stream = stream
+        self._fmt = fmt
+
+    def __call__(self, event):
+        try:
+            self._stream.write(self._fmt(event))
+            self._stream.flush()
+        except Exception:
+            pass
+
+
+def journal_text():
+    """The twistd C{--logger} factory for journald (stdout, priorities)."""
+    return FilteringLogObserver(_LineObserver(sys.stdout, format_journal), [_enabled])
+
+
+def format_json(event):
+    """@return: one JSON line with time, level, namespace, msg and named fields."""
+    out = {
+        "time": event.get("log_time"),
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "namespace": event.get("log_namespace"),
+        "msg": formatEvent(event),
+    }
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in out:
+            try:
+                json.dumps(value)
+                out[key] = value
+            except (TypeError, ValueError):
+                out[key] = repr(value)
+    return json.dumps(out) + "\n"
+
+
+def json_lines():
+    """The twistd C{--logger} factory for JSON lines on stdout."""
+    return FilteringLogObserver(_LineObserver(sys.stdout, format_json), [_enabled])
+
+
+class _StdlibBridge(logging.Handler):
+    """Forwards stdlib logging records (kazoo's) into twisted.logger."""
+
+    _LEVELS = {
+        logging.DEBUG: LogLevel.debug,
+        logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn,
+        logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
+
+    def __init__(self, publisher):
+        super().__init__()
+        self._publisher = publisher
+
+    def emit(self, record):
+        level = self._LEVELS.get(record.levelno, LogLevel.info)
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        self._publisher(
+            {
+                "log_level": level,
+                "log_namespace": record.name,
+                "log_format": "{text}",
+                "text": text,
+                "log_time": record.created,
+                "log_source": None,
+            }
+        )
+
+
+def bridge_stdlib_logging(publisher=globalLogPublisher, level=logging.INFO):
+    """
+    Route stdlib logging (kazoo logs through it) into twisted.logger.
+
+    @return: the handler installed on the root logger.
+    """
+    handler = _StdlibBridge(publisher)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def file_observer(path, max_bytes, backups):
+    """
+    @return: an observer writing text to C{path}, rotated at C{max_bytes}
+        with at most C{backups} old files kept (Twisted's own LogFile never
+        deletes old files unless told).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=backups)
+    return FilteringLogObserver(textFileLogObserver(logfile), [_enabled])
+
+
+def configure_logging(logging_config, publisher=globalLogPublisher):
+    """
+    Apply the config's C{logging:} section.
+
+    @return: the file observer added, or L{None}.
+    """
+    _level["value"] = LogLevel.levelWithName(logging_config.level)
+    bridge_stdlib_logging(publisher, logging.DEBUG if logging_config.level == "debug" else logging.INFO)
+    if logging_config.file:
+        observer = file_observer(logging_config.file, logging_config.max_bytes, logging_config.backups)
+        publisher.addObserver(observer)
+        return observer
+    return None
+

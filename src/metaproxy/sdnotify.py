@@ -1,0 +1,91 @@
+# -*- test-case-name: metaproxy.test.test_sdnotify -*-
+"""
+systemd's notify protocol (Type=notify), without a dependency.
+
+READY=1 once metaproxy's listeners are bound, WATCHDOG=1 at half the
+watchdog interval (so a blocked reactor gets the service restarted), and
+STOPPING=1 when shutdown begins. Without C{NOTIFY_SOCKET} it does nothing.
+"""
+
+import os
+import socket
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def notify(message, environ=None):
+    """
+    Send one notification to systemd.
+
+    @param message: e.g. C{b"READY=1"}.
+    @return: L{True} if a notify socket was configured and the datagram sent.
+    """
+    env = os.environ if environ is None else environ
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message)
+    except OSError as e:
+        log.warn("sd_notify to {address} failed: {error}", address=address, error=e)
+        return False
+    return True
+
+
+def watchdog_interval(environ=None):
+    """
+    @return: seconds between watchdog pings (half of C{WATCHDOG_USEC}), or
+        L{None} when systemd does not watch this process.
+    """
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+class NotifyService(Service):
+    """
+    Tells systemd about metaproxy's lifecycle. Add it last to the service
+    tree, so READY is sent after every listener was started.
+    """
+
+    def __init__(self, reactor, environ=None, send=notify):
+        self._reactor = reactor
+        self._environ = os.environ if environ is None else environ
+        self._send = send
+        self._watchdog = None
+
+    def startService(self):
+        """Send READY=1 once the reactor runs; start watchdog pings if asked."""
+        super().startService()
+        self._reactor.callWhenRunning(self._ready)
+
+    def _ready(self):
+        if not self.running:
+            return
+        self._send(b"READY=1", self._environ)
+        interval = watchdog_interval(self._environ)
+        if interval:
+            self._watchdog = LoopingCall(self._send, b"WATCHDOG=1", self._environ)
+            self._watchdog.clock = self._reactor
+            self._watchdog.start(interval, now=True)
+
+    def stopService(self):
+        """Send STOPPING=1 and stop the watchdog pings."""
+        super().stopService()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._send(b"STOPPING=1", self._environ)

@@ -1,0 +1,130 @@
+"""
+Tests for L{metaproxy.tap} and the twistd plugin.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from metaproxy import tap
+
+
+def _write(case, text):
+    path = case.mktemp() + ".yaml"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_discovered(self):
+        """twistd finds the metaproxy service maker (and the simulator's)."""
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker) if IPlugin.providedBy(p)}
+        self.assertIn("metaproxy", makers)
+        self.assertIn("pegasus-sim", makers)
+        self.assertIsInstance(makers["metaproxy"].options(), tap.Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_config_required(self):
+        """Without --config twistd gets a UsageError saying so."""
+        e = self.assertRaises(UsageError, tap.Options().parseOptions, [])
+        self.assertIn("--config", str(e))
+
+    def test_bad_config_is_usage_error_with_location(self):
+        """A bad config surfaces as a UsageError carrying the file:line:col message."""
+        path = _write(self, "listen: tcp:1\nroutes:\n  t: {cluster_name: c, meta_addrs: 'x'}\n")
+        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["--config", path])
+        self.assertIn(f"{path}:3:36: 'x' is not host:port", str(e))
+
+    def test_missing_config_file(self):
+        """A config path that does not exist is a UsageError, not a traceback."""
+        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["-c", "/nonexistent.yaml"])
+        self.assertIn("cannot read the file", str(e))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_service_tree(self):
+        """makeService builds the named children, listening where the config says."""
+        path = _write(
+            self,
+            "listen: tcp:34999:interface=127.0.0.1\nadmin: {listen: 'tcp:19091:interface=127.0.0.1'}\n"
+            "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:34601'}\n",
+        )
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        service = tap.makeService(options, reactor)
+        names = [s.name for s in service]
+        self.assertEqual(names, ["routes", "pools", "admin", "proxy", "notify"])
+        service.startService()
+        ports = sorted(p[0] for p in reactor.tcpServers)
+        self.assertEqual(ports, [19091, 34999])
+        self.assertTrue(service.getServiceNamed("proxy").listening)
+        self.successResultOf(service.stopService())
+        self.assertFalse(service.getServiceNamed("proxy").listening)
+
+    def test_falcon_reporter_adds_service(self):
+        """metric.type falcon adds a pushing reporter service."""
+        path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\nmetric: {type: falcon}\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        service = tap.makeService(options, MemoryReactorClock())
+        self.assertIn("reporter", [s.name for s in service])
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class TwistdSmokeTests(SynchronousTestCase):
+    def test_twistd_runs_and_stops(self):
+        """
+        `twistd -n metaproxy --config=...` opens its port, answers a TCP
+        connect, and exits on SIGTERM.
+        """
+        port, admin = _free_port(), _free_port()
+        path = os.path.abspath(
+            _write(
+                self,
+                f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}\n"
+                "metric: {type: none}\nroutes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\n",
+            )
+        )
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "metaproxy", f"--config={path}"],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.fail(f"twistd did not open port {port}: {proc.stdout.read().decode()[-2000:]}")
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        output = proc.stdout.read().decode()
+        self.assertIn(rc, (0, -signal.SIGTERM))
+        self.assertIn("drained", output)
+        self.assertNotIn("Traceback", output)
