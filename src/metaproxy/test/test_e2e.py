@@ -3,7 +3,7 @@ End-to-end tests: Pegasus clients -> metaproxy -> simulated meta clusters,
 over loopback in one reactor.
 """
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from metaproxy.route import MetaAddrs, Route
@@ -217,3 +217,82 @@ class DrainTests(_E2EBase):
         yield stopping
         yield client.closed
         self.assertFalse(self.proxy.listener.listening)
+
+
+class ZooKeeperE2ETests(_E2EBase):
+    """The full path with routes from a real ZooKeeper server."""
+
+    timeout = 60
+
+    def make_routes(self):
+        import itertools
+        import json
+
+        from kazoo.client import KazooClient
+
+        from metaproxy.testing.zookeeper import ZooKeeperServer
+        from metaproxy.zkroutes import ZooKeeperRouteTable
+
+        self.zk = ZooKeeperServer()
+        self.zk.start()
+        self.addCleanup(self.zk.destroy)
+        self.admin = KazooClient(hosts=self.zk.hosts)
+        self.admin.start(timeout=15)
+        self.addCleanup(lambda: (self.admin.stop(), self.admin.close()))
+        self.node = lambda cluster: json.dumps(
+            {"cluster_name": cluster.cluster_name, "meta_addrs": cluster.meta_addrs()}
+        ).encode()
+        self.admin.create("/pegasus/temp", self.node(self.a), makepath=True)
+        self.admin.create("/pegasus/stat", self.node(self.a), makepath=True)
+        return ZooKeeperRouteTable([self.zk.hosts], "/pegasus", reactor, session_timeout=4.0, read_timeout=3.0)
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        from metaproxy.test.test_zkroutes import wait_until
+
+        self.wait_until = wait_until
+        yield wait_until(self.routes.is_ready)
+
+    @defer.inlineCallbacks
+    def test_switch_under_load(self):
+        """
+        Rewriting a table's node moves the next queries to the new cluster
+        (another app_id and partition count) while queries keep flowing,
+        and no query fails.
+        """
+        client = yield self.connected("java2")
+        seen = []
+        stop = []
+
+        @defer.inlineCallbacks
+        def load():
+            while not stop:
+                answers = yield defer.gatherResults([client.query("temp") for _ in range(20)])
+                seen.extend((_decode(a).err, _decode(a).app_id, _decode(a).partition_count) for a in answers)
+
+        running = load()
+        yield self.wait_until(lambda: len(seen) >= 100)
+        yield threads.deferToThread(self.admin.set, "/pegasus/temp", self.node(self.b))
+        yield self.wait_until(lambda: seen[-1][1:] == (6, 16))
+        stop.append(True)
+        yield running
+        self.assertEqual({s[0] for s in seen}, {"ERR_OK"})
+        self.assertEqual({s[1:] for s in seen}, {(2, 8), (6, 16)})
+        first_new = next(i for i, s in enumerate(seen) if s[1] == 6)
+        self.assertTrue(all(s[1] == 6 for s in seen[first_new:]), "a query went back to the old cluster")
+
+    @defer.inlineCallbacks
+    def test_zookeeper_restart_under_load(self):
+        """While ZooKeeper restarts, cached tables keep being served without errors."""
+        client = yield self.connected("go")
+        self.assertEqual(_decode((yield client.query("temp"))).app_id, 2)
+        self.assertEqual(_decode((yield client.query("stat"))).app_id, 3)
+        yield threads.deferToThread(self.zk.stop)
+        yield self.wait_until(lambda: self.routes.zk_state != "CONNECTED")
+        answers = yield defer.gatherResults([client.query(t) for t in ("temp", "stat") * 50])
+        self.assertEqual({_decode(a).err for a in answers}, {"ERR_OK"})
+        yield threads.deferToThread(self.zk.start)
+        yield self.wait_until(lambda: self.routes.zk_state == "CONNECTED")
+        answers = yield defer.gatherResults([client.query(t) for t in ("temp", "stat") * 50])
+        self.assertEqual({_decode(a).err for a in answers}, {"ERR_OK"})

@@ -1,0 +1,1 @@
+"""Scripts run under real Pegasus client libraries, in their own virtualenvs."""
