@@ -11,6 +11,7 @@ Durations of metaproxy's own keys are seconds (floats); the Go-compatible
 C{zookeeper.timeout} is milliseconds, as it was there.
 """
 
+import math
 import re
 
 import attrs
@@ -41,11 +42,30 @@ class AddrString(str):
 
 @attrs.frozen
 class AdminConfig:
+    """
+    The admin HTTP listener.
+
+    @ivar listen: a Twisted server endpoint string (checked to parse).
+    """
+
     listen: str = "tcp:9091:interface=127.0.0.1"
 
 
 @attrs.frozen
 class ZooKeeperConfig:
+    """
+    Routes from ZooKeeper: node C{<root>/<table>} holds the table's route.
+
+    @ivar address: ZooKeeper servers, C{host:port} each (at least one).
+    @ivar root: the parent node, always with one leading and no trailing
+        C{/} (a Go config's C{root: pegasus-cluster} is accepted).
+    @ivar timeout: the ZooKeeper B{session} timeout in milliseconds (the Go
+        proxy's key and unit); the server clamps it to 2..20 ticks.
+    @ivar table_watcher_cache_capacity: tables cached and watched at once.
+    @ivar read_timeout: seconds a table's first read may take.
+    @ivar max_suspended: seconds disconnected before a new session is forced.
+    """
+
     address: HostList
     root: str = "/pegasus-cluster"
     timeout: int = 10000
@@ -56,18 +76,41 @@ class ZooKeeperConfig:
 
 @attrs.frozen
 class RouteConfig:
+    """
+    One static route, in the same shape as a ZooKeeper route node.
+
+    @ivar cluster_name: the owning cluster's name (not empty).
+    @ivar meta_addrs: its metas as one C{"h:p,h:p"} string (a YAML list is
+        accepted and joined); every address is checked.
+    """
+
     cluster_name: str
     meta_addrs: AddrString
 
 
 @attrs.frozen
 class SimTableConfig:
+    """
+    A table of the simulated cluster.
+
+    @ivar partition_count: a power of two, at least 1.
+    @ivar app_id: the table's id; L{None} lets the simulator assign one.
+    """
+
     partition_count: int = 8
     app_id: int | None = None
 
 
 @attrs.frozen
 class SimClusterConfig:
+    """
+    One simulated Pegasus meta cluster, run inside metaproxy's process.
+
+    @ivar name: the cluster's name (not empty).
+    @ivar metas: C{ipv4:port} of each simulated meta; the first leads.
+    @ivar tables: table name -> L{SimTableConfig}.
+    """
+
     name: str
     metas: HostList
     tables: dict[str, SimTableConfig] = attrs.Factory(dict)
@@ -75,12 +118,28 @@ class SimClusterConfig:
 
 @attrs.frozen
 class SimulatorConfig:
+    """
+    Simulated meta clusters started in-process (the embedded default).
+
+    @ivar clusters: the clusters to simulate.
+    @ivar host_ports: also send the C{hp_*} fields, as Pegasus >= 2.6 does.
+    """
+
     clusters: tuple[SimClusterConfig, ...] = ()
     host_ports: bool = False
 
 
 @attrs.frozen
 class FalconConfig:
+    """
+    Open-Falcon push settings (used when C{metric.type} is C{falcon}).
+
+    @ivar url: the falcon-agent push URL.
+    @ivar endpoint: the endpoint name pushed; empty means this host's name.
+    @ivar step: seconds between pushes (>= 1).
+    @ivar timeout: seconds one push may take.
+    """
+
     url: str = "http://127.0.0.1:1988/v1/push"
     endpoint: str = ""
     step: int = 60
@@ -89,6 +148,15 @@ class FalconConfig:
 
 @attrs.frozen
 class MetricConfig:
+    """
+    Metrics.
+
+    @ivar type: the reporter plugin's name (checked to exist), or C{none}.
+    @ivar tags: constant labels; a mapping or the Go style C{[k=v, ...]}.
+    @ivar table_labels: label per-table series (bounded to cached tables).
+    @ivar falcon: L{FalconConfig}.
+    """
+
     type: str = "prometheus"
     tags: Tags = attrs.Factory(Tags)
     table_labels: bool = True
@@ -97,6 +165,15 @@ class MetricConfig:
 
 @attrs.frozen
 class TimeoutConfig:
+    """
+    Backend timeouts, in seconds (all > 0).
+
+    @ivar client_default: deadline of a query whose client gave none.
+    @ivar client_max: cap on any query's deadline (>= C{client_default}).
+    @ivar hedge_delay: wait before the other metas are asked too.
+    @ivar connect: one connection attempt to a meta.
+    """
+
     client_default: float = 5.0
     client_max: float = 30.0
     hedge_delay: float = 1.0
@@ -105,6 +182,18 @@ class TimeoutConfig:
 
 @attrs.frozen
 class LimitsConfig:
+    """
+    Resource limits of the client-facing listener.
+
+    @ivar max_frame_bytes: a larger request frame closes its connection.
+    @ivar max_connections: client connections at once; 0 means no limit.
+    @ivar idle_timeout: seconds before an idle client connection is closed;
+        0 (the default) means never, because Go clients refuse to redial a
+        closed meta address for 60 s.
+    @ivar max_pending_per_connection: unanswered requests before a
+        connection stops being read.
+    """
+
     max_frame_bytes: int = 1048576
     max_connections: int = 10000
     idle_timeout: float = 0.0
@@ -113,6 +202,15 @@ class LimitsConfig:
 
 @attrs.frozen
 class LoggingConfig:
+    """
+    Logging (see L{metaproxy.logs.configure_logging}).
+
+    @ivar level: C{debug}, C{info}, C{warn}, C{error} or C{critical}.
+    @ivar file: also log to this file; L{None} means only stdout.
+    @ivar max_bytes: rotate the file at this size.
+    @ivar backups: rotated files kept; older ones are deleted.
+    """
+
     level: str = "info"
     file: str | None = None
     max_bytes: int = 52428800
@@ -121,7 +219,11 @@ class LoggingConfig:
 
 @attrs.frozen
 class Config:
-    """The whole configuration (see README.rst, "Configuration")."""
+    """
+    The whole configuration (README.rst, "Configuration reference", says
+    what each key means). Exactly one of C{zookeeper} and C{routes} is
+    given; C{simulator} adds in-process simulated clusters.
+    """
 
     listen: str = "tcp:34601"
     admin: AdminConfig = attrs.Factory(AdminConfig)
@@ -161,6 +263,8 @@ def _int(v, _):
 def _float(v, _):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _Bad(f"expected a number, got {_type_name(v)} {v!r}")
+    if not math.isfinite(v):
+        raise _Bad(f"expected a finite number, got {v!r}")
     return float(v)
 
 
@@ -194,8 +298,8 @@ def _tags(v, _):
     if isinstance(v, dict):
         out = {}
         for k, val in v.items():
-            if not isinstance(k, str) or isinstance(val, (dict, list)) or val is None:
-                raise _Bad(f"tag {k!r}: expected a string value")
+            if not isinstance(k, str) or isinstance(val, bool) or not isinstance(val, (str, int, float)):
+                raise _Bad(f"tag {k!r}: expected a string or number value")
             out[k] = str(val)
         return Tags(out)
     if isinstance(v, list):
@@ -234,6 +338,24 @@ def _endpoint_ok(description):
     return None
 
 
+def _reporter_problem(name):
+    """@return: why C{name} names no installed metric reporter, or L{None}."""
+    from metaproxy.reporters import find_reporter
+
+    try:
+        find_reporter(name)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _table_name_ok(table):
+    """@return: whether C{table} could be a table name (and a ZooKeeper node)."""
+    if table in ("", ".", "..") or len(table) > 1024:
+        return False
+    return not any(c == "/" or c.isspace() or not c.isprintable() for c in table)
+
+
 def _is_power_of_two(n):
     return n >= 1 and n & (n - 1) == 0
 
@@ -260,10 +382,12 @@ def _check(config):
             errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))
     elif not config.routes:
         errs.append(("$", "give either zookeeper: (routes from ZooKeeper) or routes: (a static map)"))
-    for table, _ in config.routes.items():
-        need(bool(table) and "/" not in table, f"$.routes['{table}']", "not a valid table name")
+    for table, route in config.routes.items():
+        need(_table_name_ok(table), f"$.routes['{table}']", f"{table!r} is not a valid table name")
+        need(route.cluster_name.strip() != "", f"$.routes['{table}'].cluster_name", "must not be empty")
     if config.simulator is not None:
         for i, cluster in enumerate(config.simulator.clusters):
+            need(cluster.name.strip() != "", f"$.simulator.clusters[{i}].name", "must not be empty")
             for meta in cluster.metas:
                 need(
                     is_ip_literal(parse_host_port(meta)[0]),
@@ -276,8 +400,9 @@ def _check(config):
                     f"$.simulator.clusters[{i}].tables['{table}'].partition_count",
                     "must be a power of two",
                 )
-    if config.metric.type not in ("none",) and not re.fullmatch(r"[A-Za-z0-9_.-]+", config.metric.type):
-        errs.append(("$.metric.type", "not a reporter name"))
+    if config.metric.type != "none":
+        problem = _reporter_problem(config.metric.type)
+        need(problem is None, "$.metric.type", problem)
     need(config.metric.falcon.step >= 1, "$.metric.falcon.step", "must be >= 1 (seconds)")
     need(config.metric.falcon.timeout > 0, "$.metric.falcon.timeout", "must be > 0 (seconds)")
     t = config.timeouts
@@ -342,7 +467,7 @@ def _messages(exc):
 
     def walk(e, path):
         if isinstance(e, cattrs.errors.ForbiddenExtraKeysError):
-            for k in sorted(e.extra_fields):
+            for k in sorted(e.extra_fields, key=str):
                 out.append((path, f"unknown key {k!r}", k))
         elif isinstance(e, (ExceptionGroup, cattrs.errors.BaseValidationError)):
             for sub in e.exceptions:
@@ -379,6 +504,17 @@ def _note_path(e):
     return ""
 
 
+def _located(doc, exc):
+    """
+    @return: C{((line, col), message)} for each problem in a cattrs error;
+        never raises (a message it cannot place goes to 1:1).
+    """
+    try:
+        return [(_locate(doc, path, key), f"{msg} @ {path}") for path, msg, key in _messages(exc)]
+    except Exception:
+        return [((1, 1), f"invalid configuration: {type(exc).__name__}: {exc}")]
+
+
 def _fail(filename, items):
     lines = [f"{filename}:{line}:{col}: {msg}" for (line, col), msg in items]
     raise ConfigError("\n".join(lines))
@@ -409,10 +545,7 @@ def parse_config(text, filename="<config>"):
     try:
         config = _CONVERTER.structure(doc, Config)
     except Exception as exc:
-        items = []
-        for path, msg, key in _messages(exc):
-            items.append((_locate(doc, path, key), f"{msg} @ {path}"))
-        _fail(filename, items)
+        _fail(filename, _located(doc, exc))
     config = _normalise(config)
     problems = _check(config)
     if problems:

@@ -1,7 +1,13 @@
+# -*- test-case-name: metaproxy.test.test_config -*-
 """
 Tests for L{metaproxy.config}: strict loading, located errors, Go compatibility.
 """
 
+import json
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.config import ConfigError, load_config, parse_config
@@ -57,9 +63,10 @@ class DefaultsTests(SynchronousTestCase):
         import os
 
         here = os.path.dirname(os.path.abspath(__file__))
-        etc = os.path.join(here, "..", "..", "..", "etc")
+        source = os.environ.get("METAPROXY_SOURCE_DIR") or os.path.join(here, "..", "..", "..")
+        etc = os.path.join(source, "etc")
         if not os.path.isdir(etc):
-            raise self.skipTest("not running from a source checkout")
+            raise self.skipTest("set METAPROXY_SOURCE_DIR to the source checkout (.ci/run does)")
         demo = load_config(os.path.join(etc, "demo.yaml"))
         self.assertEqual(demo.simulator.clusters[0].name, "onebox")
         sample = load_config(os.path.join(etc, "metaproxy.yaml"))
@@ -126,3 +133,87 @@ class ErrorTests(SynchronousTestCase):
             ROUTES + "simulator:\n  clusters:\n    - {name: x, metas: ['127.0.0.1:1'], tables: {t: {partition_count: 3}}}\n"
         )
         self.assertIn("must be a power of two", msg)
+
+    def test_unknown_reporter(self):
+        """A metric.type naming no installed reporter is located, naming those that exist."""
+        msg = self.error(ROUTES + "metric: {type: statsd}\n")
+        self.assertIn("bad.yaml:3:16: no metric reporter 'statsd'", msg)
+        self.assertIn("prometheus", msg)
+
+    def test_non_finite_numbers(self):
+        """.inf and .nan are not durations."""
+        msg = self.error(ROUTES + "drain_timeout: .inf\ntimeouts: {connect: .nan}\n")
+        self.assertIn("bad.yaml:3:16: expected a finite number, got inf", msg)
+        self.assertIn("bad.yaml:4:21: expected a finite number, got nan", msg)
+
+    def test_bool_tag_and_empty_cluster_name(self):
+        """A boolean tag value and an empty cluster name are errors, each located."""
+        self.assertIn(
+            "bad.yaml:3:16: tag 'a': expected a string or number value",
+            self.error(ROUTES + "metric: {tags: {a: true}}\n"),
+        )
+        self.assertIn(
+            "bad.yaml:1:28: must not be empty",
+            self.error("routes: {t: {cluster_name: '', meta_addrs: 'a:1'}}\n"),
+        )
+
+    def test_non_string_keys(self):
+        """Keys that are not strings are reported, not a crash."""
+        msg = self.error("1: a\nb: c\n")
+        self.assertIn("bad.yaml:1:1: unknown key 1", msg)
+        self.assertIn("bad.yaml:2:1: unknown key 'b'", msg)
+
+    def test_null_required_key(self):
+        """A required key given as null is a type error at its value."""
+        self.assertIn(
+            "bad.yaml:1:21: expected a list of host:port",
+            self.error("zookeeper: {address: }\n"),
+        )
+
+    def test_missing_required_key(self):
+        """A missing required key is reported at the mapping that lacks it."""
+        self.assertIn(
+            "bad.yaml:1:12: required key 'address' is missing",
+            self.error("zookeeper: {root: /x}\n"),
+        )
+
+
+class RouteFormsTests(SynchronousTestCase):
+    def test_meta_addrs_list_is_joined(self):
+        """meta_addrs may be a YAML list; it is stored as one 'h:p,h:p' string."""
+        c = parse_config("routes:\n  t: {cluster_name: c, meta_addrs: ['a:1', 'b:2']}\n", "r.yaml")
+        self.assertEqual(c.routes["t"].meta_addrs, "a:1,b:2")
+
+    def test_go_address_string(self):
+        """zookeeper.address may be one 'h:p,h:p' string, as some Go configs have."""
+        c = parse_config("zookeeper:\n  address: 'z1:2181, z2:2181'\n", "z.yaml")
+        self.assertEqual(c.zookeeper.address, ("z1:2181", "z2:2181"))
+
+
+_LOCATED = re.compile(r"^bad\.yaml:\d+:\d+: \S")
+_KEYS = [
+    "listen", "admin", "zookeeper", "address", "root", "timeout", "routes", "temp", "cluster_name",
+    "meta_addrs", "simulator", "clusters", "metas", "tables", "partition_count", "metric", "type",
+    "tags", "falcon", "timeouts", "limits", "logging", "level", "file", "drain_timeout", "x",
+]
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 70000), st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["127.0.0.1:34601", "tcp:0", "a:1,b:2", "", "none", "k=v", "info"]),
+)
+_DOCS = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+class NoTracebackTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(_DOCS)
+    def test_any_document_loads_or_gives_located_errors(self, doc):
+        """Whatever the document, the result is a Config or a ConfigError whose every line is located."""
+        try:
+            parse_config(json.dumps(doc, indent=1), "bad.yaml")
+        except ConfigError as e:
+            for line in str(e).splitlines():
+                self.assertRegex(line, _LOCATED)
