@@ -19,6 +19,7 @@ import sys
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     PredicateResult,
     formatEvent,
@@ -27,7 +28,6 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
-from twisted.logger import ILogObserver
 
 _PRIORITY = {
     LogLevel.debug: 7,
@@ -38,8 +38,22 @@ _PRIORITY = {
 }
 
 #: The level the config's C{logging.level} sets; events below it are dropped
-#: by the observers made here.
+#: by the observers made here; C{file} is the file observer in use, if any.
 _level = {"value": LogLevel.info}
+_file = {"observer": None, "publisher": None}
+
+_STDLIB_LEVEL = {
+    LogLevel.debug: logging.DEBUG,
+    LogLevel.info: logging.INFO,
+    LogLevel.warn: logging.WARNING,
+    LogLevel.error: logging.ERROR,
+    LogLevel.critical: logging.CRITICAL,
+}
+
+
+def current_level():
+    """@return: the minimum L{LogLevel} metaproxy's observers let through."""
+    return _level["value"]
 
 
 def _enabled(event):
@@ -163,15 +177,25 @@ def file_observer(path, max_bytes, backups):
 
 def configure_logging(logging_config, publisher=globalLogPublisher):
     """
-    Apply the config's C{logging:} section.
+    Apply the config's C{logging:} section: set the minimum level of
+    metaproxy's observers (L{journal_text}, L{json_lines}, the file), bridge
+    stdlib logging at that level, and add the file observer when C{file} is
+    set. Calling it again replaces the previous file observer.
 
+    @param logging_config: a L{metaproxy.config.LoggingConfig}.
+    @param publisher: where events are published (the global publisher).
     @return: the file observer added, or L{None}.
     """
-    _level["value"] = LogLevel.levelWithName(logging_config.level)
-    bridge_stdlib_logging(publisher, logging.DEBUG if logging_config.level == "debug" else logging.INFO)
-    if logging_config.file:
-        observer = file_observer(logging_config.file, logging_config.max_bytes, logging_config.backups)
-        publisher.addObserver(observer)
-        return observer
-    return None
+    level = LogLevel.levelWithName(logging_config.level)
+    _level["value"] = level
+    bridge_stdlib_logging(publisher, _STDLIB_LEVEL[level])
+    if _file["observer"] is not None:
+        _file["publisher"].removeObserver(_file["observer"])
+        _file["observer"] = _file["publisher"] = None
+    if not logging_config.file:
+        return None
+    observer = file_observer(logging_config.file, logging_config.max_bytes, logging_config.backups)
+    publisher.addObserver(observer)
+    _file["observer"], _file["publisher"] = observer, publisher
+    return observer
 

@@ -59,7 +59,12 @@ def watchdog_interval(environ=None):
 class NotifyService(Service):
     """
     Tells systemd about metaproxy's lifecycle. Add it last to the service
-    tree, so READY is sent after every listener was started.
+    tree, so READY is sent after every listener was started. Without
+    C{NOTIFY_SOCKET} in the environment it does nothing at all.
+
+    @param reactor: runs C{callWhenRunning} and the watchdog's timer.
+    @param environ: the environment to read (L{os.environ} by default).
+    @param send: L{notify}, or a fake in tests.
     """
 
     def __init__(self, reactor, environ=None, send=notify):
@@ -74,7 +79,7 @@ class NotifyService(Service):
         self._reactor.callWhenRunning(self._ready)
 
     def _ready(self):
-        if not self.running:
+        if not self.running or not self._environ.get("NOTIFY_SOCKET"):
             return
         self._send(b"READY=1", self._environ)
         interval = watchdog_interval(self._environ)
@@ -88,4 +93,6 @@ class NotifyService(Service):
         super().stopService()
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
-        self._send(b"STOPPING=1", self._environ)
+        self._watchdog = None
+        if self._environ.get("NOTIFY_SOCKET"):
+            self._send(b"STOPPING=1", self._environ)

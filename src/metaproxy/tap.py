@@ -1,6 +1,8 @@
 # -*- test-case-name: metaproxy.test.test_tap -*-
 """
 C{twistd metaproxy --config=PATH}: command-line options and the service.
+
+The twistd plugin (C{twisted/plugins/metaproxy_plugin.py}) points here.
 """
 
 from twisted.python import usage
@@ -10,8 +12,12 @@ from metaproxy.config import ConfigError, load_config
 
 class Options(usage.Options):
     """
-    Options of C{twistd metaproxy}. The config file is loaded and checked
-    here, so a bad one ends twistd with its located message, not a traceback.
+    Options of C{twistd metaproxy}.
+
+    The config file is loaded and checked in L{postOptions}, so a bad one
+    ends twistd with its located message (C{file:line:col: what}) and exit
+    status 1, never a traceback. After parsing, C{options["config"]} is the
+    path as given and C{options["loaded"]} the L{metaproxy.config.Config}.
     """
 
     optParameters = [
@@ -20,6 +26,8 @@ class Options(usage.Options):
 
     def postOptions(self):
         """
+        Load the configuration into C{self["loaded"]}.
+
         @raise usage.UsageError: no C{--config}, or the file is unusable
             (the message says where and what).
         """
@@ -34,8 +42,13 @@ class Options(usage.Options):
 
 def makeService(options, reactor=None):
     """
+    Apply the config's C{logging:} section and build the service tree.
+
     @param options: parsed L{Options}.
-    @return: metaproxy's service tree (see L{metaproxy.app.build_service}).
+    @param reactor: the reactor to build on; the global one by default
+        (imported here, so that twistd's C{--reactor} choice is honoured).
+    @return: metaproxy's L{MultiService<twisted.application.service.MultiService>}
+        (see L{metaproxy.app.build_service}).
     """
     if reactor is None:
         from twisted.internet import reactor

@@ -1,13 +1,17 @@
+# -*- test-case-name: metaproxy.test.test_logs -*-
 """
 Tests for L{metaproxy.logs}.
 """
 
+import io
 import json
 import logging
 import os
+import sys
 
 import attrs
-from twisted.logger import LogLevel, LogPublisher
+from twisted.logger import ILogObserver, LogLevel, LogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import logs
@@ -26,8 +30,66 @@ class _Cfg:
 
 
 class LogsTests(SynchronousTestCase):
-    def tearDown(self):
-        logs._level["value"] = LogLevel.info
+    def setUp(self):
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+
+        def restore():
+            logs.configure_logging(_Cfg())
+            root.handlers[:] = handlers
+            root.setLevel(level)
+
+        self.addCleanup(restore)
+
+    def stdout(self):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        return out
+
+    def test_journal_text_is_a_filtered_observer(self):
+        """journal_text() makes a twistd --logger observer writing to stdout, below-level events dropped."""
+        out = self.stdout()
+        observer = logs.journal_text()
+        self.assertTrue(ILogObserver.providedBy(observer))
+        observer(_event(LogLevel.debug, "quiet"))
+        observer(_event(LogLevel.info, "hello {who}", who="you"))
+        self.assertEqual(out.getvalue(), "<6>[metaproxy.x] hello you\n")
+
+    def test_debug_level_lets_debug_through(self):
+        """With logging.level debug, debug events are written (with priority 7)."""
+        logs.configure_logging(_Cfg(level="debug"), LogPublisher())
+        out = self.stdout()
+        logs.journal_text()(_event(LogLevel.debug, "detail"))
+        self.assertEqual(out.getvalue(), "<7>[metaproxy.x] detail\n")
+
+    def test_journal_multiline_and_failure(self):
+        """Every line of a multi-line event, traceback included, carries the priority prefix."""
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        text = logs.format_journal(_event(LogLevel.error, "boom\nsecond", log_failure=failure))
+        lines = text.splitlines()
+        self.assertGreater(len(lines), 3)
+        self.assertTrue(all(line.startswith("<3>[metaproxy.x] ") for line in lines))
+        self.assertIn("ZeroDivisionError", text)
+
+    def test_json_lines_observer(self):
+        """json_lines() writes one parseable JSON object per event; unserialisable fields become repr."""
+        out = self.stdout()
+        logs.json_lines()(_event(LogLevel.warn, "x {obj}", obj=object()))
+        [line] = out.getvalue().splitlines()
+        doc = json.loads(line)
+        self.assertEqual(doc["level"], "warn")
+        self.assertTrue(doc["obj"].startswith("<object object"))
+
+    def test_stdlib_level_follows_config(self):
+        """The stdlib bridge drops records below the configured level."""
+        got = []
+        logs.configure_logging(_Cfg(level="warn"), LogPublisher(got.append))
+        logging.getLogger("kazoo.client").info("noise")
+        logging.getLogger("kazoo.client").error("trouble")
+        self.assertEqual([e["text"] for e in got], ["trouble"])
 
     def test_journal_priorities(self):
         """Journal lines carry syslog priorities by level."""
@@ -54,7 +116,6 @@ class LogsTests(SynchronousTestCase):
         path = os.path.abspath(self.mktemp())
         publisher = LogPublisher()
         observer = logs.configure_logging(_Cfg(level="info", file=path, max_bytes=1024, backups=2), publisher)
-        self.addCleanup(lambda: logging.getLogger().handlers.clear())
         for i in range(200):
             publisher(_event(LogLevel.info, "line {i} " + "x" * 40, i=i))
         publisher(_event(LogLevel.debug, "hidden debug line"))
@@ -63,3 +124,13 @@ class LogsTests(SynchronousTestCase):
         self.assertEqual(len(files), 3)
         with open(path) as f:
             self.assertNotIn("hidden debug line", f.read())
+
+    def test_reconfigure_replaces_file_observer(self):
+        """Configuring again removes the previous file observer."""
+        path = os.path.abspath(self.mktemp())
+        publisher = LogPublisher()
+        logs.configure_logging(_Cfg(file=path), publisher)
+        logs.configure_logging(_Cfg(), publisher)
+        publisher(_event(LogLevel.info, "after"))
+        with open(path) as f:
+            self.assertNotIn("after", f.read())

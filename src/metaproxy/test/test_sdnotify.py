@@ -1,3 +1,4 @@
+# -*- test-case-name: metaproxy.test.test_sdnotify -*-
 """
 Tests for L{metaproxy.sdnotify}.
 """
@@ -25,6 +26,19 @@ class NotifyTests(SynchronousTestCase):
         self.assertTrue(notify(b"READY=1", {"NOTIFY_SOCKET": path}))
         self.assertEqual(server.recv(100), b"READY=1")
 
+    def test_abstract_socket(self):
+        """An '@' address names a socket in the abstract namespace."""
+        name = f"metaproxy-test-{os.getpid()}-{id(self)}"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind("\0" + name)
+        self.addCleanup(server.close)
+        self.assertTrue(notify(b"STOPPING=1", {"NOTIFY_SOCKET": "@" + name}))
+        self.assertEqual(server.recv(100), b"STOPPING=1")
+
+    def test_unreachable_socket(self):
+        """A notify socket nobody listens on is logged, not raised."""
+        self.assertFalse(notify(b"READY=1", {"NOTIFY_SOCKET": os.path.abspath(self.mktemp())}))
+
     def test_watchdog_interval(self):
         """The watchdog is pinged at half of WATCHDOG_USEC; another PID's watchdog is ignored."""
         self.assertEqual(watchdog_interval({"WATCHDOG_USEC": "30000000"}), 15.0)
@@ -50,3 +64,24 @@ class NotifyServiceTests(SynchronousTestCase):
         self.assertEqual(sent[-1], b"STOPPING=1")
         reactor.advance(5)
         self.assertEqual(sent.count(b"WATCHDOG=1"), 2)
+
+    def test_noop_without_notify_socket(self):
+        """Without NOTIFY_SOCKET nothing is sent and no watchdog timer runs."""
+        sent = []
+        reactor = MemoryReactorClock()
+        service = NotifyService(reactor=reactor, environ={"WATCHDOG_USEC": "2000000"}, send=lambda m, e: sent.append(m))
+        service.startService()
+        reactor.run()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        service.stopService()
+        self.assertEqual(sent, [])
+
+    def test_stopped_before_running(self):
+        """Stopped before the reactor ran: no READY=1 is sent, only STOPPING=1."""
+        sent = []
+        reactor = MemoryReactorClock()
+        service = NotifyService(reactor=reactor, environ={"NOTIFY_SOCKET": "/x"}, send=lambda m, e: sent.append(m))
+        service.startService()
+        service.stopService()
+        reactor.run()
+        self.assertEqual(sent, [b"STOPPING=1"])

@@ -1,5 +1,6 @@
+# -*- test-case-name: metaproxy.test.test_tap -*-
 """
-Tests for L{metaproxy.tap} and the twistd plugin.
+Tests for L{metaproxy.tap}: options, the service tree, and one twistd run.
 """
 
 import os
@@ -9,9 +10,7 @@ import subprocess
 import sys
 import time
 
-from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
-from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,15 +24,6 @@ def _write(case, text):
     return path
 
 
-class PluginTests(SynchronousTestCase):
-    def test_plugin_discovered(self):
-        """twistd finds the metaproxy service maker (and the simulator's)."""
-        makers = {p.tapname: p for p in getPlugins(IServiceMaker) if IPlugin.providedBy(p)}
-        self.assertIn("metaproxy", makers)
-        self.assertIn("pegasus-sim", makers)
-        self.assertIsInstance(makers["metaproxy"].options(), tap.Options)
-
-
 class OptionsTests(SynchronousTestCase):
     def test_config_required(self):
         """Without --config twistd gets a UsageError saying so."""
@@ -45,6 +35,21 @@ class OptionsTests(SynchronousTestCase):
         path = _write(self, "listen: tcp:1\nroutes:\n  t: {cluster_name: c, meta_addrs: 'x'}\n")
         e = self.assertRaises(UsageError, tap.Options().parseOptions, ["--config", path])
         self.assertIn(f"{path}:3:36: 'x' is not host:port", str(e))
+
+    def test_config_loaded(self):
+        """A good config is loaded into options["loaded"]; options["config"] keeps the path."""
+        path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:34601'}\n")
+        options = tap.Options()
+        options.parseOptions([f"--config={path}"])
+        self.assertEqual(options["config"], path)
+        self.assertEqual(options["loaded"].routes["t"].cluster_name, "c")
+
+    def test_every_error_in_usage_error(self):
+        """All of a file's problems reach the UsageError, each located."""
+        path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: 'a:1'}\nlimits: {max_connections: '5'}\nlisten: 5\n")
+        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["-c", path])
+        self.assertIn(f"{path}:3:27: expected an integer", str(e))
+        self.assertIn(f"{path}:4:9: expected a string", str(e))
 
     def test_missing_config_file(self):
         """A config path that does not exist is a UsageError, not a traceback."""
@@ -72,6 +77,19 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(service.getServiceNamed("proxy").listening)
         self.successResultOf(service.stopService())
         self.assertFalse(service.getServiceNamed("proxy").listening)
+
+    def test_logging_section_applied(self):
+        """makeService applies the config's logging level before building the tree."""
+        from twisted.logger import LogLevel
+
+        from metaproxy import logs
+
+        path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\nlogging: {level: error}\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        self.addCleanup(logs.configure_logging, options["loaded"].logging.__class__())
+        tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(logs.current_level(), LogLevel.error)
 
     def test_falcon_reporter_adds_service(self):
         """metric.type falcon adds a pushing reporter service."""
