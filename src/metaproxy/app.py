@@ -111,6 +111,7 @@ def build_service(config, reactor):
         referenced=routes.clusters,
         hedge_delay=config.timeouts.hedge_delay,
         connect_timeout=config.timeouts.connect,
+        metrics=metrics,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")

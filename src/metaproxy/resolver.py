@@ -18,30 +18,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from metaproxy import errors
+from metaproxy.backend.pools import deadline_for
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Reply
 
 log = Logger()
-
-#: Go clients compute client_timeout as uint32(ns)/1e6, which wraps for
-#: deadlines above 4.29 s; anything longer than this is not a real deadline.
-_MAX_SANE_CLIENT_TIMEOUT_MS = 3_600_000
-
-
-def timeout_for(client_timeout_ms, default, maximum):
-    """
-    Choose how long a backend call may take for one request.
-
-    @param client_timeout_ms: the header's C{client_timeout} (0 when the
-        client sends none, as NodeJS and Go meta calls do).
-    @param default: seconds to use when the header gives no sane value.
-    @param maximum: the cap, in seconds.
-    @return: seconds, in C{(0, maximum]}.
-    """
-    if 0 < client_timeout_ms <= _MAX_SANE_CLIENT_TIMEOUT_MS:
-        return min(client_timeout_ms / 1000.0, maximum)
-    return min(default, maximum)
-
 
 def _error_reply(err):
     return Reply(querycfg.error_result(err))
@@ -129,7 +110,7 @@ class QueryConfigResolver:
             L{defer.CancelledError} when the caller cancels it.
         """
         query = querycfg.decode_args(request.args)
-        timeout = timeout_for(request.header.client_timeout, self.default_timeout, self.max_timeout)
+        timeout = deadline_for(request.header.client_timeout, self.default_timeout, self.max_timeout)
         started = self.timer()
         metrics = self.metrics
         if metrics is not None:

@@ -87,10 +87,26 @@ class _Query:
         d = conn.call(querycfg.QUERY_CFG, self.args, None, int(remaining * 1000))
         # A fast failure (link down) fires at once; the handlers pop it again.
         self.attempts[key] = d
-        d.addCallbacks(self._answered, self._failed, (key,), errbackArgs=(key,))
+        started = cluster.reactor.seconds()
+        d.addCallbacks(self._answered, self._failed, (key, started), errbackArgs=(key, started))
 
-    def _answered(self, response, key):
+    def _observe(self, key, started, outcome):
+        metrics = self.cluster.metrics
+        if metrics is not None:
+            cluster = self.cluster
+            metrics.backend_call(
+                str(cluster.meta_addrs), cluster._label(key), outcome, cluster.reactor.seconds() - started
+            )
+
+    def _answered(self, response, key, started):
         self.attempts.pop(key, None)
+        if response.rpc_error != codes.ERR_OK:
+            self._observe(key, started, response.rpc_error)
+        else:
+            try:
+                self._observe(key, started, querycfg.peek_result(response.body).err)
+            except DecodeError:
+                self._observe(key, started, "malformed")
         if self.done:
             return
         self.reachable = True
@@ -116,10 +132,11 @@ class _Query:
         self._send(leader_key)
         self._check_exhausted()
 
-    def _failed(self, failure, key):
+    def _failed(self, failure, key, started):
         self.attempts.pop(key, None)
         if self.done:
             return
+        self._observe(key, started, failure.type.__name__)
         if not failure.check(NotConnected):
             self.reachable = True
         self._note_failure(key, failure.getErrorMessage())
@@ -220,6 +237,10 @@ class MetaCluster:
     @ivar connection_factory: C{(host, port) -> MetaConnection}-like object
         with C{start}, C{stop}, C{call} and C{matches}; built from
         C{reactor} and C{connect_timeout} when L{None}.
+    @ivar metrics: an object with C{backend_call(cluster, meta, outcome,
+        seconds)} (L{metaproxy.metrics.Metrics}), or L{None}; told of every
+        answer or failure of every meta (not of calls cancelled because
+        another meta already won).
     @ivar last_used: the clock time of the last L{query_config}.
     """
 
@@ -230,6 +251,7 @@ class MetaCluster:
     max_extra: int = 3
     connect_timeout: float = 3.0
     connection_factory: object = None
+    metrics: object = None
     last_used: float = attrs.field(init=False, default=0.0)
     _configured: dict = attrs.field(init=False, factory=dict)
     _extra: dict = attrs.field(init=False, factory=dict)

@@ -75,6 +75,7 @@ class _TrackingEndpoint:
 
 @attrs.define(eq=False)
 class _ProtocolFactory(Factory):
+    noisy = False  # reconnects would log "Starting factory" each time
     clock: object
     max_frame_bytes: int
     on_lost: object

@@ -59,6 +59,7 @@ class ClusterPools:
     @ivar max_extra: see L{MetaCluster.max_extra}.
     @ivar sweep_interval: seconds between sweeps; by default half of
         C{idle_close}, between 1 and 60 seconds.
+    @ivar metrics: passed to each L{MetaCluster} (backend call metrics).
     @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
         C{in_flight()} and C{close()}; a L{MetaCluster} by default.
     """
@@ -72,6 +73,7 @@ class ClusterPools:
     max_extra: int = 3
     sweep_interval: float | None = None
     cluster_factory: object = None
+    metrics: object = None
     _pools: dict = attrs.field(init=False, factory=dict)
     _sweeper: object = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
@@ -110,6 +112,7 @@ class ClusterPools:
             retry_delay=self.retry_delay,
             max_extra=self.max_extra,
             connect_timeout=self.connect_timeout,
+            metrics=self.metrics,
         )
 
     def pools(self):

@@ -159,12 +159,22 @@ class BackendFaultTests(_E2EBase):
     def test_leader_change_under_load(self):
         """Moving the leader while queries flow loses none: FORWARD is followed inside the proxy."""
         client = yield self.connected()
+        yield self.load(client, 1)  # the pool now believes in meta 0, the leader
         first = self.load(client, 100)
         self.a.set_leader(1)
         second = self.load(client, 100)
         errs = (yield first) + (yield second)
         self.assertEqual(set(errs), {"ERR_OK"})
         self.assertEqual(self.proxy.pools.get(MetaAddrs.parse(self.a.meta_addrs())).leader, self.a.addresses()[1])
+        registry = self.proxy.metrics.registry
+        cluster = str(MetaAddrs.parse(self.a.meta_addrs()))
+        self.assertGreaterEqual(
+            registry.get_sample_value("metaproxy_backend_errors_total", {"cluster": cluster, "outcome": "ERR_FORWARD_TO_OTHERS"}),
+            1.0,
+        )
+        self.assertGreaterEqual(
+            registry.get_sample_value("metaproxy_backend_call_seconds_count", {"cluster": cluster}), 3.0
+        )
 
     @defer.inlineCallbacks
     def test_leader_down(self):

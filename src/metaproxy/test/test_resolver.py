@@ -9,7 +9,7 @@ from zope.interface.verify import verifyObject
 
 from metaproxy import errors
 from metaproxy.interfaces import IClusterPools, IMetaCluster, IRouteTable
-from metaproxy.resolver import QueryConfigResolver, relay_reply, timeout_for
+from metaproxy.resolver import QueryConfigResolver, relay_reply
 from metaproxy.route import MetaAddrs, Route
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
@@ -153,25 +153,6 @@ class FakesConformTests(SynchronousTestCase):
         verifyObject(IRouteTable, _Routes({}))
         verifyObject(IMetaCluster, _Cluster(META1))
         verifyObject(IClusterPools, _Pools())
-
-
-class TimeoutForTests(SynchronousTestCase):
-    def test_client_timeout_used(self):
-        """A sane header timeout (ms) becomes the backend deadline in seconds."""
-        self.assertEqual(timeout_for(2000, 5.0, 30.0), 2.0)
-
-    def test_zero_means_default(self):
-        """NodeJS sends 0: the configured default applies."""
-        self.assertEqual(timeout_for(0, 5.0, 30.0), 5.0)
-
-    def test_capped(self):
-        """A long header timeout is capped at the maximum."""
-        self.assertEqual(timeout_for(20000, 5.0, 10.0), 10.0)
-
-    def test_wrapped_or_negative_means_default(self):
-        """Negative values and Go's wrapped huge values are not deadlines."""
-        self.assertEqual(timeout_for(-5, 5.0, 30.0), 5.0)
-        self.assertEqual(timeout_for(2**31 - 1, 5.0, 30.0), 5.0)
 
 
 class RelayTests(SynchronousTestCase):

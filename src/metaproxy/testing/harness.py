@@ -72,7 +72,11 @@ class ProxyHarness:
         self.metrics = Metrics()
         self.metrics.watch_route_table(self.routes)
         self.pools = ClusterPools(
-            self.reactor, referenced=self.routes.clusters, hedge_delay=self.hedge_delay, connect_timeout=1.0
+            self.reactor,
+            referenced=self.routes.clusters,
+            hedge_delay=self.hedge_delay,
+            connect_timeout=1.0,
+            metrics=self.metrics,
         )
         self.resolver = QueryConfigResolver(
             self.routes, self.pools, default_timeout=self.default_timeout, max_timeout=10.0, metrics=self.metrics
