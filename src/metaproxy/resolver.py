@@ -25,8 +25,11 @@ from metaproxy.wire.frame import Reply
 log = Logger()
 
 def _error_reply(err):
-    return Reply(querycfg.error_result(err))
+    return Reply(querycfg.error_result(err), app_error=err)
 
+
+#: How many (cluster, table, indices) keep their last relayed answer.
+_RELAY_CACHE_SIZE = 4096
 
 _NOT_FOUND = _error_reply(codes.ERR_OBJECT_NOT_FOUND)
 _RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
@@ -53,7 +56,7 @@ def relay_reply(response):
         return _RETRY_LATER
     if peek.err not in codes.CLIENT_SAFE:
         return _error_reply(codes.ERR_UNKNOWN)
-    return Reply(querycfg.strip_host_port(body))
+    return Reply(querycfg.strip_host_port(body), app_error=peek.err)
 
 
 @attrs.define(eq=False)
@@ -95,6 +98,7 @@ class QueryConfigResolver:
     metrics: object = None
     timer: object = time.perf_counter
     _flights: dict = attrs.field(init=False, factory=dict)
+    _relayed: dict = attrs.field(init=False, factory=dict)
 
     def in_flight(self):
         """@return: how many distinct upstream queries are running now."""
@@ -123,14 +127,10 @@ class QueryConfigResolver:
         return d
 
     def _observe(self, reply, table, started):
-        err = codes.ERR_OK
         if reply.rpc_error != codes.ERR_OK:
             err = reply.rpc_error
-        elif reply.body is not None:
-            try:
-                err = querycfg.peek_result(reply.body).err
-            except ValueError:
-                pass
+        else:
+            err = reply.app_error or codes.ERR_OK
         self.metrics.query_answered(table, err, self.timer() - started)
         return reply
 
@@ -176,15 +176,25 @@ class QueryConfigResolver:
         except Exception:
             upstream = defer.fail()
         batch.upstream = upstream
-        upstream.addCallbacks(self._relay, self._upstream_failed, errbackArgs=(table,))
+        upstream.addCallbacks(self._relay, self._upstream_failed, (key,), errbackArgs=(table,))
         upstream.addCallback(self._finish, key, batch)
 
-    def _relay(self, response):
+    def _relay(self, response, key):
+        # A table's answer rarely changes between queries: comparing bytes
+        # (memcmp) is far cheaper than decoding and stripping them again.
+        last = self._relayed.get(key)
+        if last is not None and last[0] == response.body and response.rpc_error == codes.ERR_OK:
+            return last[1]
         try:
-            return relay_reply(response)
+            reply = relay_reply(response)
         except ValueError:
             log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
             return _RETRY_LATER
+        if response.rpc_error == codes.ERR_OK and reply.app_error == codes.ERR_OK:
+            if len(self._relayed) >= _RELAY_CACHE_SIZE:
+                self._relayed.clear()
+            self._relayed[key] = (response.body, reply)
+        return reply
 
     def _upstream_failed(self, failure, table):
         if not failure.check(errors.BackendUnavailable, defer.CancelledError):

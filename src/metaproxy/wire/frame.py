@@ -88,6 +88,9 @@ class Reply:
 
     body: bytes | None
     rpc_error: str = "ERR_OK"
+    #: The app-level error in C{body}, when the handler already knows it
+    #: (metrics use it instead of decoding the body again).
+    app_error: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

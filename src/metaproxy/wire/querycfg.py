@@ -34,6 +34,10 @@ _STRUCT, _LIST, _STRING, _I32T, _I64T, _BOOL, _STOP = (
     binary.STRUCT, binary.LIST, binary.STRING, binary.I32, binary.I64, binary.BOOL, binary.STOP,
 )
 _WRAPPER = binary.pack_field(_STRUCT, 0)
+_PEEK_PREFIX = _WRAPPER + binary.pack_field(_STRUCT, 1)
+_F2_I32 = binary.pack_field(_I32T, 2)
+_F3_I32 = binary.pack_field(_I32T, 3)
+_TWO_I32 = _I32
 
 
 def rpc_address(host, port):
@@ -351,6 +355,16 @@ def peek_result(body):
 
     @return: a L{QueryCfgPeek}. @raise DecodeError: if malformed.
     """
+    # Fast path: the layout every meta server writes (wrapper, err, app_id,
+    # partition_count, in field order) read at fixed offsets.
+    if body[:6] == _PEEK_PREFIX:
+        n = _I32.unpack_from(body, 6)[0] if len(body) >= 10 else -1
+        end = 10 + n
+        if 0 <= n <= 64 and body[end : end + 3] == _F2_I32 and body[end + 7 : end + 10] == _F3_I32:
+            err = body[10:end].decode("ascii", "replace")
+            if err != ERR_FORWARD_TO_OTHERS:
+                app_id, count = _TWO_I32.unpack_from(body, end + 3)[0], _I32.unpack_from(body, end + 10)[0]
+                return QueryCfgPeek(err, app_id, count, None)
     r = Reader(body)
     _enter_result(r)
     err, app_id, count = ERR_OK, 0, 0
@@ -375,6 +389,11 @@ def peek_result(body):
         else:
             r.skip(ttype)
     return QueryCfgPeek(err, app_id, count, None)
+
+
+_HP_PRIMARY = binary.pack_field(binary.STRUCT, 9)
+_HP_SECONDARIES = binary.pack_field(binary.LIST, 10)
+_HP_LAST_DROPS = binary.pack_field(binary.LIST, 11)
 
 
 def _skip_host_port(r):
@@ -419,6 +438,10 @@ def strip_host_port(body):
     @return: C{body} itself when it has no such field, else the new bytes.
     @raise DecodeError: if C{body} is malformed.
     """
+    if _HP_PRIMARY not in body and _HP_SECONDARIES not in body and _HP_LAST_DROPS not in body:
+        # None of the three field headers occurs anywhere, so no such field
+        # exists (a C-speed scan; the walk below is ~100x slower).
+        return body
     r = Reader(body)
     _enter_result(r)
     cuts = []
