@@ -34,6 +34,8 @@ _STRUCT, _LIST, _STRING, _I32T, _I64T, _BOOL, _STOP = (
     binary.STRUCT, binary.LIST, binary.STRING, binary.I32, binary.I64, binary.BOOL, binary.STOP,
 )
 _WRAPPER = binary.pack_field(_STRUCT, 0)
+_ARGS_PREFIX = binary.pack_field(_STRUCT, 1) + binary.pack_field(_STRING, 1)
+_INDICES_HEADER = binary.pack_field(_LIST, 2) + bytes([_I32T])
 _PEEK_PREFIX = _WRAPPER + binary.pack_field(_STRUCT, 1)
 _F2_I32 = binary.pack_field(_I32T, 2)
 _F3_I32 = binary.pack_field(_I32T, 3)
@@ -151,6 +153,22 @@ def decode_args(args):
 
     @return: a L{QueryCfgRequest}. @raise DecodeError: if malformed.
     """
+    # Fast path: the layout every client writes (name, then an empty or
+    # short index list), read at fixed offsets; anything else goes the
+    # general way below.
+    if args[:6] == _ARGS_PREFIX and len(args) >= 10:
+        n = _I32.unpack_from(args, 6)[0]
+        end = 10 + n
+        if 0 <= n and args[end : end + 4] == _INDICES_HEADER and len(args) >= end + 8:
+            count = _I32.unpack_from(args, end + 4)[0]
+            tail = end + 8 + 4 * count
+            if 0 <= count <= 65536 and args[tail:] == b"\x00\x00":
+                try:
+                    name = args[10:end].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DecodeError("app_name is not UTF-8") from None
+                indices = struct.unpack_from(f">{count}i", args, end + 8) if count else ()
+                return QueryCfgRequest(name, indices)
     r = Reader(args)
     ttype, _ = r.field()
     if ttype != _STRUCT:

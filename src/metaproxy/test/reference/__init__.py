@@ -1,0 +1,1 @@
+"""Reference code for the codec tests."""
