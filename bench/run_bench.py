@@ -26,7 +26,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,31 +34,11 @@ import urllib.request
 
 from twisted.internet import defer, task
 
+from metaproxy.testing.net import free_port, wait_for_port
 from metaproxy.testing.pegasus_client import PegasusTestClient
 from metaproxy.wire import querycfg
 
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, proc, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"process {proc.pid} exited with {proc.returncode}; see its log")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open within {timeout}s")
 
 
 def cpu_seconds(pid):
@@ -293,9 +272,9 @@ def main():
         for name, cmd in (("sim", sim_cmd), ("proxy", proxy_cmd)):
             log = open(os.path.join(tmp, f"{name}.log"), "w")
             procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)))
-        wait_port(metas[0], procs[0][1])
-        wait_port(ports["proxy"], procs[1][1])
-        wait_port(ports["admin"], procs[1][1])
+        wait_for_port(metas[0], procs[0][1])
+        wait_for_port(ports["proxy"], procs[1][1])
+        wait_for_port(ports["admin"], procs[1][1])
         pids = {name: p.pid for name, p in procs}
         task.react(lambda reactor: run(reactor, args, ports, pids))
     finally:

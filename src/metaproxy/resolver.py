@@ -15,7 +15,6 @@ import time
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from metaproxy import errors
 from metaproxy.backend.pools import deadline_for

@@ -235,7 +235,6 @@ class ZooKeeperE2ETests(_E2EBase):
     timeout = 60
 
     def make_routes(self):
-        import itertools
         import json
 
         from kazoo.client import KazooClient

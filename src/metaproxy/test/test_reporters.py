@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 

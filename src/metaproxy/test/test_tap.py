@@ -5,16 +5,15 @@ Tests for L{metaproxy.tap}: options, the service tree, and one twistd run.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import tap
+from metaproxy.testing.net import free_port, wait_for_port
 
 
 def _write(case, text):
@@ -100,21 +99,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("reporter", [s.name for s in service])
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class TwistdSmokeTests(SynchronousTestCase):
     def test_twistd_runs_and_stops(self):
         """
         `twistd -n metaproxy --config=...` opens its port, answers a TCP
         connect, and exits on SIGTERM.
         """
-        port, admin = _free_port(), _free_port()
+        port, admin = free_port(), free_port()
         path = os.path.abspath(
             _write(
                 self,
@@ -131,15 +122,10 @@ class TwistdSmokeTests(SynchronousTestCase):
             stderr=subprocess.STDOUT,
         )
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    self.fail(f"twistd did not open port {port}: {proc.stdout.read().decode()[-2000:]}")
-                time.sleep(0.05)
+        try:
+            wait_for_port(port, proc)
+        except RuntimeError as e:
+            self.fail(f"twistd did not open port {port} ({e}): {proc.stdout.read().decode()[-2000:]}")
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
         output = proc.stdout.read().decode()

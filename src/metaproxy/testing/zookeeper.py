@@ -20,6 +20,8 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from metaproxy.testing.net import free_port
+
 JAR = os.environ.get("METAPROXY_ZOOKEEPER_JAR", "/usr/share/java/zookeeper.jar")
 JAVA = shutil.which("java")
 
@@ -31,14 +33,6 @@ def available():
     if not os.path.exists(JAR):
         return f"{JAR} is missing (apt-get install libzookeeper-java)"
     return None
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def four_letter(port, word, timeout=1.0):
@@ -70,7 +64,7 @@ class ZooKeeperServer:
         if reason:
             raise SkipTest(reason)
         self.tick = tick
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="metaproxy-zk-")
         self.proc = None
 
