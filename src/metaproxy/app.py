@@ -5,7 +5,6 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 (ZooKeeper data-watch cache or static routes) + per-cluster meta pools.
 """
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -13,7 +12,7 @@ from twisted.logger import Logger
 from metaproxy.admin import QuietSite, build_admin_root
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.dispatch import RpcDispatcher
-from metaproxy.lifecycle import DrainingServerService, OrderedMultiService
+from metaproxy.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop
 from metaproxy.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.resolver import QueryConfigResolver
@@ -72,7 +71,7 @@ def _cached_tables(routes):
     return allowed
 
 
-def build_service(config, reactor):
+def build_service(config, reactor, fatal=None):
     """
     Build metaproxy's service tree.
 
@@ -83,10 +82,22 @@ def build_service(config, reactor):
 
     @param config: a loaded L{metaproxy.config.Config}.
     @param reactor: the reactor everything runs on.
+    @param fatal: C{callable(message)} that ends the process when it
+        cannot serve (a port is taken); L{fatal_stop} by default.
     @return: an L{OrderedMultiService}; its C{metrics}, C{resolver} and
         C{factory} attributes expose the live objects (tests, benchmarks).
     """
     top = OrderedMultiService()
+    if fatal is None:
+
+        def fatal(message):
+            fatal_stop(reactor, "{message}; stopping", message=message)
+
+    def cannot_listen(what, endpoint):
+        def failed(failure):
+            fatal(f"cannot listen for {what} on {endpoint!r}: {failure.getErrorMessage()}")
+
+        return failed
 
     routes = build_route_table(config, reactor)
     routes.setName("routes")
@@ -95,9 +106,10 @@ def build_service(config, reactor):
     if config.simulator is not None:
         from metaproxy.sim.server import build_simulator_service
 
-        sim = build_simulator_service(config.simulator, reactor)
-        sim.setName("simulator")
-        sim.setServiceParent(top)
+        guard = GuardedService(lambda f: fatal(f"cannot start the simulated meta cluster: {f.getErrorMessage()}"))
+        build_simulator_service(config.simulator, reactor).setServiceParent(guard)
+        guard.setName("simulator")
+        guard.setServiceParent(top)
 
     metrics = Metrics(
         const_labels=dict(config.metric.tags),
@@ -134,7 +146,10 @@ def build_service(config, reactor):
     )
     metrics.watch_connections(lambda: factory.connection_count)
     proxy = DrainingServerService(
-        serverFromString(reactor, config.listen), factory, config.drain_timeout
+        serverFromString(reactor, config.listen),
+        factory,
+        config.drain_timeout,
+        on_bind_failure=cannot_listen("clients", config.listen),
     )
 
     def ready():
@@ -150,7 +165,12 @@ def build_service(config, reactor):
     if reporter is not None:
         reporter_service = reporter.makeService(metrics, config.metric, reactor, root)
 
-    admin = StreamServerEndpointService(serverFromString(reactor, config.admin.listen), QuietSite(root))
+    admin = DrainingServerService(
+        serverFromString(reactor, config.admin.listen),
+        QuietSite(root),
+        0.0,
+        on_bind_failure=cannot_listen("admin HTTP", config.admin.listen),
+    )
     admin.setName("admin")
     admin.setServiceParent(top)
     if reporter_service is not None:
@@ -160,7 +180,7 @@ def build_service(config, reactor):
     proxy.setName("proxy")
     proxy.setServiceParent(top)
 
-    notify = NotifyService(reactor=reactor)
+    notify = NotifyService(reactor=reactor, ready=proxy.when_listening)
     notify.setName("notify")
     notify.setServiceParent(top)
 

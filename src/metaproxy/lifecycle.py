@@ -3,12 +3,54 @@
 Service plumbing for an orderly start and a draining stop.
 """
 
+import os
+import sys
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 log = Logger()
+
+
+def fatal_stop(reactor, fmt, **fields):
+    """
+    Stop the process because it cannot do its job (e.g. a port is taken):
+    log one critical line, shut down in order, then exit with status 1 so
+    that systemd's C{Restart=on-failure} applies.
+    """
+    log.critical(fmt, **fields)
+
+    def exit_1():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_1)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+class GuardedService(MultiService):
+    """
+    Starts its children; if one raises while starting, calls C{on_failure}
+    with a failure instead of letting the exception escape into twistd.
+    """
+
+    def __init__(self, on_failure):
+        super().__init__()
+        self._on_failure = on_failure
+
+    def startService(self):
+        try:
+            super().startService()
+        except Exception:
+            from twisted.python.failure import Failure
+
+            self._on_failure(Failure())
 
 
 class OrderedMultiService(MultiService):
@@ -44,9 +86,14 @@ class DrainingServerService(StreamServerEndpointService):
     @ivar listening: L{True} while the listening port is bound.
     """
 
-    def __init__(self, endpoint, factory, drain_timeout):
+    def __init__(self, endpoint, factory, drain_timeout, on_bind_failure=None):
+        """
+        @param on_bind_failure: C{callable(failure)} told when the port
+            cannot be bound (the process should not run without it).
+        """
         super().__init__(endpoint, factory)
         self.drain_timeout = drain_timeout
+        self._on_bind_failure = on_bind_failure
         self.listening = False
         self.port = None
         self._listen_waiters = []
@@ -63,10 +110,17 @@ class DrainingServerService(StreamServerEndpointService):
         self._listen_waiters.append(d)
         return d
 
-    def startService(self):
-        """Bind the endpoint; a bind failure stops the process with a logged reason."""
-        super().startService()
+    def privilegedStartService(self):
+        """Bind the endpoint; a failure goes to C{on_bind_failure} (or the log)."""
+        Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
         self._waitingForPort.addCallbacks(self._bound, self._bind_failed)
+
+    def startService(self):
+        """Bind the endpoint unless L{privilegedStartService} already did."""
+        Service.startService(self)
+        if self._waitingForPort is None:
+            self.privilegedStartService()
 
     def _bound(self, port):
         self.port = port
@@ -81,7 +135,14 @@ class DrainingServerService(StreamServerEndpointService):
         waiters, self._listen_waiters = self._listen_waiters, []
         for d in waiters:
             d.errback(failure)
-        return failure
+        if self._on_bind_failure is not None:
+            try:
+                self._on_bind_failure(failure)
+            except Exception:
+                log.failure("reporting a bind failure failed")
+        else:
+            log.failure("cannot listen on {endpoint}", failure, endpoint=self.endpoint)
+        return None
 
     def stopService(self):
         """
@@ -90,8 +151,10 @@ class DrainingServerService(StreamServerEndpointService):
         """
         self.listening = False
         d = super().stopService()
-        d.addCallback(lambda _: self.factory.drain(self.drain_timeout))
-        d.addCallback(self._drained)
+        drain = getattr(self.factory, "drain", None)
+        if drain is not None:
+            d.addCallback(lambda _: drain(self.drain_timeout))
+            d.addCallback(self._drained)
         return d
 
     def _drained(self, unanswered):

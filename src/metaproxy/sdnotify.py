@@ -65,10 +65,14 @@ class NotifyService(Service):
     @param reactor: runs C{callWhenRunning} and the watchdog's timer.
     @param environ: the environment to read (L{os.environ} by default).
     @param send: L{notify}, or a fake in tests.
+    @param ready: optional C{callable() -> Deferred} that fires when the
+        process can serve (the proxy's port is bound); READY=1 waits for
+        it and is never sent if it fails.
     """
 
-    def __init__(self, reactor, environ=None, send=notify):
+    def __init__(self, reactor, environ=None, send=notify, ready=None):
         self._reactor = reactor
+        self._when_ready = ready
         self._environ = os.environ if environ is None else environ
         self._send = send
         self._watchdog = None
@@ -76,7 +80,14 @@ class NotifyService(Service):
     def startService(self):
         """Send READY=1 once the reactor runs; start watchdog pings if asked."""
         super().startService()
-        self._reactor.callWhenRunning(self._ready)
+        self._reactor.callWhenRunning(self._wait_ready)
+
+    def _wait_ready(self):
+        if self._when_ready is None:
+            self._ready()
+            return
+        d = self._when_ready()
+        d.addCallbacks(lambda _: self._ready(), lambda f: None)
 
     def _ready(self):
         if not self.running or not self._environ.get("NOTIFY_SOCKET"):

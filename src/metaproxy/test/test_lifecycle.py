@@ -79,3 +79,33 @@ class DrainingServerServiceTests(SynchronousTestCase):
         self.assertNoResult(d)
         drained.callback(0)
         self.successResultOf(d)
+
+
+class _FailingEndpoint:
+    def listen(self, factory):
+        from twisted.internet.error import CannotListenError
+
+        return defer.fail(CannotListenError("127.0.0.1", 1, OSError(98, "Address already in use")))
+
+
+class BindFailureTests(SynchronousTestCase):
+    def test_bind_failure_is_reported_not_raised(self):
+        """A port that cannot be bound is reported to on_bind_failure; waiters see the failure."""
+        seen = []
+        service = DrainingServerService(_FailingEndpoint(), _DrainFactory(), 1.0, on_bind_failure=seen.append)
+        waiting = service.when_listening()
+        service.startService()
+        self.assertEqual(len(seen), 1)
+        self.assertIn("Address already in use", seen[0].getErrorMessage())
+        self.failureResultOf(waiting)
+        self.assertFalse(service.listening)
+
+    def test_site_without_drain_stops(self):
+        """A listener whose factory cannot drain (the admin Site) still stops."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        reactor = MemoryReactor()
+        service = DrainingServerService(TCP4ServerEndpoint(reactor, 0), Site(Resource()), 0.0)
+        service.startService()
+        self.successResultOf(service.stopService())

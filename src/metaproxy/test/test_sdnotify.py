@@ -85,3 +85,25 @@ class NotifyServiceTests(SynchronousTestCase):
         service.stopService()
         reactor.run()
         self.assertEqual(sent, [b"STOPPING=1"])
+
+
+class ReadyGateTests(SynchronousTestCase):
+    def test_ready_waits_for_listener(self):
+        """READY=1 is sent only once the ready Deferred fires, and never if it fails."""
+        from twisted.internet import defer
+
+        for outcome in ("bound", "failed"):
+            sent = []
+            gate = defer.Deferred()
+            reactor = MemoryReactorClock()
+            service = NotifyService(reactor, environ={"NOTIFY_SOCKET": "/x"}, send=lambda m, e: sent.append(m),
+                                    ready=lambda: gate)
+            service.startService()
+            reactor.run()
+            self.assertEqual(sent, [])
+            if outcome == "bound":
+                gate.callback(None)
+                self.assertEqual(sent, [b"READY=1"])
+            else:
+                gate.errback(RuntimeError("port taken"))
+                self.assertEqual(sent, [])

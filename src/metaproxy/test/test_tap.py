@@ -132,3 +132,31 @@ class TwistdSmokeTests(SynchronousTestCase):
         self.assertIn(rc, (0, -signal.SIGTERM))
         self.assertIn("drained", output)
         self.assertNotIn("Traceback", output)
+
+
+class PortTakenTests(SynchronousTestCase):
+    def test_taken_port_is_fatal_with_a_clear_message(self):
+        """If the proxy's port is taken, build_service reports it as fatal (no silent half-start)."""
+        import socket as _socket
+
+        from twisted.internet import reactor
+
+        from metaproxy.app import build_service
+        from metaproxy.config import parse_config
+
+        holder = _socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        self.addCleanup(holder.close)
+        port = holder.getsockname()[1]
+        config = parse_config(
+            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:0:interface=127.0.0.1'}}\n"
+            "metric: {type: none}\nroutes: {t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}}\n"
+        )
+        fatal = []
+        service = build_service(config, reactor, fatal=fatal.append)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(fatal), 1)
+        self.assertIn(f"cannot listen for clients on 'tcp:{port}:interface=127.0.0.1'", fatal[0])
+        self.assertIn("Address already in use", fatal[0])
