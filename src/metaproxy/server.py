@@ -7,6 +7,16 @@ L{IRequestHandler}, and writes each reply when it is ready (out of order is
 fine: every client matches replies by seqid). It never lets a handler's
 exception reach the reactor, and it closes a connection whose stream it can
 no longer parse, as a real meta server does.
+
+What a client is told when a handler does not produce a usable reply:
+
+ - the handler raises (or fails with) L{metaproxy.wire.binary.DecodeError}
+   (its args are malformed): rpc-level C{ERR_INVALID_PARAMETERS}, no body;
+ - any other exception or failure, or a result that is not a
+   L{metaproxy.wire.frame.Reply}: logged with its traceback, answered with
+   rpc-level C{ERR_TIMEOUT}, no body (Java and Go retry that);
+ - a reply whose rpc error is not in L{metaproxy.wire.codes.RPC_LEVEL_SAFE}:
+   sent as C{ERR_UNKNOWN}, because older clients cannot parse other names.
 """
 
 import attrs
@@ -22,28 +32,34 @@ log = Logger()
 
 _INVALID_ARGS = Reply(None, codes.ERR_INVALID_PARAMETERS)
 _RETRY = Reply(None, codes.ERR_TIMEOUT)
+_SAFE = codes.RPC_LEVEL_SAFE
 _MAX_NAMES = 64
 _OTHER = "_other"
 _WARN_EVERY = 10.0
+#: Seconds a connection whose stream broke waits for the answers to the
+#: requests decoded before the break, before it is closed regardless.
+CLOSE_GRACE = 30.0
 
 
 @attrs.define
 class ServerCounters:
     """
-    What the server saw, for metrics.
+    What the server saw, for metrics. Plain integers, bumped in place.
 
-    @ivar requests: requests by rpc name (at most 64 names; the rest under
-        C{"_other"}).
+    @ivar requests: requests by rpc name (at most 64 names; the rest are
+        counted under C{"_other"}, so hostile names cannot grow it).
     @ivar framing_errors: connections closed for an unparsable stream.
     @ivar rejected_connections: connections refused by C{max_connections}
         or while draining.
-    @ivar handler_errors: handler failures turned into error replies.
+    @ivar handler_errors: handler failures answered with C{ERR_TIMEOUT}.
+    @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
     """
 
     requests: dict = attrs.Factory(dict)
     framing_errors: int = 0
     rejected_connections: int = 0
     handler_errors: int = 0
+    invalid_requests: int = 0
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
@@ -60,9 +76,15 @@ class PegasusServerProtocol(Protocol):
     """
     One client connection.
 
-    Requests are answered as their handlers finish; a connection with
-    C{max_pending_per_connection} requests unanswered stops being read
-    until it drops below that.
+    Requests are answered as their handlers finish, in any order. While a
+    connection has C{max_pending_per_connection} requests unanswered it is
+    not read (C{pauseProducing}); it is read again as soon as it drops
+    below that. (Every request of one received chunk is dispatched, so the
+    count may overshoot the limit by one chunk's worth.)
+
+    A stream that cannot be parsed further stops being read; the requests
+    decoded before the break are still answered, then the connection is
+    closed (after at most L{CLOSE_GRACE} seconds).
     """
 
     def __init__(self, factory):
@@ -74,18 +96,22 @@ class PegasusServerProtocol(Protocol):
         self._counted = False
         self._closing = False
         self._idle = None
+        self._grace = None
 
     # -- connection lifecycle
 
     def connectionMade(self):
+        """Count the connection, or refuse it when over the limit or draining."""
         factory = self.factory
-        if factory.draining or (factory.max_connections and factory.connection_count >= factory.max_connections):
+        limit = factory.max_connections
+        if factory.draining or (limit and factory.connection_count >= limit):
             factory.counters.rejected_connections += 1
             factory._warn(
-                "rejecting a connection from {peer}: {count} open, limit {limit}",
+                "rejecting a connection from {peer}: {count} open, limit {limit}, draining {draining}",
                 peer=_peer(self.transport),
                 count=factory.connection_count,
-                limit=factory.max_connections,
+                limit=limit,
+                draining=factory.draining,
             )
             self._closing = True
             self.transport.loseConnection()
@@ -102,25 +128,34 @@ class PegasusServerProtocol(Protocol):
         self._arm_idle()
 
     def connectionLost(self, reason):
+        """Forget the connection; cancel its unanswered requests and drop their replies."""
         factory = self.factory
         if self._counted:
             self._counted = False
             factory.connection_count -= 1
             factory._connections.discard(self)
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        for timer in (self._idle, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._grace = None
+        # Emptied first: the errbacks that cancelling triggers find nothing
+        # pending, so they write nothing and swallow the CancelledError.
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.cancel()
+            try:
+                d.cancel()
+            except Exception:
+                log.failure("cancelling a request of a closed connection raised")
         factory._check_drained()
 
     # -- requests
 
     def dataReceived(self, data):
+        """Decode and dispatch every complete request; on a broken stream, stop and close."""
         if self._closing:
             return
-        self._arm_idle()
+        if self._idle is not None:
+            self._arm_idle()
         try:
             for request in self._decoder.feed_iter(data):
                 self._dispatch(request)
@@ -129,9 +164,10 @@ class PegasusServerProtocol(Protocol):
         except FramingError as e:
             factory = self.factory
             factory.counters.framing_errors += 1
-            factory._warn("closing connection from {peer}: {error}", peer=_peer(self.transport), error=str(e))
-            self._closing = True
-            self.transport.loseConnection()
+            factory._warn(
+                "closing connection from {peer}: {error}", peer=_peer(self.transport), error=str(e)
+            )
+            self._close_when_answered()
 
     def _dispatch(self, request):
         factory = self.factory
@@ -139,6 +175,7 @@ class PegasusServerProtocol(Protocol):
         try:
             result = factory.handler.handle(request, self)
         except DecodeError:
+            factory.counters.invalid_requests += 1
             self._write(request, _INVALID_ARGS)
             return
         except Exception:
@@ -151,9 +188,10 @@ class PegasusServerProtocol(Protocol):
             return
         key = self._next_key
         self._next_key = key + 1
-        self._pending[key] = result
+        pending = self._pending
+        pending[key] = result
         result.addCallbacks(self._answered, self._failed, (request, key), None, (request, key))
-        if key in self._pending and len(self._pending) >= factory.max_pending_per_connection and not self._paused:
+        if not self._paused and key in pending and len(pending) >= factory.max_pending_per_connection:
             self._paused = True
             self.transport.pauseProducing()
 
@@ -166,10 +204,9 @@ class PegasusServerProtocol(Protocol):
 
     def _failed(self, failure, request, key):
         if self._pending.pop(key, None) is None:
-            return None
-        if failure.check(defer.CancelledError):
-            return None
+            return None  # the connection is gone (cancelled by connectionLost)
         if failure.check(DecodeError):
+            self.factory.counters.invalid_requests += 1
             reply = _INVALID_ARGS
         else:
             self.factory.counters.handler_errors += 1
@@ -180,20 +217,45 @@ class PegasusServerProtocol(Protocol):
         return None
 
     def _after_answer(self):
-        if self._paused and len(self._pending) < self.factory.max_pending_per_connection // 2 + 1:
+        factory = self.factory
+        if self._paused and len(self._pending) < factory.max_pending_per_connection:
             self._paused = False
-            if not self.factory.draining:
+            if not factory.draining and not self._closing:
                 self.transport.resumeProducing()
-        if self.factory.draining:
-            self.factory._check_drained()
+        if self._closing and not self._pending:
+            self.transport.loseConnection()
+        if factory.draining:
+            factory._check_drained()
+        elif self._idle is not None:
+            self._arm_idle()
 
     def _write(self, request, reply):
-        if request.oneway or self.transport is None:
+        if request.oneway:
             return
-        rpc_error = reply.rpc_error
-        if rpc_error not in codes.RPC_LEVEL_SAFE:
-            rpc_error = codes.ERR_UNKNOWN
-        self.transport.write(encode_reply(ack_name(request.name), request.seqid, reply.body, rpc_error))
+        try:
+            rpc_error = reply.rpc_error
+            if rpc_error not in _SAFE:
+                rpc_error = codes.ERR_UNKNOWN
+            data = encode_reply(ack_name(request.name), request.seqid, reply.body, rpc_error)
+        except Exception:
+            self.factory.counters.handler_errors += 1
+            log.failure("handler for {rpc} gave an unusable reply {reply!r}", rpc=request.name, reply=reply)
+            data = encode_reply(ack_name(request.name), request.seqid, None, codes.ERR_TIMEOUT)
+        self.transport.write(data)
+
+    def _close_when_answered(self):
+        self._closing = True
+        if not self._pending:
+            self.transport.loseConnection()
+            return
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        self._grace = self.factory.clock.callLater(CLOSE_GRACE, self._grace_expired)
+
+    def _grace_expired(self):
+        self._grace = None
+        self.transport.loseConnection()
 
     def pending_count(self):
         """@return: how many of this connection's requests are unanswered."""
@@ -233,7 +295,8 @@ class PegasusServerFactory(Factory):
 
     @ivar connection_count: connections open now.
     @ivar counters: a L{ServerCounters}.
-    @ivar draining: L{True} once L{drain} was called.
+    @ivar draining: L{True} once L{drain} was called; new connections are
+        then refused.
     """
 
     noisy = False  # no "Starting factory" lines per listener
@@ -267,14 +330,17 @@ class PegasusServerFactory(Factory):
         self.counters = ServerCounters()
         self.draining = False
         self._connections = set()
-        self._drained = None
+        self._drain_waiters = []
+        self._drain_result = None
         self._drain_timer = None
         self._last_warn = {}
 
     def buildProtocol(self, addr):
+        """@return: a new L{PegasusServerProtocol} for this factory."""
         return PegasusServerProtocol(self)
 
     def _warn(self, fmt, **kw):
+        """Log C{fmt} at warn level, at most once per 10 s per message."""
         now = self.clock.seconds()
         if now - self._last_warn.get(fmt, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warn[fmt] = now
@@ -287,24 +353,30 @@ class PegasusServerFactory(Factory):
     def drain(self, timeout):
         """
         Stop reading every connection, wait until every request in flight
-        is answered (at most C{timeout} seconds), then close every
-        connection.
+        is answered (at most C{timeout} seconds, on the clock), then close
+        every connection. Calling it again waits for the same drain.
 
         @return: a L{Deferred} firing with the number of requests that were
             still unanswered when the connections were closed (0: clean).
         """
-        if self._drained is not None:
-            return self._drained
+        d = defer.Deferred()
+        if self._drain_result is not None:
+            d.callback(self._drain_result)
+            return d
+        self._drain_waiters.append(d)
+        if self.draining:
+            return d
         self.draining = True
-        self._drained = defer.Deferred()
         for proto in list(self._connections):
-            proto.transport.pauseProducing()
+            if not proto._paused:
+                proto._paused = True
+                proto.transport.pauseProducing()
         self._drain_timer = self.clock.callLater(timeout, self._finish_drain)
         self._check_drained()
-        return self._drained
+        return d
 
     def _check_drained(self):
-        if self.draining and self._drain_timer is not None and self.in_flight() == 0:
+        if self._drain_timer is not None and self.in_flight() == 0:
             self._finish_drain()
 
     def _finish_drain(self):
@@ -314,7 +386,10 @@ class PegasusServerFactory(Factory):
         if timer.active():
             timer.cancel()
         unanswered = self.in_flight()
+        self._drain_result = unanswered
         for proto in list(self._connections):
             proto._closing = True
             proto.transport.loseConnection()
-        self._drained.callback(unanswered)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(unanswered)

@@ -1,6 +1,7 @@
+# -*- test-case-name: metaproxy.test.test_server -*-
 """
-Tests for L{metaproxy.server} and L{metaproxy.dispatch}: the server-side
-protocol over a fake transport.
+Tests for L{metaproxy.server}: the server-side protocol over a fake
+transport, with the same cases for THFT header v0 and v1 (mixins).
 """
 
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +13,13 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+
+from metaproxy import server
 from metaproxy.dispatch import RpcDispatcher
 from metaproxy.interfaces import IRequestHandler
-from metaproxy.server import PegasusServerFactory
+from metaproxy.server import CLOSE_GRACE, PegasusServerFactory
 from metaproxy.wire import codes, frame, querycfg
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.negotiation import NEGOTIATION, SASL_AUTH_DISABLE
@@ -63,7 +68,13 @@ class _Base:
         self.clock = Clock()
         self.deferring = _Deferring()
         self.dispatcher = RpcDispatcher(
-            {querycfg.QUERY_CFG: _reply_body, "RPC_SLOW": self.deferring, "RPC_BAD_ARGS": self.bad_args}
+            {
+                querycfg.QUERY_CFG: _reply_body,
+                "RPC_SLOW": self.deferring,
+                "RPC_BAD_ARGS": self.bad_args,
+                "RPC_RAISE": lambda request, connection: 1 / 0,
+                "RPC_NONE": lambda request, connection: None,
+            }
         )
         self.factory = PegasusServerFactory(self.dispatcher, self.clock, max_frame_bytes=4096)
         self.proto, self.transport = _connect(self.factory)
@@ -174,9 +185,10 @@ class _Cases(_Base):
         self.factory.max_pending_per_connection = 4
         self.proto.dataReceived(b"".join(self.request("RPC_SLOW", seqid=i) for i in range(4)))
         self.assertEqual(self.transport.producerState, "paused")
-        for _, d in self.deferring.calls[:3]:
-            d.callback(frame.Reply(OK_BODY))
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
         self.assertEqual(self.transport.producerState, "producing")
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=9))
+        self.assertEqual(self.transport.producerState, "paused")
 
     def test_oneway_gets_no_reply(self):
         """A ONEWAY message is handled but not answered."""
@@ -186,6 +198,96 @@ class _Cases(_Base):
         self.proto.dataReceived(bytes(data))
         self.assertEqual(self.transport.value(), b"")
         self.assertTrue(self.transport.connected)
+
+    def test_mixed_versions_on_one_connection(self):
+        """v0 and v1 frames may alternate on one connection, each answered."""
+        other = 1 - self.version
+        data = (
+            self.request(seqid=1)
+            + frame.encode_request(querycfg.QUERY_CFG, 2, querycfg.encode_args("temp"), version=other)
+            + self.request(seqid=3)
+        )
+        self.proto.dataReceived(data)
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1, 2, 3])
+
+    def test_broken_stream_answers_pending_then_closes(self):
+        """
+        After a framing error the connection stops being read; requests
+        decoded before the break are still answered, then it closes.
+        """
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1) + b"XXXX" + b"\x00" * 20)
+        self.assertTrue(self.transport.connected)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.proto.dataReceived(self.request(seqid=2))  # ignored: the stream is broken
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1])
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.factory.counters.framing_errors, 1)
+
+    def test_broken_stream_closes_after_grace(self):
+        """A broken stream whose pending answer never comes is closed after CLOSE_GRACE."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1) + b"XXXX" + b"\x00" * 20)
+        self.clock.advance(CLOSE_GRACE - 1)
+        self.assertTrue(self.transport.connected)
+        self.clock.advance(1)
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.deferring.cancelled, 1)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_sync_handler_exception_is_retryable(self):
+        """A handler raising synchronously is logged and answered ERR_TIMEOUT."""
+        self.proto.dataReceived(self.request("RPC_RAISE", seqid=4))
+        [r] = _replies(self.transport)
+        self.assertEqual((r.seqid, r.rpc_error, r.body), (4, "ERR_TIMEOUT", b""))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_non_reply_result_is_retryable(self):
+        """A handler returning something that is not a Reply gets ERR_TIMEOUT, not a traceback into the reactor."""
+        self.proto.dataReceived(self.request("RPC_NONE", seqid=5) + self.request(seqid=6))
+        replies = _replies(self.transport)
+        self.assertEqual([(r.seqid, r.rpc_error) for r in replies], [(5, "ERR_TIMEOUT"), (6, "ERR_OK")])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
+    def test_deferred_non_reply_result_is_retryable(self):
+        """A Deferred firing with a non-Reply is answered ERR_TIMEOUT."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=5))
+        self.deferring.calls[0][1].callback("junk")
+        [r] = _replies(self.transport)
+        self.assertEqual((r.seqid, r.rpc_error), (5, "ERR_TIMEOUT"))
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
+    def test_deferred_decode_error(self):
+        """A Deferred failing with DecodeError is answered ERR_INVALID_PARAMETERS."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=8))
+        self.deferring.calls[0][1].errback(DecodeError("bad"))
+        [r] = _replies(self.transport)
+        self.assertEqual((r.seqid, r.rpc_error, r.body), (8, "ERR_INVALID_PARAMETERS", b""))
+        self.assertEqual(self.factory.counters.invalid_requests, 1)
+
+    def test_handler_cancelled_while_connected(self):
+        """A handler that cancels its own Deferred still gets its client an answer (ERR_TIMEOUT)."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=3))
+        self.deferring.calls[0][1].cancel()
+        [r] = _replies(self.transport)
+        self.assertEqual((r.seqid, r.rpc_error), (3, "ERR_TIMEOUT"))
+        self.flushLoggedErrors(defer.CancelledError)
+
+    def test_cancellation_on_disconnect_is_swallowed(self):
+        """
+        The CancelledError of a request whose client left is consumed (no
+        unhandled error in the log) and nothing is written for it.
+        """
+        d = defer.Deferred()
+        self.dispatcher._handlers["RPC_LATE"] = lambda request, connection: d
+        self.proto.dataReceived(self.request("RPC_LATE", seqid=1))
+        self.transport.loseConnection()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_request_counters(self):
+        """Requests are counted by rpc name."""
+        self.proto.dataReceived(self.request(seqid=1) + self.request(seqid=2) + self.request("RPC_FOO", seqid=3))
+        self.assertEqual(self.factory.counters.requests, {querycfg.QUERY_CFG: 2, "RPC_FOO": 1})
 
 
 class V0Tests(_Cases, SynchronousTestCase):
@@ -251,6 +353,74 @@ class FactoryTests(_Base, SynchronousTestCase):
         """A connection that arrives during a drain is refused."""
         self.factory.drain(3)
         _, transport = _connect(self.factory)
+        self.assertFalse(transport.connected)
+
+    def test_tcp_nodelay(self):
+        """Every accepted connection asks for TCP_NODELAY."""
+        calls = []
+
+        class _Transport(StringTransport):
+            def setTcpNoDelay(self, enabled):
+                calls.append(enabled)
+
+        self.factory.buildProtocol(None).makeConnection(_Transport())
+        self.assertEqual(calls, [True])
+
+    def test_rejections_logged_rate_limited(self):
+        """Rejected connections are each counted but warned about at most once per 10 s."""
+        events = []
+        self.patch(server, "log", Logger(observer=events.append))
+        self.factory.max_connections = 1
+        for _ in range(3):
+            _connect(self.factory)
+        self.clock.advance(10)
+        _connect(self.factory)
+        self.assertEqual(self.factory.counters.rejected_connections, 4)
+        self.assertEqual([e["log_level"].name for e in events], ["warn", "warn"])
+
+    def test_request_name_counter_is_bounded(self):
+        """Hostile rpc names cannot grow the counters without bound."""
+        data = b"".join(self.request(f"RPC_{i}", seqid=i) for i in range(100))
+        self.proto.dataReceived(data)
+        counts = self.factory.counters.requests
+        self.assertEqual(len(counts), 65)
+        self.assertEqual(sum(counts.values()), 100)
+
+    def test_drain_without_connections(self):
+        """Draining with nothing open fires 0 at once."""
+        self.transport.loseConnection()
+        self.assertEqual(self.successResultOf(self.factory.drain(5)), 0)
+
+    def test_drain_twice(self):
+        """A second drain waits for the same outcome, each caller getting its own Deferred."""
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        first, second = self.factory.drain(5), self.factory.drain(5)
+        self.assertIsNot(first, second)
+        self.clock.advance(5)
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (1, 1))
+        self.assertEqual(self.successResultOf(self.factory.drain(5)), 1)
+
+    def test_drain_does_not_resume_reading(self):
+        """Answers during a drain do not resume reading a connection paused by backpressure."""
+        self.factory.max_pending_per_connection = 1
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1) + self.request("RPC_SLOW", seqid=2))
+        d = self.factory.drain(5)
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.deferring.calls[1][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1, 2])
+
+    def test_idle_timeout_counts_answers_as_traffic(self):
+        """The idle countdown restarts when a pending request is answered."""
+        self.factory.idle_timeout = 5.0
+        proto, transport = _connect(self.factory)
+        proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        self.clock.advance(4)
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.clock.advance(4)
+        self.assertTrue(transport.connected)
+        self.clock.advance(1)
         self.assertFalse(transport.connected)
 
 
