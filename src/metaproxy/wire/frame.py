@@ -108,6 +108,11 @@ def ack_name(name):
     return (name + "_ACK")[:MAX_RPC_NAME]
 
 
+def _wrap32(value):
+    """@return: C{value} wrapped to a signed 32-bit integer, as C++/Java arithmetic does."""
+    return ((value + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
 def _parse_meta_v1(data, start, end):
     r = Reader(data, start, end)
     app_id = partition_index = client_timeout = partition_hash = 0
@@ -135,7 +140,7 @@ def _parse_meta_v1(data, start, end):
         app_id=app_id,
         partition_index=partition_index,
         client_timeout=client_timeout,
-        thread_hash=app_id * 7919 + partition_index,
+        thread_hash=_wrap32(app_id * 7919 + partition_index),
         partition_hash=partition_hash,
         is_backup_request=backup,
     )
@@ -193,50 +198,82 @@ class RequestDecoder:
         """
         Like L{feed}, but yield each request as soon as it is decoded, so
         that requests before a broken frame are still answered.
+
+        A bad magic or header version is detected from the first 8 bytes of
+        a frame, without waiting for a whole header.
         """
         buf = self._buf + data if self._buf else data
         pos = 0
         n = len(buf)
         limit = self.max_frame_bytes
         try:
-            while n - pos >= V1_FIXED_LENGTH:
+            while n - pos >= 8:
                 if buf[pos : pos + 4] != MAGIC:
                     raise FramingError(f"bad magic {bytes(buf[pos:pos + 4])!r}")
                 version = _I32.unpack_from(buf, pos + 4)[0]
                 if version == 0:
                     if n - pos < V0_HEADER_LENGTH:
                         break
-                    (_, _, hlen, _, blen, _, app, pidx, tmo, thash, phash) = _V0.unpack_from(
-                        buf, pos
-                    )
+                    hlen, _, blen = _V0_LENGTHS.unpack_from(buf, pos + 8)
                     if hlen != V0_HEADER_LENGTH:
                         raise FramingError(f"v0 header length {hlen}, expected 48")
                     if blen < 0 or V0_HEADER_LENGTH + blen > limit:
                         raise FramingError(f"frame of {blen} body bytes exceeds the limit")
-                    end = pos + V0_HEADER_LENGTH + blen
+                    body_start = pos + V0_HEADER_LENGTH
+                    end = body_start + blen
                     if end > n:
                         break
-                    header = RequestHeader(0, app, pidx, tmo, thash, phash, False)
-                    body_start = pos + V0_HEADER_LENGTH
+                    key = buf[pos + 24 : body_start]
+                    header = _V0_HEADERS.get(key)
+                    if header is None:
+                        header = RequestHeader(0, *_V0_ROUTING.unpack(key))
+                        _remember(_V0_HEADERS, key, header)
                 elif version == 1:
-                    _, _, mlen, blen = _V1.unpack_from(buf, pos)
+                    if n - pos < V1_FIXED_LENGTH:
+                        break
+                    mlen, blen = _V1_LENGTHS.unpack_from(buf, pos + 8)
                     if mlen < 0 or blen < 0 or V1_FIXED_LENGTH + mlen + blen > limit:
                         raise FramingError(f"v1 frame (meta {mlen}, body {blen}) exceeds the limit")
                     body_start = pos + V1_FIXED_LENGTH + mlen
                     end = body_start + blen
                     if end > n:
                         break
-                    try:
-                        header = _parse_meta_v1(buf, pos + V1_FIXED_LENGTH, body_start)
-                    except DecodeError as e:
-                        raise FramingError(f"bad v1 request meta: {e}") from None
+                    key = buf[pos + V1_FIXED_LENGTH : body_start]
+                    header = _V1_HEADERS.get(key)
+                    if header is None:
+                        try:
+                            header = _parse_meta_v1(buf, pos + V1_FIXED_LENGTH, body_start)
+                        except DecodeError as e:
+                            raise FramingError(f"bad v1 request meta: {e}") from None
+                        if mlen <= _MAX_CACHED_META:
+                            _remember(_V1_HEADERS, key, header)
                 else:
                     raise FramingError(f"unsupported THFT header version {version}")
-                try:
-                    name, mtype, seqid, args_start = _parse_message_begin(buf, body_start, end)
-                except DecodeError as e:
-                    raise FramingError(f"bad thrift message begin: {e}") from None
-                if mtype not in (T_CALL, T_ONEWAY):
+                # The strict message begin every client writes, inline;
+                # anything else goes through the general parser.
+                first = _I32.unpack_from(buf, body_start)[0] if blen >= 12 else 0
+                if first < 0 and (first & _VERSION_MASK) == _VERSION_1:
+                    nlen = _I32.unpack_from(buf, body_start + 4)[0]
+                    name_end = body_start + 8 + nlen
+                    if nlen < 0 or name_end + 4 > end:
+                        raise FramingError("bad thrift message begin: name overruns the frame")
+                    raw = buf[body_start + 8 : name_end]
+                    name = _NAMES.get(raw)
+                    if name is None:
+                        try:
+                            name = raw.decode("ascii")
+                        except UnicodeDecodeError:
+                            raise FramingError("bad thrift message begin: rpc name is not ASCII") from None
+                        _remember(_NAMES, raw, name)
+                    mtype = first & 0xFF
+                    seqid = _I32.unpack_from(buf, name_end)[0]
+                    args_start = name_end + 4
+                else:
+                    try:
+                        name, mtype, seqid, args_start = _parse_message_begin(buf, body_start, end)
+                    except DecodeError as e:
+                        raise FramingError(f"bad thrift message begin: {e}") from None
+                if mtype != T_CALL and mtype != T_ONEWAY:
                     raise FramingError(f"thrift message type {mtype} is not CALL")
                 pos = end
                 yield Request(header, name, seqid, bytes(buf[args_start:end]), mtype == T_ONEWAY)
@@ -244,6 +281,24 @@ class RequestDecoder:
             self._buf = b""
             raise
         self._buf = bytes(buf[pos:]) if pos < n else b""
+
+
+_V0_LENGTHS = struct.Struct(">iii")  # hdr_length, hdr_crc32, body_length
+_V0_ROUTING = struct.Struct(">iiiiq")  # app_id .. client_partition_hash
+_V1_LENGTHS = struct.Struct(">ii")  # meta_length, body_length
+# Clients send the same header bytes and rpc names over and over: decoded
+# values are kept by their raw bytes (bounded; emptied when full).
+_V0_HEADERS = {}
+_V1_HEADERS = {}
+_NAMES = {}
+_CACHE_SIZE = 512
+_MAX_CACHED_META = 64
+
+
+def _remember(cache, key, value):
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 _v0_request = struct.Struct(">4siiiiiiiiiq")
@@ -274,7 +329,7 @@ def encode_request(
     body = _CALL_BEGIN + binary.pack_string(name) + _I32.pack(seqid) + args
     if version == 0:
         if thread_hash is None:
-            thread_hash = app_id * 7919 + partition_index
+            thread_hash = _wrap32(app_id * 7919 + partition_index)
         head = _v0_request.pack(
             MAGIC, 0, V0_HEADER_LENGTH, 0, len(body), 0, app_id, partition_index,
             client_timeout, thread_hash, partition_hash,

@@ -378,7 +378,12 @@ def peek_result(body):
     if body[:6] == _PEEK_PREFIX:
         n = _I32.unpack_from(body, 6)[0] if len(body) >= 10 else -1
         end = 10 + n
-        if 0 <= n <= 64 and body[end : end + 3] == _F2_I32 and body[end + 7 : end + 10] == _F3_I32:
+        if (
+            0 <= n <= 64
+            and len(body) >= end + 14
+            and body[end : end + 3] == _F2_I32
+            and body[end + 7 : end + 10] == _F3_I32
+        ):
             err = body[10:end].decode("ascii", "replace")
             if err != ERR_FORWARD_TO_OTHERS:
                 app_id, count = _TWO_I32.unpack_from(body, end + 3)[0], _I32.unpack_from(body, end + 10)[0]
@@ -460,6 +465,22 @@ def strip_host_port(body):
         # None of the three field headers occurs anywhere, so no such field
         # exists (a C-speed scan; the walk below is ~100x slower).
         return body
+    cuts = _hp_cuts_fast(body)
+    if cuts is None:
+        cuts = _hp_cuts_walk(body)
+    if not cuts:
+        return body
+    out = []
+    pos = 0
+    for start, end in cuts:
+        out.append(body[pos:start])
+        pos = end
+    out.append(body[pos:])
+    return b"".join(out)
+
+
+def _hp_cuts_walk(body):
+    """@return: the C{(start, end)} spans of fields 9-11, by a general walk."""
     r = Reader(body)
     _enter_result(r)
     cuts = []
@@ -477,12 +498,83 @@ def strip_host_port(body):
                 _walk_partition(r, cuts)
         else:
             r.skip(ttype)
-    if not cuts:
-        return body
-    out = []
-    pos = 0
-    for start, end in cuts:
-        out.append(body[pos:start])
-        pos = end
-    out.append(body[pos:])
-    return b"".join(out)
+    return cuts
+
+
+# The layout a meta server writes (every field, in id order), read at
+# computed offsets by _hp_cuts_fast.
+_TOP = struct.Struct(">3s3si")  # wrapper, err header, err length
+_TOP_EXPECTED = (_WRAPPER, binary.pack_field(_STRUCT, 1))
+_TOP_TAIL = struct.Struct(">3s4x3s4x3sx4si")  # app_id, partition_count, is_stateful, partitions
+_TOP_TAIL_EXPECTED = (
+    binary.pack_field(_I32T, 2), binary.pack_field(_I32T, 3), binary.pack_field(_BOOL, 4),
+    binary.pack_field(_LIST, 5) + bytes([_STRUCT]),
+)
+_PC_HEAD = struct.Struct(">3s8x3s8x3s4x3s8x4si")  # fields 1-4, then field 5's list header
+_PC_HEAD_EXPECTED = (
+    binary.pack_field(_STRUCT, 1), binary.pack_field(_I64T, 2), binary.pack_field(_I32T, 3),
+    binary.pack_field(_STRUCT, 4), binary.pack_field(_LIST, 5) + bytes([_STRUCT]),
+)
+_PC_DROPS = struct.Struct(">4si")
+_PC_DROPS_HEADER = binary.pack_field(_LIST, 6) + bytes([_STRUCT])
+_PC_TAIL = struct.Struct(">3s8x3s4x")  # fields 7 and 8
+_PC_TAIL_EXPECTED = (binary.pack_field(_I64T, 7), binary.pack_field(_I32T, 8))
+_HP_SECONDARIES_LIST = _HP_SECONDARIES + bytes([_STRUCT])
+_HP_LAST_DROPS_LIST = _HP_LAST_DROPS + bytes([_STRUCT])
+
+
+def _hp_cuts_fast(body):
+    """
+    @return: the C{(start, end)} spans of fields 9-11 when C{body} has the
+        exact layout a meta server writes, else L{None} (use the walk).
+    """
+    i32 = _I32.unpack_from
+    try:
+        wrapper, f1, elen = _TOP.unpack_from(body, 0)
+        if (wrapper, f1) != _TOP_EXPECTED or elen < 0:
+            return None
+        p = 10 + elen
+        tail = _TOP_TAIL.unpack_from(body, p)
+        if tail[:4] != _TOP_TAIL_EXPECTED or tail[4] < 0:
+            return None
+        p += 26
+        cuts = []
+        for _ in range(tail[4]):
+            head = _PC_HEAD.unpack_from(body, p)
+            if head[:5] != _PC_HEAD_EXPECTED or head[5] < 0:
+                return None
+            p += 48 + 8 * head[5]
+            drops_header, ndrops = _PC_DROPS.unpack_from(body, p)
+            if drops_header != _PC_DROPS_HEADER or ndrops < 0:
+                return None
+            p += 8 + 8 * ndrops
+            if _PC_TAIL.unpack_from(body, p) != _PC_TAIL_EXPECTED:
+                return None
+            p += 18
+            start = p
+            if body[p : p + 3] == _HP_PRIMARY:
+                slen = i32(body, p + 3)[0]
+                if slen < 0:
+                    return None
+                p += 10 + slen
+            for list_header in (_HP_SECONDARIES_LIST, _HP_LAST_DROPS_LIST):
+                if body[p : p + 4] == list_header:
+                    count = i32(body, p + 4)[0]
+                    if count < 0:
+                        return None
+                    p += 8
+                    for _ in range(count):
+                        slen = i32(body, p)[0]
+                        if slen < 0:
+                            return None
+                        p += 7 + slen
+            if body[p : p + 1] != b"\x00":
+                return None
+            if p != start:
+                cuts.append((start, p))
+            p += 1
+        if body[p:] != b"\x00\x00":
+            return None
+        return cuts
+    except struct.error:
+        return None
