@@ -5,7 +5,8 @@ hand codec vs thrift-generated reference code (pure-python TBinaryProtocol).
 
     .venv/bin/python bench/bench_codec.py
 
-Best of 7 repeats; prints one line per operation.
+Best of 7 repeats; prints one line per operation. Run it on an idle
+machine; the figures are for comparing codecs and versions, not a test.
 """
 
 import timeit
@@ -14,7 +15,7 @@ from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.transport.TTransport import TMemoryBuffer
 
 from metaproxy.test.reference.gen.pegasus_ref import meta as ref_meta
-from metaproxy.test.test_wire import _big_response, _to_ref
+from metaproxy.test.reference.samples import big_response, to_ref
 from metaproxy.wire import frame, querycfg
 
 
@@ -23,12 +24,19 @@ def best_us(fn, number):
 
 
 def main():
-    resp = _big_response(256, with_hp=True)
+    resp = big_response(256, with_hp=True)
     body = querycfg.encode_result(resp)
     stripped = querycfg.strip_host_port(body)
-    ref_obj = ref_meta.query_cfg_result(success=_to_ref(resp, True))
+    ref_obj = ref_meta.query_cfg_result(success=to_ref(resp, True))
     request = frame.encode_request(querycfg.QUERY_CFG, 1, querycfg.encode_args("temp"))
+    request_v1 = frame.encode_request(
+        querycfg.QUERY_CFG, 1, querycfg.encode_args("temp"), version=1, app_id=-1, partition_index=-1,
+        client_timeout=5000,
+    )
+    decoder = frame.RequestDecoder()
     args = querycfg.encode_args("temp")
+    reply = frame.Reply(stripped)
+    [decoded] = decoder.feed(request)
 
     def ref_encode():
         buf = TMemoryBuffer()
@@ -48,9 +56,10 @@ def main():
         ("strip hp_* (absent: scan only)", lambda: querycfg.strip_host_port(stripped), 2000),
         ("thrift reference encode", ref_encode, 5),
         ("thrift reference decode", ref_decode, 5),
-        ("request frame decode (v0, 122 B)", lambda: frame.RequestDecoder().feed(request), 20000),
+        ("request frame decode (v0, 122 B)", lambda: decoder.feed(request), 20000),
+        ("request frame decode (v1, 127 B)", lambda: decoder.feed(request_v1), 20000),
         ("query_cfg args decode", lambda: querycfg.decode_args(args), 50000),
-        ("reply frame encode (relay body)", lambda: frame.encode_reply(querycfg.QUERY_CFG_ACK, 1, stripped), 20000),
+        ("reply frame encode (relay body)", lambda: frame.encode_reply_for(decoded, reply), 20000),
     ]
     print(f"query_cfg response: 256 partitions x 3 replicas, {len(body)} bytes with hp_*, {len(stripped)} without")
     for name, fn, n in rows:

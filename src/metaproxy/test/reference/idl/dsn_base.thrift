@@ -1,5 +1,5 @@
 // rDSN base types. Empty here, as in Pegasus's own IDL: their values are
-// written by hand-written code (bare values, see ../dsn_base.py), which is
+// written by hand-written code (bare values, see ../gen/dsn_base/ttypes.py), which is
 // what makes them unreadable by spec-driven thrift codecs.
 namespace py dsn_base
 
