@@ -20,6 +20,7 @@ from metaproxy import server
 from metaproxy.dispatch import RpcDispatcher
 from metaproxy.interfaces import IRequestHandler
 from metaproxy.server import CLOSE_GRACE, PegasusServerFactory
+from metaproxy.test.reference import samples
 from metaproxy.wire import codes, frame, querycfg
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.negotiation import NEGOTIATION, SASL_AUTH_DISABLE
@@ -67,6 +68,7 @@ class _Base:
     def setUp(self):
         self.clock = Clock()
         self.deferring = _Deferring()
+        self.plain = []
         self.dispatcher = RpcDispatcher(
             {
                 querycfg.QUERY_CFG: _reply_body,
@@ -74,6 +76,7 @@ class _Base:
                 "RPC_BAD_ARGS": self.bad_args,
                 "RPC_RAISE": lambda request, connection: 1 / 0,
                 "RPC_NONE": lambda request, connection: None,
+                "RPC_PLAIN": lambda request, connection: self.plain.append(defer.Deferred()) or self.plain[-1],
             }
         )
         self.factory = PegasusServerFactory(self.dispatcher, self.clock, max_frame_bytes=4096)
@@ -277,9 +280,8 @@ class _Cases(_Base):
         The CancelledError of a request whose client left is consumed (no
         unhandled error in the log) and nothing is written for it.
         """
-        d = defer.Deferred()
-        self.dispatcher._handlers["RPC_LATE"] = lambda request, connection: d
-        self.proto.dataReceived(self.request("RPC_LATE", seqid=1))
+        self.proto.dataReceived(self.request("RPC_PLAIN", seqid=1))
+        d = self.plain[0]
         self.transport.loseConnection()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.transport.value(), b"")
@@ -437,6 +439,30 @@ def _valid_frames():
     )
 
 
+class GoldenThroughProtocolTests(SynchronousTestCase):
+    """The section 7 examples fed to a real protocol instance."""
+
+    def setUp(self):
+        self.factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: _reply_body}), Clock())
+        self.proto, self.transport = _connect(self.factory)
+
+    def test_ex6_negotiation_exact_reply(self):
+        """ex6: the Java 2.x negotiation request gets the 64-byte SASL_AUTH_DISABLE reply, exactly."""
+        self.proto.dataReceived(samples.EX6_REQUEST)
+        self.assertEqual(self.transport.value(), samples.EX6_REPLY)
+
+    def test_ex1_ex2_answered(self):
+        """ex1 (v0) and ex2 (v1) on one connection are both answered with seqid 1 and the query_cfg ACK."""
+        self.proto.dataReceived(samples.EX1 + samples.EX2)
+        replies = _replies(self.transport)
+        self.assertEqual([(r.name, r.seqid) for r in replies], [(querycfg.QUERY_CFG_ACK, 1)] * 2)
+
+    def test_ex4_unknown_rpc_exact_reply(self):
+        """ex4: RPC_FOO with seqid 7 gets exactly the ex4 bytes."""
+        self.proto.dataReceived(frame.encode_request("RPC_FOO", 7, b"\x00"))
+        self.assertEqual(self.transport.value(), samples.EX4)
+
+
 class PropertyTests(SynchronousTestCase):
     def setUp(self):
         self.factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: _reply_body}), Clock())
@@ -489,3 +515,26 @@ class PropertyTests(SynchronousTestCase):
         self.assertTrue(
             not transport.connected or len(replies) == len(frames) or self.proto._decoder.buffered() > 0
         )
+
+    @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.sampled_from([0, 1]), st.integers(0, 2**31 - 1)), min_size=1, max_size=8),
+           st.randoms(use_true_random=False), st.integers(1, 50))
+    def test_out_of_order_answers(self, frames, rng, chunk):
+        """
+        Pipelined requests answered in any order each get exactly one reply
+        with their own seqid, whatever the chunking.
+        """
+        deferring = _Deferring()
+        factory = PegasusServerFactory(RpcDispatcher({"RPC_SLOW": deferring}), Clock())
+        proto, transport = _connect(factory)
+        data = b"".join(frame.encode_request("RPC_SLOW", seqid, b"\x00", version=v) for v, seqid in frames)
+        for i in range(0, len(data), chunk):
+            proto.dataReceived(data[i : i + chunk])
+        calls = list(deferring.calls)
+        rng.shuffle(calls)
+        for request, d in calls:
+            d.callback(frame.Reply(OK_BODY))
+        replies = frame.ResponseDecoder().feed(transport.value())
+        self.assertEqual([r.seqid for r in replies], [request.seqid for request, _ in calls])
+        self.assertEqual(sorted(r.seqid for r in replies), sorted(seqid for _, seqid in frames))
+        self.assertEqual(proto.pending_count(), 0)
