@@ -4,173 +4,322 @@ metaproxy's metrics, in one prometheus_client registry of its own.
 
 The Go meta-proxy's names are kept for drop-in dashboards:
 C{client_connection_count} (gauge), C{zk_request_count} and
-C{client_query_config_count} (counters; Prometheus stores them with the
-C{_total} suffix, as it does for the Go proxy's). Everything new is
-prefixed C{metaproxy_}.
+C{client_query_config_count} (counters: the Prometheus text format shows
+them with the C{_total} suffix, as the Go proxy's OpenMetrics exposition
+and any Prometheus scraping it store them). Everything new is prefixed
+C{metaproxy_}.
 
-Label cardinality is bounded: a table gets its own label value only while
-the route table caches it and while fewer than C{max_table_labels} distinct
-values exist; every other table is counted as C{"_other"}. Config tags
-become constant labels on every series.
+Label cardinality is bounded:
+  - a table gets its own label value only if the route table caches it
+    (C{table_allowed}) and fewer than C{max_table_labels} tables have one;
+    every other table is counted as C{"_other"}. A table the route table
+    does not know yet (its first query, before the route lookup) is held
+    back and labelled once known, at the latest when metrics are read, so
+    no count lands in the wrong series;
+  - C{table_labels=False} drops the table label everywhere;
+  - backend outcomes are error names, capped at C{max_outcomes} values.
+
+Config tags become constant labels on every series (see
+L{const_label_problem} for the names that are refused).
+
+Everything here runs in the reactor thread; the hot-path methods are a few
+dictionary operations each.
 """
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import re
+
+import attrs
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-OTHER_TABLE = "_other"
+OTHER = "_other"
+OTHER_TABLE = OTHER
+
+#: Label names metaproxy uses itself; a config tag may not take them.
+RESERVED_LABELS = frozenset({"table", "err", "cluster", "outcome", "state", "le", "quantile", "name"})
 
 #: Latency buckets in seconds: a meta answers in about a millisecond on a
 #: LAN; hedging starts at 1 s and deadlines reach 30 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: The ZooKeeper states always exported by C{metaproxy_zk_state}.
+ZK_STATES = ("CONNECTED", "SUSPENDED", "LOST", "STOPPED")
 
-class _CallbackCollector:
-    """Reads gauges and counters from live objects at collection time."""
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def const_label_problem(labels):
+    """
+    Check config tags before they become constant labels.
+
+    @param labels: a mapping of label name -> value.
+    @return: why they cannot be labels (an invalid Prometheus label name,
+        or one metaproxy uses itself), or L{None} if they can.
+    """
+    for name in labels:
+        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+            return f"tag {name!r} is not a valid label name (letters, digits and _; not starting with a digit or __)"
+        if name in RESERVED_LABELS:
+            return f"tag {name!r} is a label metaproxy sets itself ({', '.join(sorted(RESERVED_LABELS))})"
+    return None
+
+
+class _Counts:
+    """
+    One counter family kept as a plain dict (label values -> count).
+
+    Cheaper than prometheus_client's locked children on the request path,
+    and lets table values be re-labelled before they are ever read.
+    """
+
+    def __init__(self, name, documentation, labelnames):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.values = {}
+
+    def inc(self, key, amount=1.0):
+        values = self.values
+        values[key] = values.get(key, 0.0) + amount
+
+    def fold(self, tables):
+        """Move the counts of C{tables} (first label value) to C{_other}."""
+        values = self.values
+        for key in [k for k in values if k[0] in tables]:
+            other = (OTHER,) + key[1:]
+            values[other] = values.get(other, 0.0) + values.pop(key)
+
+    def family(self, const_names, const_values):
+        family = CounterMetricFamily(self.name, self.documentation, labels=const_names + self.labelnames)
+        for key, value in self.values.items():
+            family.add_metric(const_values + list(key), value)
+        return family
+
+
+class _TableLabels:
+    """
+    Decides, once per table, whether it gets a label value of its own.
+
+    A table becomes I{named} (its own value, for good) when C{allowed}
+    says yes and fewer than C{cap} tables are named. A table not allowed
+    yet is I{pending}: counted under its own name but re-checked later and
+    folded into C{_other} by L{settle} if still not allowed. At most C{cap}
+    tables are pending; beyond that they go to C{_other} at once.
+    """
+
+    def __init__(self, allowed, cap):
+        self._allowed = allowed
+        self._cap = cap
+        self.named = set()
+        self.pending = set()
+        self.counts = []
+
+    def of(self, table):
+        """@return: the label value to count C{table} under right now."""
+        if table in self.named:
+            return table
+        if len(self.named) < self._cap:
+            allowed = self._allowed
+            if allowed is None or allowed(table):
+                self.named.add(table)
+                self.pending.discard(table)
+                return table
+            if table in self.pending or len(self.pending) < self._cap:
+                self.pending.add(table)
+                return table
+        return OTHER
+
+    def settle(self):
+        """Name the pending tables now allowed; fold the others into C{_other}."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, set()
+        fold = set()
+        for table in pending:
+            if len(self.named) < self._cap and self._allowed(table):
+                self.named.add(table)
+            else:
+                fold.add(table)
+        if fold:
+            for counts in self.counts:
+                counts.fold(fold)
+
+
+class _Collector:
+    """Emits metaproxy's own counters and the gauges read from live objects."""
 
     def __init__(self, metrics):
         self._m = metrics
 
+    def describe(self):
+        """@return: nothing: names are not checked against other collectors."""
+        return []
+
     def collect(self):
+        """Yield every family, reading the watched objects now."""
         m = self._m
+        m._labels.settle()
         names, values = m._const_names, list(m._const_values)
-        conn = GaugeMetricFamily("client_connection_count", "Client connections open now.", labels=names)
-        conn.add_metric(values, float(m._connections() if m._connections else 0))
-        yield conn
+        for counts in m._all_counts:
+            yield counts.family(names, values)
 
+        def one(family_type, name, doc, value):
+            family = family_type(name, doc, labels=names)
+            family.add_metric(values, float(value))
+            return family
+
+        count = m._connections() if m._connections is not None else m._opened - m._closed
+        yield one(GaugeMetricFamily, "client_connection_count", "Client connections open now.", count)
+        if m._opened:
+            yield one(CounterMetricFamily, "metaproxy_client_connections_accepted", "Client connections accepted.",
+                      m._opened)
         routes = m._route_table
-        zk_reads = CounterMetricFamily(
-            "zk_request_count", "Route reads sent to ZooKeeper (cache misses and re-reads).", labels=names
-        )
-        zk_reads.add_metric(values, float(getattr(routes, "zk_request_count", 0) or 0))
-        yield zk_reads
-        if routes is None:
-            return
+        zk_reads = m._zk_requests + (getattr(routes, "zk_request_count", 0) or 0)
+        yield one(CounterMetricFamily, "zk_request_count",
+                  "Route reads sent to ZooKeeper (cache misses and re-reads).", zk_reads)
+        if routes is not None:
+            yield from self._routes(routes, names, values, one)
 
+    def _routes(self, routes, names, values, one):
         entries = routes.describe()
-        size = GaugeMetricFamily("metaproxy_route_cache_size", "Tables in the route cache.", labels=names)
-        size.add_metric(values, float(len(entries)))
-        yield size
-        stale = GaugeMetricFamily(
-            "metaproxy_route_cache_stale",
-            "Cached routes served without confirmation from the route source (ZooKeeper unreachable).",
-            labels=names,
-        )
-        stale.add_metric(values, float(sum(1 for e in entries if e.get("stale"))))
-        yield stale
-        oldest = GaugeMetricFamily(
-            "metaproxy_route_cache_max_age_seconds",
-            "Seconds since the least recently confirmed cached route was confirmed.",
-            labels=names,
-        )
-        oldest.add_metric(values, float(max((e.get("age") or 0.0 for e in entries), default=0.0)))
-        yield oldest
-        by_state = GaugeMetricFamily(
-            "metaproxy_route_cache_entries", "Cached routes by state.", labels=names + ("state",)
-        )
-        counts = {}
+        yield one(GaugeMetricFamily, "metaproxy_route_cache_size", "Tables in the route cache.", len(entries))
+        yield one(GaugeMetricFamily, "metaproxy_route_cache_stale",
+                  "Cached routes served without confirmation from the route source (it is unreachable).",
+                  sum(1 for e in entries if e.get("stale")))
+        yield one(GaugeMetricFamily, "metaproxy_route_cache_max_age_seconds",
+                  "Seconds since the least recently confirmed cached route was confirmed.",
+                  max((e.get("age") or 0.0 for e in entries), default=0.0))
+        by_state = GaugeMetricFamily("metaproxy_route_cache_entries", "Cached routes by state.",
+                                     labels=names + ("state",))
+        counts = {"ok": 0, "missing": 0, "invalid": 0, "loading": 0}
         for e in entries:
-            counts[e.get("state", "ok")] = counts.get(e.get("state", "ok"), 0) + 1
-        for state in ("ok", "missing", "invalid", "loading"):
-            by_state.add_metric(values + [state], float(counts.get(state, 0)))
+            state = e.get("state") or "ok"
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in counts.items():
+            by_state.add_metric(values + [state], float(n))
         yield by_state
+        yield one(GaugeMetricFamily, "metaproxy_route_source_ready", "1 once the route source is usable.",
+                  1.0 if routes.is_ready() else 0.0)
 
         zk_state = getattr(routes, "zk_state", None)
-        if zk_state is not None:
-            connected = GaugeMetricFamily(
-                "metaproxy_zk_connected", "1 while the ZooKeeper session is connected.", labels=names
-            )
-            connected.add_metric(values, 1.0 if str(zk_state).upper() == "CONNECTED" else 0.0)
-            yield connected
-            state = GaugeMetricFamily(
-                "metaproxy_zk_state", "The ZooKeeper connection state (value 1).", labels=names + ("state",)
-            )
-            state.add_metric(values + [str(zk_state)], 1.0)
-            yield state
+        if zk_state is None:
+            return
+        zk_state = str(zk_state)
+        yield one(GaugeMetricFamily, "metaproxy_zk_connected", "1 while the ZooKeeper session is connected.",
+                  1.0 if zk_state == "CONNECTED" else 0.0)
+        state = GaugeMetricFamily("metaproxy_zk_state", "The ZooKeeper connection state (1 = current).",
+                                  labels=names + ("state",))
+        for name in ZK_STATES + (() if zk_state in ZK_STATES else (zk_state,)):
+            state.add_metric(values + [name], 1.0 if name == zk_state else 0.0)
+        yield state
 
 
+def _registry(registry):
+    return CollectorRegistry() if registry is None else registry
+
+
+@attrs.define(eq=False)
+class SnapshotWindow:
+    """
+    What a push reporter last saw of each histogram, so that
+    L{Metrics.snapshot} can give the mean of the latest interval.
+    """
+
+    last: dict = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False, slots=False)
 class Metrics:
     """
     Every metaproxy metric, with cheap methods for the request path.
 
     @ivar registry: the L{CollectorRegistry} holding them (scrape it, or
-        read L{snapshot} for push reporters).
+        read L{snapshot} for push reporters). A new one of its own unless
+        one is given.
+    @ivar const_labels: label name -> value added to every series (the
+        config's C{metric.tags}); checked with L{const_label_problem}.
+    @ivar table_labels: L{False} drops the table label everywhere.
+    @ivar table_allowed: C{callable(table) -> bool}: may C{table} have its
+        own label value (the route table's C{is_cached})? L{None} allows
+        every table.
+    @ivar max_table_labels: at most this many distinct table values.
+    @ivar max_outcomes: at most this many distinct backend outcome values.
     """
 
-    def __init__(self, const_labels=None, table_labels=True, table_allowed=None, max_table_labels=2048, registry=None):
-        """
-        @param const_labels: label name -> value added to every series
-            (the config's C{metric.tags}).
-        @param table_labels: L{False} drops the table label everywhere.
-        @param table_allowed: C{callable(table) -> bool}; a table gets its
-            own label value only while this says yes (the route table's
-            C{is_cached}); L{None} allows every table.
-        @param max_table_labels: at most this many distinct table values.
-        """
-        self.registry = registry if registry is not None else CollectorRegistry()
-        const = dict(const_labels or {})
+    registry: CollectorRegistry = attrs.field(default=None, converter=_registry)
+    const_labels: dict = attrs.field(default=None, converter=lambda v: dict(v or {}))
+    table_labels: bool = True
+    table_allowed: object = None
+    max_table_labels: int = 2048
+    max_outcomes: int = 64
+
+    def __attrs_post_init__(self):
+        problem = const_label_problem(self.const_labels)
+        if problem is not None:
+            raise ValueError(problem)
+        const = self.const_labels
         self._const_names = tuple(sorted(const))
         self._const_values = tuple(str(const[k]) for k in self._const_names)
-        self._table_labels = table_labels
-        self._table_allowed = table_allowed
-        self._max_tables = max_table_labels
-        self._tables_seen = set()
-        self._children = {}
+        self._labels = _TableLabels(self.table_allowed, self.max_table_labels)
         self._connections = None
         self._route_table = None
-        c, t = self._const_names, ("table",) if table_labels else ()
-        r = self.registry
-        self._queries = Counter(
-            "client_query_config_count", "query_cfg requests received from clients.", c + t, registry=r
+        self._opened = self._closed = self._zk_requests = 0
+        self._outcomes = set()
+        self._children = {}
+        t = ("table",) if self.table_labels else ()
+        self._queries = _Counts("client_query_config_count", "query_cfg requests received from clients.", t)
+        self._answers = _Counts("metaproxy_query_answers", "query_cfg answers sent, by error name.", t + ("err",))
+        self._coalesced = _Counts(
+            "metaproxy_coalesced_requests",
+            "query_cfg requests that joined another's upstream query instead of sending their own.", t,
         )
-        self._answers = Counter(
-            "metaproxy_query_answers", "query_cfg answers sent, by app-level error.", c + t + ("err",), registry=r
+        self._upstream = _Counts(
+            "metaproxy_upstream_queries",
+            "query_cfg queries sent to a cluster on behalf of one or more coalesced requests.", t,
         )
+        self._backend_errors = _Counts(
+            "metaproxy_backend_errors", "Meta server calls that gave no usable answer, by outcome.",
+            ("cluster", "outcome"),
+        )
+        self._all_counts = (self._queries, self._answers, self._coalesced, self._upstream, self._backend_errors)
+        if self.table_labels:
+            self._labels.counts = [self._queries, self._answers, self._coalesced, self._upstream]
+        c, r = self._const_names, self.registry
         self._latency = Histogram(
             "metaproxy_query_latency_seconds", "Time from a query_cfg request to its answer.", c,
             buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self._coalesced = Counter(
-            "metaproxy_coalesced_requests",
-            "query_cfg requests that joined another's upstream query instead of sending their own.",
-            c + t, registry=r,
-        )
-        self._upstream = Counter(
-            "metaproxy_upstream_queries",
-            "query_cfg queries sent to a cluster on behalf of one or more coalesced client requests.",
-            c + t, registry=r,
         )
         self._backend_latency = Histogram(
             "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster",),
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self._backend_errors = Counter(
-            "metaproxy_backend_errors", "Meta server calls that did not give a usable answer, by outcome.",
-            c + ("cluster", "outcome"), registry=r,
-        )
-        r.register(_CallbackCollector(self))
+        r.register(_Collector(self))
 
     # ------------------------------------------------------------ wiring
 
     def watch_connections(self, count):
-        """Report C{count()} as C{client_connection_count}."""
+        """
+        Report C{count()} (read at collection time) as
+        C{client_connection_count}, instead of the balance of
+        L{connection_opened} and L{connection_closed}.
+        """
         self._connections = count
 
     def watch_route_table(self, route_table):
-        """Report cache size, staleness, ZK state and reads from C{route_table}."""
+        """
+        Report the route cache from C{route_table} at collection time:
+        size, stale entries, oldest age, entries by state (from
+        C{describe()}), readiness (C{is_ready()}), and, if it has them,
+        C{zk_state} and C{zk_request_count}.
+        """
         self._route_table = route_table
 
     # ---------------------------------------------------------- hot path
 
-    def _table(self, table):
-        if table in self._tables_seen:
-            return table
-        allowed = self._table_allowed
-        if (allowed is None or allowed(table)) and len(self._tables_seen) < self._max_tables:
-            self._tables_seen.add(table)
-            return table
-        return OTHER_TABLE
+    def _key(self, table):
+        return (self._labels.of(table),) if self.table_labels else ()
 
-    def _child(self, metric, *values):
+    def _histogram(self, metric, *values):
         key = (id(metric), values)
         child = self._children.get(key)
         if child is None:
@@ -179,27 +328,40 @@ class Metrics:
             self._children[key] = child
         return child
 
-    def _tabled(self, metric, table, *rest):
-        if self._table_labels:
-            return self._child(metric, self._table(table), *rest)
-        return self._child(metric, *rest)
+    def connection_opened(self):
+        """Count one client connection accepted (and now open)."""
+        self._opened += 1
+
+    def connection_closed(self):
+        """Count one client connection closed."""
+        self._closed += 1
+
+    def zk_request(self):
+        """Count one read sent to ZooKeeper (added to the route table's own count)."""
+        self._zk_requests += 1
 
     def query_received(self, table):
-        """Count one query_cfg request for C{table}."""
-        self._tabled(self._queries, table).inc()
+        """Count one query_cfg request for C{table} (C{client_query_config_count})."""
+        self._queries.inc(self._key(table))
 
     def query_answered(self, table, err, seconds):
-        """Record one answer: its app-level error name and its latency."""
-        self._tabled(self._answers, table, err).inc()
-        self._child(self._latency).observe(seconds)
+        """
+        Record one answer to a query_cfg request.
+
+        @param err: the error name the client got (rpc-level if not
+            C{ERR_OK}, else the app-level one).
+        @param seconds: the time since the request arrived.
+        """
+        self._answers.inc(self._key(table) + (str(err),))
+        self._histogram(self._latency).observe(seconds)
 
     def coalesced(self, table):
         """Count one request that joined a shared upstream query."""
-        self._tabled(self._coalesced, table).inc()
+        self._coalesced.inc(self._key(table))
 
     def upstream_query(self, table):
         """Count one query_cfg sent upstream (for any number of coalesced requests)."""
-        self._tabled(self._upstream, table).inc()
+        self._upstream.inc(self._key(table))
 
     def backend_call(self, cluster, meta, outcome, seconds):
         """
@@ -208,38 +370,69 @@ class Metrics:
         @param cluster: the cluster's meta address set as a string.
         @param meta: the meta's C{"host:port"} (kept out of labels: it
             changes as metas are replaced).
-        @param outcome: C{"ERR_OK"} or the error name / exception kind.
+        @param outcome: C{"ERR_OK"}, or the error name or exception kind;
+            anything else than C{ERR_OK} counts in
+            C{metaproxy_backend_errors}.
         """
-        self._child(self._backend_latency, cluster).observe(seconds)
+        self._histogram(self._backend_latency, cluster).observe(seconds)
         if outcome != "ERR_OK":
-            self._child(self._backend_errors, cluster, outcome).inc()
+            outcome = str(outcome)
+            if outcome not in self._outcomes:
+                if len(self._outcomes) >= self.max_outcomes:
+                    outcome = OTHER
+                else:
+                    self._outcomes.add(outcome)
+            self._backend_errors.inc((cluster, outcome))
 
     # --------------------------------------------------------- reporting
 
-    def snapshot(self):
+    def snapshot(self, window=None):
         """
-        @return: a L{list} of C{(name, labels, value, counter_type)} for
-            push reporters: counters as C{"COUNTER"}, everything else as
-            C{"GAUGE"}; histograms as their C{_count} (COUNTER), C{_sum}
-            (COUNTER) and the average over all time (GAUGE, C{_avg}).
-            C{_created} samples are left out.
+        Read every metric now, for push reporters.
+
+        @param window: a L{SnapshotWindow} kept by the caller between
+            calls, or L{None}.
+        @return: a L{list} of C{(name, labels, value, counter_type)}:
+            counters under their family name (no C{_total}) as
+            C{"COUNTER"}; gauges as C{"GAUGE"}; each histogram as
+            C{<name>_count} and C{<name>_sum} (C{"COUNTER"}) and
+            C{<name>_avg} (C{"GAUGE"}): the mean of the observations since
+            the previous snapshot with the same C{window} (all of them
+            without one), 0 if there were none. Buckets and C{_created}
+            samples are left out. C{labels} include the constant ones.
         """
         out = []
         for family in self.registry.collect():
-            sums = {}
+            if family.type == "histogram":
+                out.extend(_histogram_items(family, window))
+                continue
+            counter = family.type == "counter"
             for s in family.samples:
-                if s.name.endswith("_created") or s.name.endswith("_bucket"):
+                if s.name.endswith("_created"):
                     continue
-                if family.type == "counter":
-                    out.append((s.name, dict(s.labels), s.value, "COUNTER"))
-                elif family.type == "histogram":
-                    out.append((s.name, dict(s.labels), s.value, "COUNTER"))
-                    key = tuple(sorted(s.labels.items()))
-                    sums.setdefault(key, {})[s.name[len(family.name) + 1 :]] = s.value
+                if counter:
+                    out.append((family.name, dict(s.labels), s.value, "COUNTER"))
                 else:
                     out.append((s.name, dict(s.labels), s.value, "GAUGE"))
-            for key, parts in sums.items():
-                count = parts.get("count", 0.0)
-                avg = parts.get("sum", 0.0) / count if count else 0.0
-                out.append((family.name + "_avg", dict(key), avg, "GAUGE"))
         return out
+
+
+def _histogram_items(family, window):
+    parts = {}
+    for s in family.samples:
+        suffix = s.name[len(family.name) + 1:]
+        if suffix in ("count", "sum"):
+            parts.setdefault(tuple(sorted(s.labels.items())), {})[suffix] = s.value
+    items = []
+    for key, p in parts.items():
+        labels = dict(key)
+        count, total = p.get("count", 0.0), p.get("sum", 0.0)
+        items.append((family.name + "_count", labels, count, "COUNTER"))
+        items.append((family.name + "_sum", labels, total, "COUNTER"))
+        last_count, last_total = 0.0, 0.0
+        if window is not None:
+            last_count, last_total = window.last.get((family.name, key), (0.0, 0.0))
+            window.last[(family.name, key)] = (count, total)
+        n = count - last_count
+        items.append((family.name + "_avg", dict(key), (total - last_total) / n if n > 0 else 0.0, "GAUGE"))
+    return items

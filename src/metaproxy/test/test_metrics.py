@@ -1,53 +1,142 @@
+# -*- test-case-name: metaproxy.test.test_metrics -*-
 """
 Tests for L{metaproxy.metrics}.
 """
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.metrics import OTHER_TABLE, Metrics
+from metaproxy.metrics import OTHER_TABLE, Metrics, SnapshotWindow, const_label_problem
 
 
 class _Routes:
-    zk_state = "CONNECTED"
-    zk_request_count = 7
+    """A route table fake: C{describe}, C{is_ready}, C{zk_state}, C{zk_request_count}."""
 
-    def describe(self):
-        return [
+    def __init__(self, entries=None, zk_state="CONNECTED", zk_request_count=7, ready=True):
+        self.entries = entries if entries is not None else [
             {"table": "a", "state": "ok", "age": 1.5, "stale": False},
             {"table": "b", "state": "ok", "age": 30.0, "stale": True},
             {"table": "c", "state": "missing", "age": 2.0, "stale": False},
         ]
+        self.zk_state = zk_state
+        self.zk_request_count = zk_request_count
+        self.ready = ready
+
+    def describe(self):
+        return self.entries
+
+    def is_ready(self):
+        return self.ready
+
+
+class _StaticRoutes:
+    """A route table with no ZooKeeper (no C{zk_state})."""
+
+    def describe(self):
+        return [{"table": "t", "state": "ok", "age": 0.0, "stale": False}]
+
+    def is_ready(self):
+        return True
 
 
 def _value(metrics, name, **labels):
-    v = metrics.registry.get_sample_value(name, labels)
-    return v
+    return metrics.registry.get_sample_value(name, labels)
 
 
-class MetricsTests(SynchronousTestCase):
+class GoNamesTests(SynchronousTestCase):
+    def test_go_names_and_const_labels(self):
+        """The Go proxy's three metric names exist and carry the config tags."""
+        m = Metrics(const_labels={"region": "r1", "service": "meta_proxy"})
+        m.watch_connections(lambda: 3)
+        m.watch_route_table(_Routes())
+        m.query_received("temp")
+        m.query_received("temp")
+        labels = {"region": "r1", "service": "meta_proxy"}
+        self.assertEqual(_value(m, "client_connection_count", **labels), 3.0)
+        self.assertEqual(_value(m, "zk_request_count_total", **labels), 7.0)
+        self.assertEqual(_value(m, "client_query_config_count_total", table="temp", **labels), 2.0)
+
+    def test_own_registry(self):
+        """Each Metrics has a registry of its own, so two never collide."""
+        first, second = Metrics(registry=None), Metrics()
+        first.query_received("t")
+        self.assertIsNot(first.registry, second.registry)
+        self.assertIsNone(_value(second, "client_query_config_count_total", table="t"))
+
+    def test_given_registry(self):
+        """A registry passed in receives every metric."""
+        registry = CollectorRegistry()
+        m = Metrics(registry=registry)
+        m.query_received("t")
+        self.assertEqual(registry.get_sample_value("client_query_config_count_total", {"table": "t"}), 1.0)
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_opened_and_closed(self):
+        """Without a watched count, open connections are the opened minus the closed ones."""
+        m = Metrics()
+        m.connection_opened()
+        m.connection_opened()
+        m.connection_closed()
+        self.assertEqual(_value(m, "client_connection_count"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections_accepted_total"), 2.0)
+
+    def test_watched_count_is_read_at_scrape(self):
+        """A watched count is read when metrics are collected, not when it is registered."""
+        m = Metrics()
+        count = [0]
+        m.watch_connections(lambda: count[0])
+        count[0] = 12
+        self.assertEqual(_value(m, "client_connection_count"), 12.0)
+
+
+class TableLabelTests(SynchronousTestCase):
     def setUp(self):
         self.cached = {"temp", "stat"}
-        self.m = Metrics(const_labels={"region": "r1"}, table_allowed=self.cached.__contains__)
+        self.asked = []
 
-    def test_go_names_and_const_labels(self):
-        """The Go proxy's metric names exist and carry the config tags."""
-        self.m.watch_connections(lambda: 3)
-        self.m.watch_route_table(_Routes())
-        self.m.query_received("temp")
-        self.m.query_received("temp")
-        self.assertEqual(_value(self.m, "client_connection_count", region="r1"), 3.0)
-        self.assertEqual(_value(self.m, "zk_request_count_total", region="r1"), 7.0)
-        self.assertEqual(_value(self.m, "client_query_config_count_total", region="r1", table="temp"), 2.0)
+        def allowed(table):
+            self.asked.append(table)
+            return table in self.cached
+
+        self.m = Metrics(const_labels={"region": "r1"}, table_allowed=allowed)
 
     def test_uncached_tables_share_one_label(self):
-        """Tables the route table does not cache are counted as _other."""
+        """Tables the route table never caches are counted as _other."""
         for name in ("x1", "x2", "x3"):
             self.m.query_received(name)
-        self.assertEqual(
-            _value(self.m, "client_query_config_count_total", region="r1", table=OTHER_TABLE), 3.0
-        )
+        self.assertEqual(_value(self.m, "client_query_config_count_total", region="r1", table=OTHER_TABLE), 3.0)
         self.assertIsNone(_value(self.m, "client_query_config_count_total", region="r1", table="x1"))
+
+    def test_first_query_before_lookup_keeps_its_table(self):
+        """
+        A table counted before the route table knows it (first query, before
+        the lookup) is labelled with its name once the route table caches it.
+        """
+        self.m.query_received("new")
+        self.cached.add("new")
+        self.m.query_answered("new", "ERR_OK", 0.001)
+        self.assertEqual(_value(self.m, "client_query_config_count_total", region="r1", table="new"), 1.0)
+        self.assertEqual(
+            _value(self.m, "metaproxy_query_answers_total", region="r1", table="new", err="ERR_OK"), 1.0
+        )
+        self.assertIsNone(_value(self.m, "client_query_config_count_total", region="r1", table=OTHER_TABLE))
+
+    def test_pending_table_settled_at_scrape(self):
+        """A pending table cached by scrape time keeps its name; one never cached moves to _other."""
+        self.m.query_received("later")
+        self.m.query_received("never")
+        self.cached.add("later")
+        text = generate_latest(self.m.registry).decode()
+        self.assertIn('client_query_config_count_total{region="r1",table="later"} 1.0', text)
+        self.assertIn('client_query_config_count_total{region="r1",table="_other"} 1.0', text)
+        self.assertNotIn('table="never"', text)
+
+    def test_named_table_is_not_asked_again(self):
+        """Once a table has its own label, the hot path does not ask the route table again."""
+        for _ in range(5):
+            self.m.query_received("temp")
+        self.assertEqual(self.asked, ["temp"])
 
     def test_table_label_values_are_capped(self):
         """Past max_table_labels distinct tables, new ones go to _other."""
@@ -57,13 +146,29 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(_value(m, "client_query_config_count_total", table="a"), 2.0)
         self.assertEqual(_value(m, "client_query_config_count_total", table=OTHER_TABLE), 1.0)
 
+    def test_pending_tables_are_capped(self):
+        """At most max_table_labels tables wait for a decision; the rest go to _other at once."""
+        m = Metrics(max_table_labels=2, table_allowed=lambda t: False)
+        for name in ("p1", "p2", "p3"):
+            m.query_received(name)
+        self.assertEqual(m._labels.pending, {"p1", "p2"})
+        self.assertEqual(_value(m, "client_query_config_count_total", table=OTHER_TABLE), 3.0)
+        self.assertEqual(m._labels.pending, set())
+
     def test_table_labels_off(self):
         """With table_labels off no series has a table label."""
         m = Metrics(table_labels=False)
         m.query_received("temp")
         m.coalesced("temp")
+        m.query_answered("temp", "ERR_OK", 0.001)
         self.assertEqual(_value(m, "client_query_config_count_total"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_query_answers_total", err="ERR_OK"), 1.0)
         self.assertNotIn(b"table=", generate_latest(m.registry))
+
+
+class TrafficTests(SynchronousTestCase):
+    def setUp(self):
+        self.m = Metrics(const_labels={"region": "r1"})
 
     def test_answers_latency_and_coalescing(self):
         """Answers count by error name; latency lands in the histogram; coalescing counts."""
@@ -74,6 +179,9 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(_value(self.m, "metaproxy_query_answers_total", region="r1", table="temp", err="ERR_OK"), 1.0)
         self.assertEqual(_value(self.m, "metaproxy_query_latency_seconds_count", region="r1"), 2.0)
         self.assertAlmostEqual(_value(self.m, "metaproxy_query_latency_seconds_sum", region="r1"), 0.006)
+        self.assertEqual(
+            _value(self.m, "metaproxy_query_latency_seconds_bucket", region="r1", le="0.0025"), 1.0
+        )
         self.assertEqual(_value(self.m, "metaproxy_coalesced_requests_total", region="r1", table="stat"), 1.0)
         self.assertEqual(_value(self.m, "metaproxy_upstream_queries_total", region="r1", table="stat"), 1.0)
 
@@ -89,26 +197,103 @@ class MetricsTests(SynchronousTestCase):
             _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster="c1", outcome="ERR_OK")
         )
 
+    def test_backend_outcomes_are_capped(self):
+        """Past max_outcomes distinct outcomes, new ones are counted as _other."""
+        m = Metrics(max_outcomes=1)
+        m.backend_call("c1", "m", "ERR_TIMEOUT", 0.1)
+        m.backend_call("c1", "m", "refused", 0.1)
+        m.backend_call("c1", "m", "ERR_TIMEOUT", 0.1)
+        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster="c1", outcome="ERR_TIMEOUT"), 2.0)
+        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster="c1", outcome="_other"), 1.0)
+
+    def test_zk_requests_add_to_route_table_count(self):
+        """zk_request() counts on top of the route table's own zk_request_count."""
+        self.m.watch_route_table(_Routes(zk_request_count=4))
+        self.m.zk_request()
+        self.assertEqual(_value(self.m, "zk_request_count_total", region="r1"), 5.0)
+
+
+class RouteGaugeTests(SynchronousTestCase):
+    def setUp(self):
+        self.m = Metrics(const_labels={"region": "r1"})
+
     def test_route_cache_gauges(self):
-        """Cache size, stale entries, oldest age, states and ZK state come from the route table."""
+        """Cache size, stale entries, oldest age, states and readiness come from the route table."""
         self.m.watch_route_table(_Routes())
         self.assertEqual(_value(self.m, "metaproxy_route_cache_size", region="r1"), 3.0)
         self.assertEqual(_value(self.m, "metaproxy_route_cache_stale", region="r1"), 1.0)
         self.assertEqual(_value(self.m, "metaproxy_route_cache_max_age_seconds", region="r1"), 30.0)
         self.assertEqual(_value(self.m, "metaproxy_route_cache_entries", region="r1", state="missing"), 1.0)
-        self.assertEqual(_value(self.m, "metaproxy_zk_connected", region="r1"), 1.0)
+        self.assertEqual(_value(self.m, "metaproxy_route_cache_entries", region="r1", state="loading"), 0.0)
+        self.assertEqual(_value(self.m, "metaproxy_route_source_ready", region="r1"), 1.0)
 
-    def test_snapshot_for_push(self):
-        """The snapshot lists counters as COUNTER, gauges as GAUGE, histograms as count/sum/avg."""
+    def test_zk_state_follows_route_table(self):
+        """The ZooKeeper gauges read the state at collection time; every known state is exported."""
+        routes = _Routes()
+        self.m.watch_route_table(routes)
+        self.assertEqual(_value(self.m, "metaproxy_zk_connected", region="r1"), 1.0)
+        routes.zk_state = "SUSPENDED"
+        self.assertEqual(_value(self.m, "metaproxy_zk_connected", region="r1"), 0.0)
+        self.assertEqual(_value(self.m, "metaproxy_zk_state", region="r1", state="SUSPENDED"), 1.0)
+        self.assertEqual(_value(self.m, "metaproxy_zk_state", region="r1", state="CONNECTED"), 0.0)
+        self.assertEqual(_value(self.m, "metaproxy_zk_state", region="r1", state="LOST"), 0.0)
+
+    def test_static_routes_have_no_zk_gauges(self):
+        """A route table without ZooKeeper exports no ZooKeeper state."""
+        self.m.watch_route_table(_StaticRoutes())
+        self.assertEqual(_value(self.m, "metaproxy_route_cache_size", region="r1"), 1.0)
+        self.assertIsNone(_value(self.m, "metaproxy_zk_connected", region="r1"))
+        self.assertEqual(_value(self.m, "zk_request_count_total", region="r1"), 0.0)
+
+
+class SnapshotTests(SynchronousTestCase):
+    def setUp(self):
+        self.m = Metrics(const_labels={"region": "r1"})
+
+    def snap(self, window=None):
+        return {(n, tuple(sorted(labels.items()))): (v, t) for n, labels, v, t in self.m.snapshot(window)}
+
+    def test_snapshot_types(self):
+        """Counters are COUNTER under their family name, gauges GAUGE, histograms count/sum/avg."""
         self.m.watch_connections(lambda: 5)
         self.m.query_received("temp")
         self.m.query_answered("temp", "ERR_OK", 0.5)
         self.m.query_answered("temp", "ERR_OK", 1.5)
-        snap = {(n, tuple(sorted(l.items()))): (v, t) for n, l, v, t in self.m.snapshot()}
+        snap = self.snap()
         self.assertEqual(snap[("client_connection_count", (("region", "r1"),))], (5.0, "GAUGE"))
-        self.assertEqual(
-            snap[("client_query_config_count_total", (("region", "r1"), ("table", "temp")))], (1.0, "COUNTER")
-        )
+        self.assertEqual(snap[("client_query_config_count", (("region", "r1"), ("table", "temp")))], (1.0, "COUNTER"))
         self.assertEqual(snap[("metaproxy_query_latency_seconds_count", (("region", "r1"),))], (2.0, "COUNTER"))
+        self.assertEqual(snap[("metaproxy_query_latency_seconds_sum", (("region", "r1"),))], (2.0, "COUNTER"))
         self.assertEqual(snap[("metaproxy_query_latency_seconds_avg", (("region", "r1"),))], (1.0, "GAUGE"))
-        self.assertFalse(any(n.endswith("_created") or n.endswith("_bucket") for n, _ in snap))
+        self.assertFalse(any(n.endswith(("_created", "_bucket", "_total")) for n, _ in snap))
+
+    def test_window_gives_interval_mean(self):
+        """With a window, a histogram's _avg is the mean of the latest interval only (0 when idle)."""
+        window = SnapshotWindow()
+        key = ("metaproxy_query_latency_seconds_avg", (("region", "r1"),))
+        self.m.query_answered("t", "ERR_OK", 1.0)
+        self.assertEqual(self.snap(window)[key], (1.0, "GAUGE"))
+        self.m.query_answered("t", "ERR_OK", 0.25)
+        self.m.query_answered("t", "ERR_OK", 0.75)
+        self.assertEqual(self.snap(window)[key], (0.5, "GAUGE"))
+        self.assertEqual(self.snap(window)[key], (0.0, "GAUGE"))
+
+
+class ConstLabelTests(SynchronousTestCase):
+    def test_valid_tags(self):
+        """Ordinary tags are accepted."""
+        self.assertIsNone(const_label_problem({"region": "x", "service_2": "y"}))
+
+    def test_invalid_name(self):
+        """A tag that is not a Prometheus label name is refused, naming it."""
+        self.assertIn("'service-name'", const_label_problem({"service-name": "x"}))
+        self.assertIn("'__x'", const_label_problem({"__x": "x"}))
+
+    def test_reserved_name(self):
+        """A tag named like a label metaproxy sets itself is refused."""
+        self.assertIn("'table'", const_label_problem({"table": "x"}))
+
+    def test_metrics_refuses_bad_tags(self):
+        """Metrics raises ValueError with the reason rather than building broken series."""
+        e = self.assertRaises(ValueError, Metrics, const_labels={"cluster": "x"})
+        self.assertIn("'cluster'", str(e))

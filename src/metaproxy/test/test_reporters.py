@@ -192,7 +192,7 @@ class FalconLoopbackTests(TestCase):
         self.assertEqual(ctype, b"application/json")
         items = json.loads(body)
         by_metric = {i["metric"]: i for i in items}
-        item = by_metric["client_query_config_count_total"]
+        item = by_metric["client_query_config_count"]
         self.assertEqual((item["endpoint"], item["value"], item["counterType"], item["step"]), ("host-a", 1.0, "COUNTER", 10))
         self.assertEqual(item["tags"], "region=local,table=temp")
         self.assertEqual(pusher.pushed, 1)
