@@ -177,6 +177,11 @@ class _Collector:
         zk_reads = m._zk_requests + (getattr(routes, "zk_request_count", 0) or 0)
         yield one(CounterMetricFamily, "zk_request_count",
                   "Route reads sent to ZooKeeper (cache misses and re-reads).", zk_reads)
+        for name, doc, label, read in m._watched_counts:
+            family = CounterMetricFamily(name, doc, labels=names + (label,))
+            for value, count in read().items():
+                family.add_metric(values + [str(value)], float(count))
+            yield family
         if routes is not None:
             yield from self._routes(routes, names, values, one)
 
@@ -263,6 +268,7 @@ class Metrics:
         self._labels = _TableLabels(self.table_allowed, self.max_table_labels)
         self._connections = None
         self._route_table = None
+        self._watched_counts = []
         self._opened = self._closed = self._zk_requests = 0
         self._outcomes = set()
         self._children = {}
@@ -313,6 +319,17 @@ class Metrics:
         C{zk_state} and C{zk_request_count}.
         """
         self._route_table = route_table
+
+    def watch_counts(self, name, documentation, label, read):
+        """
+        Add a counter family read at collection time (for reporters and
+        plugins that count things of their own, e.g. failed pushes).
+
+        @param name: the family name (no C{_total}).
+        @param label: the one label that tells the series apart.
+        @param read: C{callable() -> {label value: count}}.
+        """
+        self._watched_counts.append((name, documentation, label, read))
 
     # ---------------------------------------------------------- hot path
 

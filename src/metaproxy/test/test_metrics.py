@@ -297,3 +297,14 @@ class ConstLabelTests(SynchronousTestCase):
         """Metrics raises ValueError with the reason rather than building broken series."""
         e = self.assertRaises(ValueError, Metrics, const_labels={"cluster": "x"})
         self.assertIn("'cluster'", str(e))
+
+
+class WatchedCountsTests(SynchronousTestCase):
+    def test_watched_counts_read_at_collection(self):
+        """A watched count family is read when collected, with the constant labels."""
+        m = Metrics(const_labels={"region": "r1"})
+        counts = {"ok": 1}
+        m.watch_counts("metaproxy_test_events", "Test events.", "result", lambda: counts)
+        counts["failed"] = 2
+        self.assertEqual(_value(m, "metaproxy_test_events_total", region="r1", result="ok"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_test_events_total", region="r1", result="failed"), 2.0)
