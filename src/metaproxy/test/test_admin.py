@@ -1,17 +1,29 @@
+# -*- test-case-name: metaproxy.test.test_admin -*-
 """
 Tests for L{metaproxy.admin}.
 """
 
 import json
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from metaproxy.admin import build_admin_root
+from metaproxy.admin import QuietSite, build_admin_root
+from metaproxy.reporters.falcon import _BodyCollector
+
+_A = ["10.0.0.1:34601", "10.0.0.2:34601"]
+_B = ["10.0.1.1:34601"]
 
 
 class _Routes:
+    """A route table fake with two clusters and a ZooKeeper state."""
+
+    zk_state = "CONNECTED"
+
     def __init__(self):
         self.ready = True
 
@@ -20,13 +32,20 @@ class _Routes:
 
     def describe(self):
         return [
-            {"table": "temp", "cluster_name": "c1", "meta_addrs": ["10.0.0.1:34601", "10.0.0.2:34601"],
+            {"table": "temp", "cluster_name": "c1", "meta_addrs": _A,
              "state": "ok", "age": 1.0, "stale": False, "error": None},
+            {"table": "stat", "cluster_name": "c1", "meta_addrs": _A,
+             "state": "ok", "age": 2.0, "stale": True, "error": "zookeeper SUSPENDED"},
+            {"table": "gone", "cluster_name": None, "meta_addrs": [],
+             "state": "missing", "age": 3.0, "stale": False, "error": None},
+            {"table": "other", "cluster_name": "c2", "meta_addrs": _B,
+             "state": "ok", "age": 0.5, "stale": False, "error": None},
         ]
 
 
-def _get(root, path):
+def _get(root, path, method=b"GET"):
     request = DummyRequest(path.lstrip(b"/").split(b"/"))
+    request.method = method
     resource = getChildForRequest(root, request)
     body = resource.render(request)
     return request.responseCode or 200, body, request
@@ -36,38 +55,94 @@ class AdminTests(SynchronousTestCase):
     def setUp(self):
         self.routes = _Routes()
         self.is_ready = True
-        self.root = build_admin_root(
-            self.routes, lambda: self.is_ready, leaders=lambda addrs: "10.0.0.2:34601" if "10.0.0.1" in addrs else None
-        )
+        self.asked = []
+
+        def leaders(addrs):
+            self.asked.append(addrs)
+            return "10.0.0.2:34601" if addrs == ",".join(_A) else None
+
+        self.root = build_admin_root(self.routes, lambda: self.is_ready, leaders=leaders)
 
     def test_healthz(self):
         """/healthz answers 200 ok."""
         code, body, _ = _get(self.root, b"/healthz")
         self.assertEqual((code, body), (200, b"ok\n"))
 
+    def test_healthz_extra_checks(self):
+        """A failing extra health check makes /healthz 503 and names it."""
+        state = {"ok": True}
+        root = build_admin_root(self.routes, lambda: True, health={"watchdog": lambda: state["ok"]})
+        self.assertEqual(_get(root, b"/healthz")[0], 200)
+        state["ok"] = False
+        code, body, _ = _get(root, b"/healthz")
+        self.assertEqual((code, body), (503, b"failing: watchdog\n"))
+
     def test_readyz_ready(self):
-        """/readyz answers 200 when ready."""
+        """/readyz answers 200 when every condition holds."""
         code, body, _ = _get(self.root, b"/readyz")
         self.assertEqual(code, 200)
-        self.assertEqual(json.loads(body), {"ready": True, "route_source_ready": True})
+        self.assertEqual(
+            json.loads(body), {"ready": True, "checks": {"proxy": True, "route_source": True}, "unmet": []}
+        )
 
-    def test_readyz_not_ready(self):
-        """/readyz answers 503 and says why when not ready."""
-        self.is_ready = False
+    def test_readyz_says_which_condition_is_unmet(self):
+        """/readyz answers 503 and names the unmet condition."""
         self.routes.ready = False
         code, body, _ = _get(self.root, b"/readyz")
         self.assertEqual(code, 503)
-        self.assertEqual(json.loads(body)["route_source_ready"], False)
+        self.assertEqual(json.loads(body)["unmet"], ["route_source"])
+
+    def test_readyz_named_conditions(self):
+        """Named readiness conditions are each reported; a raising one counts as unmet."""
+
+        def broken():
+            raise RuntimeError("boom")
+
+        root = build_admin_root(self.routes, {"listener": lambda: False, "pools": broken})
+        code, body, _ = _get(root, b"/readyz")
+        doc = json.loads(body)
+        self.assertEqual(code, 503)
+        self.assertEqual(doc["unmet"], ["listener", "pools"])
+        self.assertEqual(doc["checks"]["route_source"], True)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_routes_with_leader(self):
-        """/routes lists cached tables with cluster, metas and the believed leader."""
+        """/routes lists cached tables with cluster, metas, leader, age, staleness and last error."""
         code, body, request = _get(self.root, b"/routes")
         self.assertEqual(code, 200)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
         doc = json.loads(body)
-        self.assertEqual(doc["count"], 1)
-        entry = doc["routes"][0]
-        self.assertEqual((entry["table"], entry["cluster_name"], entry["leader"]), ("temp", "c1", "10.0.0.2:34601"))
+        self.assertEqual((doc["count"], doc["zk_state"], doc["ready"]), (4, "CONNECTED", True))
+        by_table = {e["table"]: e for e in doc["routes"]}
+        self.assertEqual([e["table"] for e in doc["routes"]], ["gone", "other", "stat", "temp"])
+        temp = by_table["temp"]
+        self.assertEqual(
+            (temp["cluster_name"], temp["meta_addrs"], temp["leader"], temp["age"]), ("c1", _A, "10.0.0.2:34601", 1.0)
+        )
+        self.assertEqual((by_table["stat"]["stale"], by_table["stat"]["error"]), (True, "zookeeper SUSPENDED"))
+        self.assertIsNone(by_table["other"]["leader"])
+        self.assertIsNone(by_table["gone"]["leader"])
+
+    def test_routes_asks_each_cluster_once(self):
+        """/routes asks for the leader once per cluster, not per table, and never for no metas."""
+        _get(self.root, b"/routes")
+        self.assertEqual(sorted(self.asked), [",".join(_A), ",".join(_B)])
+
+    def test_routes_survive_a_failing_leader_lookup(self):
+        """A leader lookup that raises gives leader null, not an error page."""
+
+        def leaders(addrs):
+            raise KeyError(addrs)
+
+        code, body, _ = _get(build_admin_root(self.routes, lambda: True, leaders=leaders), b"/routes")
+        self.assertEqual(code, 200)
+        self.assertEqual({e["leader"] for e in json.loads(body)["routes"]}, {None})
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 2)
+
+    def test_routes_without_leaders(self):
+        """Without a leaders callable the entries are describe()'s own."""
+        code, body, _ = _get(build_admin_root(self.routes, lambda: True), b"/routes")
+        self.assertNotIn("leader", json.loads(body)["routes"][0])
 
     def test_root_lists_endpoints(self):
         """The root lists what is served, including resources mounted later."""
@@ -75,3 +150,25 @@ class AdminTests(SynchronousTestCase):
         code, body, _ = _get(self.root, b"/")
         self.assertIn("/metrics", json.loads(body)["endpoints"])
         self.assertIn("/routes", json.loads(body)["endpoints"])
+
+    def test_post_not_allowed(self):
+        """The endpoints are read-only: POST is refused (twisted.web answers 405)."""
+        e = self.assertRaises(UnsupportedMethod, _get, self.root, b"/readyz", method=b"POST")
+        self.assertEqual(sorted(e.allowedMethods), [b"GET", b"HEAD"])
+
+
+class AdminLoopbackTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_served_by_a_real_site(self):
+        """The admin root behind QuietSite answers a real HTTP client on loopback."""
+        port = reactor.listenTCP(0, QuietSite(build_admin_root(_Routes(), lambda: True)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{port.getHost().port}/readyz".encode())
+        collector = _BodyCollector()
+        response.deliverBody(collector)
+        body = yield collector.done
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["ready"], True)
