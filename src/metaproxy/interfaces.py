@@ -135,21 +135,34 @@ class IRequestHandler(Interface):
 class IMetricsReporter(Interface):
     """
     A way of getting metrics out of the process (Prometheus scrape,
-    Open-Falcon push, or a site's own), discovered with L{twisted.plugin}.
+    Open-Falcon push, or a site's own), discovered with L{twisted.plugin}
+    (provide L{twisted.plugin.IPlugin} too, from a module in a
+    C{twisted/plugins} directory; see L{metaproxy.reporters.find_reporter}).
+    The config's C{metric.type} selects one by C{name}; C{none} selects
+    none and needs no plugin.
     """
 
-    name = Attribute("The C{metric.type} value that selects this reporter.")
+    name = Attribute("The C{metric.type} value that selects this reporter (a L{str}).")
 
     def makeService(metrics, metric_config, reactor, admin_root):
         """
-        @param metrics: the process's L{metaproxy.metrics.Metrics}.
+        Set the reporter up; called once, while the service tree is built
+        and before anything listens.
+
+        @param metrics: the process's L{metaproxy.metrics.Metrics}: read
+            it with C{snapshot()} (push) or serve its C{registry} (pull);
+            C{watch_counts()} adds counters of the reporter's own.
         @param metric_config: the config's C{metric:} section
             (C{.type}, C{.tags}, C{.table_labels}, C{.falcon}).
-        @param reactor: the reactor to run on.
+        @param reactor: the reactor to run on (time and network); never use
+            the global one.
         @param admin_root: the admin listener's root
             L{twisted.web.resource.Resource}, for reporters that serve
-            (Prometheus mounts C{/metrics} there).
+            (Prometheus mounts C{/metrics} there with C{putChild}).
         @return: an L{twisted.application.service.IService} that reports
-            (started and stopped with metaproxy), or L{None} if mounting a
-            resource was all it needed.
+            while running (started and stopped with metaproxy; its
+            C{stopService} may return a L{Deferred}, and must not wait on
+            an unresponsive peer longer than its own timeout), or L{None}
+            if mounting a resource was all it needed. It must never block
+            the reactor or raise from a timer.
         """
