@@ -403,6 +403,10 @@ def _check(config):
     if config.metric.type != "none":
         problem = _reporter_problem(config.metric.type)
         need(problem is None, "$.metric.type", problem)
+    from metaproxy.metrics import const_label_problem
+
+    tag_problem = const_label_problem(config.metric.tags)
+    need(tag_problem is None, "$.metric.tags", tag_problem)
     need(config.metric.falcon.step >= 1, "$.metric.falcon.step", "must be >= 1 (seconds)")
     need(config.metric.falcon.timeout > 0, "$.metric.falcon.timeout", "must be > 0 (seconds)")
     t = config.timeouts

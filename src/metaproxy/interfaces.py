@@ -127,8 +127,11 @@ class IRequestHandler(Interface):
             connection (for per-connection state such as framing version).
 
         @return: a L{metaproxy.wire.frame.Reply}, or a L{Deferred} firing
-            with one. A failure is turned into an C{ERR_UNKNOWN}-free
-            rpc-level error reply by the protocol; it never escapes.
+            with one. The protocol never lets a failure escape: a
+            L{metaproxy.wire.binary.DecodeError} is answered with rpc-level
+            C{ERR_INVALID_PARAMETERS}, any other failure with the retryable
+            C{ERR_TIMEOUT} (and logged); an rpc-level error name outside
+            the safe subset is sent as C{ERR_UNKNOWN}.
         """
 
 

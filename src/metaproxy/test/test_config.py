@@ -217,3 +217,11 @@ class NoTracebackTests(SynchronousTestCase):
         except ConfigError as e:
             for line in str(e).splitlines():
                 self.assertRegex(line, _LOCATED)
+
+
+class TagNameTests(SynchronousTestCase):
+    def test_bad_tag_name_is_located(self):
+        """A tag that cannot be a Prometheus label is a located config error, not a traceback later."""
+        e = self.assertRaises(ConfigError, parse_config, ROUTES + "metric:\n  tags: {service-name: x}\n", "t.yaml")
+        self.assertIn("t.yaml:4:", str(e))
+        self.assertIn("'service-name' is not a valid label name", str(e))
