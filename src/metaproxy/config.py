@@ -13,6 +13,8 @@ C{zookeeper.timeout} is milliseconds, as it was there.
 
 import math
 import re
+import sys
+from typing import Optional
 
 import attrs
 import cattrs
@@ -22,6 +24,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from metaproxy.route import MetaAddrs, is_ip_literal, parse_host_port
+
+if sys.version_info >= (3, 11):
+    _ExceptionGroup = ExceptionGroup  # noqa: F821 (a builtin from 3.11)
+else:  # cattrs depends on the backport below 3.11
+    from exceptiongroup import ExceptionGroup as _ExceptionGroup
 
 
 class ConfigError(Exception):
@@ -98,7 +105,7 @@ class SimTableConfig:
     """
 
     partition_count: int = 8
-    app_id: int | None = None
+    app_id: Optional[int] = None
 
 
 @attrs.frozen
@@ -212,7 +219,7 @@ class LoggingConfig:
     """
 
     level: str = "info"
-    file: str | None = None
+    file: Optional[str] = None
     max_bytes: int = 52428800
     backups: int = 10
 
@@ -227,9 +234,9 @@ class Config:
 
     listen: str = "tcp:34601"
     admin: AdminConfig = attrs.Factory(AdminConfig)
-    zookeeper: ZooKeeperConfig | None = None
+    zookeeper: Optional[ZooKeeperConfig] = None
     routes: dict[str, RouteConfig] = attrs.Factory(dict)
-    simulator: SimulatorConfig | None = None
+    simulator: Optional[SimulatorConfig] = None
     metric: MetricConfig = attrs.Factory(MetricConfig)
     timeouts: TimeoutConfig = attrs.Factory(TimeoutConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
@@ -473,7 +480,7 @@ def _messages(exc):
         if isinstance(e, cattrs.errors.ForbiddenExtraKeysError):
             for k in sorted(e.extra_fields, key=str):
                 out.append((path, f"unknown key {k!r}", k))
-        elif isinstance(e, (ExceptionGroup, cattrs.errors.BaseValidationError)):
+        elif isinstance(e, (_ExceptionGroup, cattrs.errors.BaseValidationError)):
             for sub in e.exceptions:
                 walk(sub, path + _note_path(sub))
         elif isinstance(e, AttributeError):

@@ -10,6 +10,7 @@ absorbs the herd when an operator switches a table and every client
 re-queries at once.
 """
 
+from typing import Optional
 import time
 
 import attrs
@@ -64,7 +65,7 @@ class _Batch:
 
     waiters: list = attrs.field(factory=list)
     timeout: float = 0.0
-    upstream: defer.Deferred | None = None
+    upstream: Optional[defer.Deferred] = None
 
 
 @attrs.define(eq=False)
@@ -72,7 +73,7 @@ class _Flight:
     """The running batch of one key, and the batch queued behind it."""
 
     running: _Batch
-    queued: _Batch | None = None
+    queued: Optional[_Batch] = None
 
 
 @attrs.define(eq=False)

@@ -19,6 +19,7 @@ Go meta-proxy and of admin-cli's table migrator).
    evicted table is no longer re-armed.
 """
 
+from typing import Optional
 import random
 from collections import OrderedDict
 
@@ -50,10 +51,10 @@ def valid_table_name(table):
 class _Entry:
     table: str
     state: str = LOADING
-    route: Route | None = None
-    error: str | None = None
+    route: Optional[Route] = None
+    error: Optional[str] = None
     version: object = None
-    confirmed: float | None = None
+    confirmed: Optional[float] = None
     reading: bool = False
     waiters: list = attrs.Factory(list)
     watch: object = None

@@ -9,6 +9,7 @@ more and that have been idle for C{idle_close} seconds, so connections to
 decommissioned metas do not leak.
 """
 
+from typing import Optional
 import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -71,7 +72,7 @@ class ClusterPools:
     connect_timeout: float = 3.0
     retry_delay: float = 0.25
     max_extra: int = 3
-    sweep_interval: float | None = None
+    sweep_interval: Optional[float] = None
     cluster_factory: object = None
     metrics: object = None
     _pools: dict = attrs.field(init=False, factory=dict)

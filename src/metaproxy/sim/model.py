@@ -9,6 +9,7 @@ once and re-encoded only when the table changes, so a benchmark measures the
 proxy, not the simulator.
 """
 
+from typing import Optional
 import attrs
 
 from metaproxy.wire import codes, querycfg
@@ -56,7 +57,7 @@ class SimTable:
     ballots: list
     primaries: list
     decree: int = 0
-    _body: bytes | None = attrs.field(init=False, default=None)
+    _body: Optional[bytes] = attrs.field(init=False, default=None)
 
     def changed(self):
         """Forget the encoded answer (call after any change)."""

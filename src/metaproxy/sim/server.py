@@ -15,6 +15,7 @@ L{RpcDispatcher}, so they frame, negotiate and reject unknown RPCs the way
 the proxy does.
 """
 
+from typing import Optional
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
@@ -73,14 +74,14 @@ class SimulatedMeta:
     host: str
     port: int
     factory: object = attrs.field(init=False, default=None)
-    delay: float | None = None
-    silent: bool | None = None
+    delay: Optional[float] = None
+    silent: Optional[bool] = None
     answered: int = attrs.field(init=False, default=0)
     _listening: object = attrs.field(init=False, default=None)
-    _forward: Reply | None = attrs.field(init=False, default=None)
+    _forward: Optional[Reply] = attrs.field(init=False, default=None)
     _forward_to: object = attrs.field(init=False, default=None)
-    _last_body: bytes | None = attrs.field(init=False, default=None)
-    _last_reply: Reply | None = attrs.field(init=False, default=None)
+    _last_body: Optional[bytes] = attrs.field(init=False, default=None)
+    _last_reply: Optional[Reply] = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
         dispatcher = RpcDispatcher({querycfg.QUERY_CFG: self.handle_query})
@@ -180,7 +181,7 @@ class SimulatedCluster(Service):
     metas: tuple = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
     model: SimModel = attrs.Factory(SimModel)
     cluster_name: str = "sim"
-    leader_index: int | None = 0
+    leader_index: Optional[int] = 0
     delay: float = 0.0
     not_active: bool = False
     silent: bool = False

@@ -6,6 +6,7 @@ C{twistd pegasus-sim}: run one simulated meta cluster from the command line.
         --table temp:8 --table stat:4
 """
 
+from typing import Optional
 import attrs
 from twisted.python import usage
 
@@ -18,7 +19,7 @@ class TableSpec:
     """A table to create: its partition count and app id (L{None}: assign)."""
 
     partition_count: int
-    app_id: int | None = None
+    app_id: Optional[int] = None
 
 
 @attrs.frozen

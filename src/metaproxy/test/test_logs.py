@@ -3,6 +3,7 @@
 Tests for L{metaproxy.logs}.
 """
 
+from typing import Optional
 import io
 import json
 import logging
@@ -24,7 +25,7 @@ def _event(level, text, **kw):
 @attrs.frozen
 class _Cfg:
     level: str = "info"
-    file: str | None = None
+    file: Optional[str] = None
     max_bytes: int = 1024
     backups: int = 2
 

@@ -7,6 +7,7 @@ tests create tables on it), or holds every call until the test answers it,
 or fails every call with L{BackendUnavailable}; it records every call.
 """
 
+from typing import Optional
 import attrs
 from twisted.internet import defer
 from zope.interface import implementer
@@ -117,7 +118,7 @@ class FakeClusterPools:
     @ivar closed: L{True} after L{close}.
     """
 
-    model: SimModel | None = None
+    model: Optional[SimModel] = None
     mode: str = ANSWER
     clusters: dict = attrs.field(factory=dict)
     closed: bool = False

@@ -14,6 +14,7 @@ Anything that would leave the stream desynchronised raises L{FramingError}:
 the caller must close the connection, as a real meta server does.
 """
 
+from typing import Optional
 import struct
 
 import attrs
@@ -86,11 +87,11 @@ class Reply:
     errors. The framing adds the C{_ACK} name and the client's seqid.
     """
 
-    body: bytes | None
+    body: Optional[bytes]
     rpc_error: str = "ERR_OK"
     #: The app-level error in C{body}, when the handler already knows it
     #: (metrics use it instead of decoding the body again).
-    app_error: str | None = attrs.field(default=None, eq=False)
+    app_error: Optional[str] = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

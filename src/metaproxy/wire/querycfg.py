@@ -14,6 +14,7 @@ Three ways to read a response, fastest first:
  - L{decode_result}: everything, as a L{QueryCfgResponse}.
 """
 
+from typing import Optional
 import ipaddress
 import struct
 
@@ -96,9 +97,9 @@ class PartitionConfig:
     last_drops: tuple = ()
     last_committed_decree: int = 0
     partition_flags: int = 0
-    hp_primary: HostPort | None = None
-    hp_secondaries: tuple | None = None
-    hp_last_drops: tuple | None = None
+    hp_primary: Optional[HostPort] = None
+    hp_secondaries: Optional[tuple] = None
+    hp_last_drops: Optional[tuple] = None
 
 
 @attrs.frozen
@@ -124,7 +125,7 @@ class QueryCfgPeek:
     err: str
     app_id: int
     partition_count: int
-    leader: int | None = None
+    leader: Optional[int] = None
 
 
 # ----------------------------------------------------------------- requests
