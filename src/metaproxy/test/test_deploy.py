@@ -290,12 +290,14 @@ class WheelTests(SynchronousTestCase):
         copy = os.path.join(work, "src")
         shutil.copytree(
             source, copy,
-            ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "_trial_temp*", "*.egg-info", "__pycache__"),
+            ignore=shutil.ignore_patterns(".git", ".venv*", ".tox", "build", "dist", "_trial_temp*", "*.egg-info", "__pycache__"),
         )
         rc, out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", os.path.join(work, "out"), copy],
                        timeout=300)
         if rc != 0 and "No module named pip" in out:
             raise SkipTest(f"{sys.executable} has no pip")
+        if rc != 0 and "satisfies the requirement setuptools" in out:
+            raise SkipTest(f"pip cannot fetch the build requirements (offline?): {out[-500:]}")
         self.assertEqual(rc, 0, out)
         [wheel] = os.listdir(os.path.join(work, "out"))
         with zipfile.ZipFile(os.path.join(work, "out", wheel)) as z:
