@@ -55,7 +55,7 @@ class AdminConfig:
     @ivar listen: a Twisted server endpoint string (checked to parse).
     """
 
-    listen: str = "tcp:9091:interface=127.0.0.1"
+    listen: str = "tcp:24601:interface=127.0.0.1"
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ class GoCompatibilityTests(SynchronousTestCase):
         self.assertEqual(c.zookeeper.table_watcher_cache_capacity, 1024)
         self.assertEqual((c.metric.type, dict(c.metric.tags)), ("falcon", {"region": "local_tst", "service": "meta_proxy"}))
         self.assertEqual(c.listen, "tcp:34601")
-        self.assertEqual(c.admin.listen, "tcp:9091:interface=127.0.0.1")
+        self.assertEqual(c.admin.listen, "tcp:24601:interface=127.0.0.1")
 
     def test_root_without_slash_and_tags_mapping(self):
         """A root without a leading slash is normalised; tags may be a mapping."""
