@@ -144,7 +144,7 @@ def build_service(config, reactor, fatal=None):
         max_connections=config.limits.max_connections,
         idle_timeout=config.limits.idle_timeout,
     )
-    metrics.watch_connections(lambda: factory.connection_count)
+    metrics.watch_connections(lambda: factory.connection_count, limit=config.limits.max_connections)
     proxy = DrainingServerService(
         serverFromString(reactor, config.listen),
         factory,
