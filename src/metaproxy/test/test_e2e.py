@@ -109,7 +109,8 @@ class Java1ClientTests(_FlavourCases, _E2EBase):
     """
     Replays the request framing of the Java 1.x client (header v0, app_id -1, partition_index -1, a
     1000 ms client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through
-    the proxy. It is not that client itself: the real-client run is L{metaproxy.test.test_interop}.
+    the proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
     """
 
     flavour = "java1"
@@ -119,7 +120,8 @@ class NodeClientTests(_FlavourCases, _E2EBase):
     """
     Replays the request framing of the NodeJS client (header v0, app_id -1, partition_index -1, no
     client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through the
-    proxy. It is not that client itself: the real-client run is L{metaproxy.test.test_interop}.
+    proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
     """
 
     flavour = "nodejs"
@@ -129,7 +131,8 @@ class Java2ClientTests(_FlavourCases, _E2EBase):
     """
     Replays the request framing of the Java 2.x client (header v1, app_id -1, partition_index -1, a
     5000 ms client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through
-    the proxy. It is not that client itself: the real-client run is L{metaproxy.test.test_interop}.
+    the proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
     """
 
     flavour = "java2"
