@@ -56,6 +56,15 @@ _GO_METERS = ("zk_request_count", "client_query_config_count")
 _MAX_BODY = 65536
 
 
+class _QuietPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections log no C{Starting factory <repr>}
+    line at info level (Twisted's client factory is noisy by default).
+    """
+
+    _factory = type("_QuietHTTP11ClientFactory", (HTTPConnectionPool._factory,), {"noisy": False})
+
+
 @implementer(IBodyProducer)
 class _Body:
     """Writes one byte string as a request body."""
@@ -213,7 +222,7 @@ class FalconPusher:
         if not self.endpoint:
             self.endpoint = socket.gethostname()
         if self.agent is None:
-            self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+            self._pool = _QuietPool(self.reactor, persistent=True)
             self._pool.maxPersistentPerHost = 1
             self.agent = Agent(self.reactor, connectTimeout=self.timeout, pool=self._pool)
         self._go = _GoCompat(dict(self.metrics.const_labels))

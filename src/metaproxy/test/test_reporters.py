@@ -12,6 +12,7 @@ import sys
 
 import attrs
 from twisted.internet import defer, reactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -464,13 +465,16 @@ class FalconLoopbackTests(TestCase):
 
     @defer.inlineCallbacks
     def test_push_to_local_agent(self):
-        """A push POSTs JSON items for every metric to the agent URL."""
+        """A push POSTs JSON items for every metric to the agent URL, logging no factory reprs."""
         receiver = _Receiver()
         metrics = Metrics(const_labels={"region": "local"})
         metrics.query_received("temp")
         pusher = FalconPusher(metrics, self.listen(receiver), "host-a", 10, 5.0, reactor)
         self.addCleanup(pusher.close)
-        yield pusher.push()
+        with capturedLogs() as events:
+            yield pusher.push()
+        self.assertEqual([formatEvent(e) for e in events if "factory" in formatEvent(e)], [],
+                         "no Starting factory <repr> lines")
         ctype, body = yield receiver.got
         self.assertEqual(ctype, b"application/json")
         items = json.loads(body)
