@@ -30,17 +30,25 @@ class _Cfg:
     backups: int = 2
 
 
+def keep_logging_state(case):
+    """
+    Make C{case} restore metaproxy's logging (level, file observer) and the
+    stdlib root logger's handlers and level when it ends.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def restore():
+        logs.configure_logging(_Cfg())
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    case.addCleanup(restore)
+
+
 class LogsTests(SynchronousTestCase):
     def setUp(self):
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-
-        def restore():
-            logs.configure_logging(_Cfg())
-            root.handlers[:] = handlers
-            root.setLevel(level)
-
-        self.addCleanup(restore)
+        keep_logging_state(self)
 
     def stdout(self):
         out = io.StringIO()

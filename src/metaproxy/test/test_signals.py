@@ -20,8 +20,9 @@ from twisted.logger import LogLevel, LogPublisher, capturedLogs, formatEvent, gl
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import logs
-from metaproxy.config import LoggingConfig, load_config
+from metaproxy.config import load_config
 from metaproxy.signals import HangupService, LogReloader
+from metaproxy.test.test_logs import keep_logging_state
 from metaproxy.testing.net import free_port, wait_for_port
 
 
@@ -33,15 +34,7 @@ class _LogState(SynchronousTestCase):
     """Restores metaproxy's logging (level, file, stdlib bridge) after each test."""
 
     def setUp(self):
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-
-        def restore():
-            logs.configure_logging(LoggingConfig())
-            root.handlers[:] = handlers
-            root.setLevel(level)
-
-        self.addCleanup(restore)
+        keep_logging_state(self)
 
     def config(self, level="info", file=None):
         path = getattr(self, "_config_path", None) or os.path.abspath(self.mktemp() + ".yaml")
