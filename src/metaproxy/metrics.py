@@ -296,6 +296,10 @@ class Metrics:
         every table.
     @ivar max_table_labels: at most this many distinct table values.
     @ivar max_outcomes: at most this many distinct backend outcome values.
+    @ivar process_metrics: also register prometheus_client's process and
+        platform collectors (C{process_*}, C{python_info}) on the registry.
+    @ivar version: the C{version} label of C{metaproxy_build_info}
+        (metaproxy's own by default).
     """
 
     registry: CollectorRegistry = attrs.field(default=None, converter=_registry)

@@ -125,13 +125,25 @@ class HangupService(Service):
         """
         self._reactor = reactor
         self.reloader = reloader
+        self._installed = False
         self._previous = None
 
+    def privilegedStartService(self):
+        """Install the SIGHUP handler as early as twistd starts services."""
+        super().privilegedStartService()
+        self._install()
+
     def startService(self):
-        """Install the SIGHUP handler (logged, not raised, if impossible)."""
+        """Install the SIGHUP handler unless L{privilegedStartService} did."""
         super().startService()
+        self._install()
+
+    def _install(self):
+        if self._installed:
+            return
         try:
             self._previous = signal.signal(signal.SIGHUP, self._received)
+            self._installed = True
         except (ValueError, OSError, AttributeError) as e:
             log.warn("SIGHUP cannot be handled here ({why}); it would end the process", why=e)
 
@@ -142,9 +154,10 @@ class HangupService(Service):
     def stopService(self):
         """Restore the handler that was there before."""
         super().stopService()
-        if self._previous is not None:
+        if self._installed:
+            self._installed = False
             try:
-                signal.signal(signal.SIGHUP, self._previous)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL if self._previous is None else self._previous)
             except (ValueError, OSError):
                 pass
             self._previous = None

@@ -205,6 +205,7 @@ class HangupServiceTests(SynchronousTestCase):
         reactor = _Reactor()
         reloader = LogReloader("unused.yaml", _now)
         service = HangupService(reactor, reloader)
+        service.privilegedStartService()
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
         os.kill(os.getpid(), signal.SIGHUP)
