@@ -86,7 +86,7 @@ class LevelReloadTests(_LogState):
         self.assertEqual(logs.current_level(), LogLevel.debug)
         self.assertEqual(level, LogLevel.warn)
         self.assertIn("logging.level stays debug", text)
-        self.assertIn(f"{path}:3:9: expected a string", text)
+        self.assertIn(f"{path}:3:9: ", text)  # the loader's located message
 
     def test_missing_file_keeps_the_level(self):
         """A config file that was removed keeps the old level and says so."""
@@ -333,15 +333,17 @@ class TwistdProcessTests(SynchronousTestCase):
         (a SIGHUP with a broken config file) does.
         """
         port, admin = free_port(), free_port()
-        proc, path = _twistd(self, self.base(port, admin, "logging: {level: warn}\nmetric: {type: none}\n"))
+        logfile = os.path.abspath(self.mktemp() + ".log")
+        proc, path = _twistd(self, self.base(port, admin, f"logging: {{level: warn, file: '{logfile}'}}\n"
+                                                          "metric: {type: none}\n"))
         wait_for_port(port, proc)
         with open(path, "a") as f:
             f.write("bogus_key: 1\n")
         proc.send_signal(signal.SIGHUP)
-        # stdout is a pipe read at the end: give the reload (a thread) time to finish
-        time.sleep(1.0)
+        _wait_for(lambda: "logging.level stays warn" in _read(logfile), proc, "the SIGHUP warning")
         output = _stop(self, proc)
-        self.assertIn("logging.level stays warn", output)
-        self.assertIn("unknown key 'bogus_key'", output)
-        for info in ("listening on", "Received SIGTERM", "drained", "Main loop terminated"):
-            self.assertNotIn(info, output)
+        for text in (output, _read(logfile)):
+            self.assertIn("logging.level stays warn", text)
+            self.assertIn("bogus_key", text)  # the loader's located message
+            for info in ("listening on", "Received SIGTERM", "drained", "Main loop terminated"):
+                self.assertNotIn(info, text)
