@@ -8,7 +8,8 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
     JSON body gives each condition and lists the unmet ones.
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader metaproxy believes in, age, staleness and last
-    error.
+    error. C{/routes?table=NAME} (repeatable) shows only those tables, or
+    answers 404 naming the ones not in the route cache.
   - C{/}: JSON list of what is served.
 
 Metric reporters may mount more resources on the same root (the
@@ -124,9 +125,12 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
         return _json(request, 503 if unmet else 200, {"ready": not unmet, "checks": results, "unmet": unmet})
 
     def routes(request):
+        wanted = _wanted_tables(request)
         entries = []
         known = {}
         for entry in route_table.describe():
+            if wanted is not None and entry.get("table") not in wanted:
+                continue
             entry = dict(entry)
             if leaders is not None:
                 addrs = entry.get("meta_addrs") or []
@@ -136,6 +140,10 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
                 entry["leader"] = known[key]
             entries.append(entry)
         entries.sort(key=lambda e: str(e.get("table")))
+        if wanted is not None:
+            missing = sorted(wanted - {e.get("table") for e in entries})
+            if missing:
+                return _json(request, 404, _not_cached(missing))
         doc = {"routes": entries, "count": len(entries), "ready": bool(_run_checks(
             {"route_source": route_table.is_ready}, "readiness")["route_source"])}
         zk_state = getattr(route_table, "zk_state", None)
@@ -147,6 +155,29 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
     root.putChild(b"readyz", _Leaf(readyz))
     root.putChild(b"routes", _Leaf(routes))
     return root
+
+
+#: At most this many characters of a table name asked for are echoed.
+_MAX_NAME = 200
+
+
+def _wanted_tables(request):
+    """@return: the set of C{table=} query values, or L{None} without any."""
+    values = (getattr(request, "args", None) or {}).get(b"table")
+    if values is None:
+        return None
+    return {v.decode("utf-8", "replace") for v in values}
+
+
+def _not_cached(missing):
+    """@return: the 404 body for tables asked for that are not in the route cache."""
+    shown = [name if len(name) <= _MAX_NAME else name[:_MAX_NAME] + "..." for name in missing[:10]]
+    names = ", ".join(repr(name) for name in shown) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    return {
+        "error": f"not in the route cache: {names} (a table is cached when a client first asks for it; "
+                 "/routes lists the cached ones)",
+        "missing": shown,
+    }
 
 
 def _leader(leaders, meta_addrs):

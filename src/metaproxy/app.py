@@ -35,6 +35,29 @@ class _ClosingService(Service):
         return self.target.close()
 
 
+class _StartupLine(Service):
+    """Logs L{STARTUP_LINE} once, when the service tree starts (before any port is bound)."""
+
+    def __init__(self, fields):
+        self._fields = fields
+        self._said = False
+
+    def privilegedStartService(self):
+        """Say it (twistd binds ports in this phase)."""
+        super().privilegedStartService()
+        self._say()
+
+    def startService(self):
+        """Say it, unless L{privilegedStartService} did."""
+        super().startService()
+        self._say()
+
+    def _say(self):
+        if not self._said:
+            self._said = True
+            log.info(STARTUP_LINE, **self._fields)
+
+
 def build_route_table(config, reactor):
     """
     @return: the route source the config asks for: a ZooKeeper registry
@@ -63,6 +86,45 @@ def build_route_table(config, reactor):
     )
 
 
+def startup_fields(config):
+    """
+    @return: the named fields of the start-up line (see L{STARTUP_LINE}):
+        metaproxy's version and runtime, the route source, the listeners
+        and the metric reporter the config asks for.
+    """
+    import platform
+
+    import twisted
+
+    from metaproxy import __version__
+
+    if config.zookeeper is not None:
+        zk = config.zookeeper
+        source = f"ZooKeeper {','.join(zk.address)} under {zk.root}"
+    else:
+        source = f"static routes ({len(config.routes)} tables)"
+    if config.simulator is not None:
+        source += f", simulated clusters {', '.join(c.name for c in config.simulator.clusters)}"
+    reporter = config.metric.type
+    if reporter == "prometheus":
+        reporter = "prometheus (/metrics on the admin listener)"
+    elif reporter == "falcon":
+        reporter = f"falcon (push to {config.metric.falcon.url} every {config.metric.falcon.step} s)"
+    return {
+        "version": __version__,
+        "runtime": f"{platform.python_implementation()} {platform.python_version()}, Twisted {twisted.__version__}",
+        "source": source,
+        "listen": config.listen,
+        "admin": config.admin.listen,
+        "reporter": reporter,
+    }
+
+
+#: The one line that says what started (fields: L{startup_fields}).
+STARTUP_LINE = ("metaproxy {version} ({runtime}) starting: routes from {source}; clients on {listen}; "
+                "admin on {admin}; metrics: {reporter}")
+
+
 def _cached_tables(routes):
     def allowed(table):
         cached = getattr(routes, "is_cached", None)
@@ -76,7 +138,8 @@ def build_service(config, reactor, fatal=None):
     Build metaproxy's service tree.
 
     Children, in start order (they stop in reverse, one at a time, so the
-    listener drains before what it drains through is closed): C{routes},
+    listener drains before what it drains through is closed): C{startup}
+    (logs the start-up line), C{routes},
     C{simulator} (only with a C{simulator:} section), C{pools}, C{admin},
     C{reporter} (only for push reporters), C{proxy}, C{notify}.
 
@@ -88,6 +151,9 @@ def build_service(config, reactor, fatal=None):
         C{factory} attributes expose the live objects (tests, benchmarks).
     """
     top = OrderedMultiService()
+    startup = _StartupLine(startup_fields(config))
+    startup.setName("startup")
+    startup.setServiceParent(top)
     if fatal is None:
 
         def fatal(message):
@@ -144,7 +210,7 @@ def build_service(config, reactor, fatal=None):
         max_connections=config.limits.max_connections,
         idle_timeout=config.limits.idle_timeout,
     )
-    metrics.watch_connections(lambda: factory.connection_count)
+    metrics.watch_connections(lambda: factory.connection_count, limit=config.limits.max_connections)
     proxy = DrainingServerService(
         serverFromString(reactor, config.listen),
         factory,

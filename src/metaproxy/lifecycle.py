@@ -125,7 +125,9 @@ class DrainingServerService(StreamServerEndpointService):
     def _bound(self, port):
         self.port = port
         self.listening = True
-        log.info("listening on {address}", address=port.getHost())
+        host = port.getHost()
+        address = f"{host.host}:{host.port}" if hasattr(host, "port") else str(getattr(host, "name", host))
+        log.info("{service} listening on {address}", service=self.name or "server", address=address)
         waiters, self._listen_waiters = self._listen_waiters, []
         for d in waiters:
             d.callback(port)

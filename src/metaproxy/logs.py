@@ -10,6 +10,11 @@ Logging for metaproxy, all through L{twisted.logger}.
  - L{configure_logging} applies the config's C{logging:} section: a minimum
    level, and optionally a file with size rotation and retention.
  - stdlib logging (kazoo's) is bridged into twisted.logger.
+ - L{filter_foreign_observers} puts the same level in front of observers
+   metaproxy did not make (twistd's default one), so C{logging.level}
+   applies to every output.
+ - L{set_level} and L{reopen_file} are what SIGHUP uses
+   (L{metaproxy.signals}).
 """
 
 import json
@@ -17,6 +22,7 @@ import logging
 import os
 import sys
 
+from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -40,7 +46,7 @@ _PRIORITY = {
 #: The level the config's C{logging.level} sets; events below it are dropped
 #: by the observers made here; C{file} is the file observer in use, if any.
 _level = {"value": LogLevel.info}
-_file = {"observer": None, "publisher": None}
+_file = {"observer": None, "publisher": None, "logfile": None, "path": None}
 
 _STDLIB_LEVEL = {
     LogLevel.debug: logging.DEBUG,
@@ -59,6 +65,109 @@ def current_level():
 def _enabled(event):
     level = event.get("log_level", LogLevel.info)
     return PredicateResult.yes if level >= _level["value"] else PredicateResult.no
+
+
+def level_named(name):
+    """
+    @param name: a C{logging.level} value (C{warning} is taken for C{warn}).
+    @return: the L{LogLevel}.
+    @raise InvalidLogLevelError: for any other name.
+    """
+    return LogLevel.levelWithName("warn" if name == "warning" else name)
+
+
+def set_level(name):
+    """
+    Make C{name} the minimum level of every metaproxy observer and of the
+    stdlib bridge (kazoo), at once.
+
+    @param name: a C{logging.level} value.
+    @return: the L{LogLevel} that was in force before.
+    """
+    old = _level["value"]
+    level = level_named(name)
+    _level["value"] = level
+    root = logging.getLogger()
+    if any(isinstance(h, _StdlibBridge) for h in root.handlers):
+        root.setLevel(_STDLIB_LEVEL[level])
+    return old
+
+
+class _LevelFilter(FilteringLogObserver):
+    """A L{FilteringLogObserver} applying C{logging.level}; made only here."""
+
+    def __init__(self, observer):
+        super().__init__(observer, [_enabled])
+        self.wrapped = observer
+
+
+def filter_foreign_observers(publisher=globalLogPublisher):
+    """
+    Put C{logging.level} in front of every observer of C{publisher} that
+    metaproxy did not make, e.g. twistd's default text observer (twistd
+    builds it itself; C{--logger=metaproxy.logs.journal_text} and
+    C{json_lines} filter on their own). Call it once logging has begun.
+
+    @return: how many observers were wrapped.
+    """
+    observers = getattr(publisher, "_observers", None)
+    if observers is None:
+        return 0
+    wrapped = 0
+    for observer in list(observers):
+        if isinstance(observer, _LevelFilter):
+            continue
+        publisher.removeObserver(observer)
+        publisher.addObserver(_LevelFilter(observer))
+        wrapped += 1
+    return wrapped
+
+
+class ForeignObserverFilter(Service):
+    """
+    When started (twistd starts services after its logging began; add it
+    as the first service), puts
+    C{logging.level} in front of the observers metaproxy did not make:
+    see L{filter_foreign_observers}. Events twistd logs before that (its
+    two start-up lines) are not filtered.
+    """
+
+    def __init__(self, publisher=globalLogPublisher):
+        self._publisher = publisher
+
+    def privilegedStartService(self):
+        """Wrap the foreign observers (twistd binds ports in this phase: start it first)."""
+        super().privilegedStartService()
+        filter_foreign_observers(self._publisher)
+
+    def startService(self):
+        """Wrap the foreign observers (again: a no-op for those already wrapped)."""
+        super().startService()
+        filter_foreign_observers(self._publisher)
+
+
+def reopen_file():
+    """
+    Reopen C{logging.file} by its path, after logrotate moved it away.
+
+    The path is opened for appending first, so a file that cannot be
+    reopened leaves the old one in use (and raises).
+
+    @return: the path reopened, or L{None} if no log file is configured.
+    @raise OSError: the path cannot be opened; the old file is kept.
+    """
+    logfile = _file["logfile"]
+    if logfile is None:
+        return None
+    with open(logfile.path, "a"):
+        pass
+    logfile.reopen()
+    return _file["path"]
+
+
+def file_path():
+    """@return: the C{logging.file} path in use, or L{None}."""
+    return _file["path"]
 
 
 def format_journal(event):
@@ -90,7 +199,7 @@ class _LineObserver:
 
 def journal_text():
     """The twistd C{--logger} factory for journald (stdout, priorities)."""
-    return FilteringLogObserver(_LineObserver(sys.stdout, format_journal), [_enabled])
+    return _LevelFilter(_LineObserver(sys.stdout, format_journal))
 
 
 def format_json(event):
@@ -113,7 +222,7 @@ def format_json(event):
 
 def json_lines():
     """The twistd C{--logger} factory for JSON lines on stdout."""
-    return FilteringLogObserver(_LineObserver(sys.stdout, format_json), [_enabled])
+    return _LevelFilter(_LineObserver(sys.stdout, format_json))
 
 
 class _StdlibBridge(logging.Handler):
@@ -172,7 +281,9 @@ def file_observer(path, max_bytes, backups):
     """
     directory, name = os.path.split(os.path.abspath(path))
     logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=backups)
-    return FilteringLogObserver(textFileLogObserver(logfile), [_enabled])
+    observer = _LevelFilter(textFileLogObserver(logfile))
+    observer.logfile = logfile
+    return observer
 
 
 def configure_logging(logging_config, publisher=globalLogPublisher):
@@ -186,16 +297,17 @@ def configure_logging(logging_config, publisher=globalLogPublisher):
     @param publisher: where events are published (the global publisher).
     @return: the file observer added, or L{None}.
     """
-    level = LogLevel.levelWithName(logging_config.level)
+    level = level_named(logging_config.level)
     _level["value"] = level
     bridge_stdlib_logging(publisher, _STDLIB_LEVEL[level])
     if _file["observer"] is not None:
         _file["publisher"].removeObserver(_file["observer"])
-        _file["observer"] = _file["publisher"] = None
+        _file["logfile"].close()
+        _file.update(observer=None, publisher=None, logfile=None, path=None)
     if not logging_config.file:
         return None
     observer = file_observer(logging_config.file, logging_config.max_bytes, logging_config.backups)
     publisher.addObserver(observer)
-    _file["observer"], _file["publisher"] = observer, publisher
+    _file.update(observer=observer, publisher=publisher, logfile=observer.logfile, path=logging_config.file)
     return observer
 

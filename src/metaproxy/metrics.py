@@ -2,12 +2,18 @@
 """
 metaproxy's metrics, in one prometheus_client registry of its own.
 
-The Go meta-proxy's names are kept for drop-in dashboards:
-C{client_connection_count} (gauge), C{zk_request_count} and
-C{client_query_config_count} (counters: the Prometheus text format shows
-them with the C{_total} suffix, as the Go proxy's OpenMetrics exposition
-and any Prometheus scraping it store them). Everything new is prefixed
-C{metaproxy_}.
+Names follow Prometheus' conventions (docs/metrics.rst lists every one):
+everything metaproxy counts is prefixed C{metaproxy_}, counters end in
+C{_total} in the exposition, and prometheus_client's process and platform
+collectors add C{process_*} and C{python_info}. The Falcon reporter maps
+three of them back to the Go meta-proxy's item names
+(C{client_connection_count}, C{zk_request_count},
+C{client_query_config_count}) for drop-in dashboards.
+
+Every series a dashboard or alert needs exists from start-up: counters
+without labels start at 0, and table-labelled counters start with a
+zero C{table="_other"} series, so C{rate()} and C{absent()} work before
+the first query.
 
 Label cardinality is bounded:
   - a table gets its own label value only if the route table caches it
@@ -26,10 +32,11 @@ Everything here runs in the reactor thread; the hot-path methods are a few
 dictionary operations each.
 """
 
+import platform
 import re
 
 import attrs
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 OTHER = "_other"
@@ -44,6 +51,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 #: The ZooKeeper states always exported by C{metaproxy_zk_state}.
 ZK_STATES = ("CONNECTED", "SUSPENDED", "LOST", "STOPPED")
+
+#: Label values a labelled counter starts with (at 0) when all its labels
+#: have one; families with other labels (e.g. backend outcomes) start empty.
+_IDLE_LABELS = {"table": OTHER, "err": "ERR_OK"}
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -77,6 +88,9 @@ class _Counts:
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self.values = {}
+        idle = tuple(_IDLE_LABELS.get(label) for label in self.labelnames)
+        if None not in idle:
+            self.values[idle] = 0.0  # the series exists from start-up
 
     def inc(self, key, amount=1.0):
         values = self.values
@@ -168,14 +182,21 @@ class _Collector:
             family.add_metric(values, float(value))
             return family
 
+        build = GaugeMetricFamily("metaproxy_build_info", "Always 1: the metaproxy version and Python runtime.",
+                                  labels=names + ("version", "runtime"))
+        build.add_metric(values + [m._version, _RUNTIME], 1.0)
+        yield build
         count = m._connections() if m._connections is not None else m._opened - m._closed
-        yield one(GaugeMetricFamily, "client_connection_count", "Client connections open now.", count)
-        if m._opened:
-            yield one(CounterMetricFamily, "metaproxy_client_connections_accepted", "Client connections accepted.",
-                      m._opened)
+        yield one(GaugeMetricFamily, "metaproxy_client_connections", "Client connections open now.", count)
+        if m._connection_limit is not None:
+            yield one(GaugeMetricFamily, "metaproxy_client_connections_limit",
+                      "Client connections allowed at once (limits.max_connections; 0 = no limit).",
+                      m._connection_limit)
+        yield one(CounterMetricFamily, "metaproxy_client_connections_accepted", "Client connections accepted.",
+                  m._opened)
         routes = m._route_table
         zk_reads = m._zk_requests + (getattr(routes, "zk_request_count", 0) or 0)
-        yield one(CounterMetricFamily, "zk_request_count",
+        yield one(CounterMetricFamily, "metaproxy_zk_requests",
                   "Route reads sent to ZooKeeper (cache misses and re-reads).", zk_reads)
         for name, doc, label, read in m._watched_counts:
             family = CounterMetricFamily(name, doc, labels=names + (label,))
@@ -219,6 +240,32 @@ class _Collector:
         yield state
 
 
+#: The C{runtime} label of C{metaproxy_build_info}, e.g. C{"CPython 3.11.7"}.
+_RUNTIME = f"{platform.python_implementation()} {platform.python_version()}"
+
+
+class _ConstLabelled:
+    """
+    Adds the config's constant labels to every sample of another collector
+    (prometheus_client's process and platform collectors take none).
+    """
+
+    def __init__(self, collector, const_labels):
+        self._collector = collector
+        self._const = dict(const_labels)
+
+    def describe(self):
+        """@return: nothing: names are not checked against other collectors."""
+        return []
+
+    def collect(self):
+        """Yield the wrapped collector's families with the constant labels added."""
+        for family in self._collector.collect():
+            if self._const:
+                family.samples = [s._replace(labels={**self._const, **s.labels}) for s in family.samples]
+            yield family
+
+
 def _registry(registry):
     return CollectorRegistry() if registry is None else registry
 
@@ -249,6 +296,10 @@ class Metrics:
         every table.
     @ivar max_table_labels: at most this many distinct table values.
     @ivar max_outcomes: at most this many distinct backend outcome values.
+    @ivar process_metrics: also register prometheus_client's process and
+        platform collectors (C{process_*}, C{python_info}) on the registry.
+    @ivar version: the C{version} label of C{metaproxy_build_info}
+        (metaproxy's own by default).
     """
 
     registry: CollectorRegistry = attrs.field(default=None, converter=_registry)
@@ -257,6 +308,8 @@ class Metrics:
     table_allowed: object = None
     max_table_labels: int = 2048
     max_outcomes: int = 64
+    process_metrics: bool = True
+    version: str = None
 
     def __attrs_post_init__(self):
         problem = const_label_problem(self.const_labels)
@@ -267,13 +320,19 @@ class Metrics:
         self._const_values = tuple(str(const[k]) for k in self._const_names)
         self._labels = _TableLabels(self.table_allowed, self.max_table_labels)
         self._connections = None
+        self._connection_limit = None
+        if self.version is None:
+            from metaproxy import __version__
+
+            self.version = __version__
+        self._version = str(self.version)
         self._route_table = None
         self._watched_counts = []
         self._opened = self._closed = self._zk_requests = 0
         self._outcomes = set()
         self._children = {}
         t = ("table",) if self.table_labels else ()
-        self._queries = _Counts("client_query_config_count", "query_cfg requests received from clients.", t)
+        self._queries = _Counts("metaproxy_client_queries", "query_cfg requests received from clients.", t)
         self._answers = _Counts("metaproxy_query_answers", "query_cfg answers sent, by error name.", t + ("err",))
         self._coalesced = _Counts(
             "metaproxy_coalesced_requests",
@@ -299,17 +358,26 @@ class Metrics:
             "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster",),
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self._histogram(self._latency)  # the series exists from start-up
         r.register(_Collector(self))
+        if self.process_metrics:
+            for collector in (ProcessCollector(registry=None), PlatformCollector(registry=None)):
+                r.register(_ConstLabelled(collector, dict(zip(self._const_names, self._const_values))))
 
     # ------------------------------------------------------------ wiring
 
-    def watch_connections(self, count):
+    def watch_connections(self, count, limit=None):
         """
         Report C{count()} (read at collection time) as
-        C{client_connection_count}, instead of the balance of
+        C{metaproxy_client_connections}, instead of the balance of
         L{connection_opened} and L{connection_closed}.
+
+        @param limit: the configured connection limit, reported as
+            C{metaproxy_client_connections_limit} (not reported if L{None}).
         """
         self._connections = count
+        if limit is not None:
+            self._connection_limit = limit
 
     def watch_route_table(self, route_table):
         """
@@ -358,7 +426,7 @@ class Metrics:
         self._zk_requests += 1
 
     def query_received(self, table):
-        """Count one query_cfg request for C{table} (C{client_query_config_count})."""
+        """Count one query_cfg request for C{table} (C{metaproxy_client_queries_total})."""
         self._queries.inc(self._key(table))
 
     def query_answered(self, table, err, seconds):

@@ -40,21 +40,42 @@ class Options(usage.Options):
             raise usage.UsageError(f"bad configuration:\n{e}") from None
 
 
-def makeService(options, reactor=None):
+def makeService(options, reactor=None, process=None):
     """
     Apply the config's C{logging:} section and build the service tree.
 
     @param options: parsed L{Options}.
     @param reactor: the reactor to build on; the global one by default
         (imported here, so that twistd's C{--reactor} choice is honoured).
+    @param process: also add the process-wide hooks: C{sighup} (a
+        L{metaproxy.signals.HangupService}: SIGHUP reopens the log file and
+        reloads C{logging.level}) and C{logfilter}
+        (L{metaproxy.logs.ForeignObserverFilter}, started first:
+        C{logging.level} also filters twistd's default log observer). By default only when no
+        reactor is given, i.e. when twistd calls this.
     @return: metaproxy's L{MultiService<twisted.application.service.MultiService>}
         (see L{metaproxy.app.build_service}).
     """
+    if process is None:
+        process = reactor is None
     if reactor is None:
         from twisted.internet import reactor
     from metaproxy.app import build_service
-    from metaproxy.logs import configure_logging
+    from metaproxy.logs import ForeignObserverFilter, configure_logging
+    from metaproxy.signals import HangupService, LogReloader, run_in_thread
 
     config = options["loaded"]
     configure_logging(config.logging)
-    return build_service(config, reactor)
+    top = build_service(config, reactor)
+    if process:
+        hooks = [
+            ("logfilter", ForeignObserverFilter()),
+            ("sighup", HangupService(reactor, LogReloader(options["config"], run_in_thread(reactor)))),
+        ]
+        for name, service in hooks:
+            service.setName(name)
+            service.setServiceParent(top)
+        # The filter starts first, before any port is bound and logged.
+        top.services.remove(hooks[0][1])
+        top.services.insert(0, hooks[0][1])
+    return top

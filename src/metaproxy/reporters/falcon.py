@@ -10,11 +10,15 @@ histograms as C{_count}/C{_sum} counters plus the mean of the last step
 (C{_avg}). Tags are the constant labels and the series' labels, C{k=v}
 joined with commas.
 
-For dashboards built on the Go meta-proxy (goperfcounter), its three
-metrics are also pushed the way it pushed them: metric C{count} (tag
-C{name=client_connection_count}), and C{rate} (per second over the last
-step) plus C{sum} for C{name=zk_request_count} and
-C{name=client_query_config_count}, all C{GAUGE}, summed over tables.
+For dashboards built on the Go meta-proxy, three metrics keep the Go
+proxy's item names (L{GO_NAMES}): C{metaproxy_client_connections} is
+pushed as C{client_connection_count}, C{metaproxy_zk_requests} as
+C{zk_request_count} and C{metaproxy_client_queries} as
+C{client_query_config_count}. They are also pushed the way goperfcounter
+pushed them: metric C{count} (tag C{name=client_connection_count}), and
+C{rate} (per second over the last step) plus C{sum} for
+C{name=zk_request_count} and C{name=client_query_config_count}, all
+C{GAUGE}, summed over tables.
 
 Uses Twisted's own HTTP client (L{Agent} with a persistent pool, a small
 body collector instead of C{readBody}, and a timeout): no extra
@@ -41,9 +45,24 @@ from metaproxy.metrics import SnapshotWindow
 
 log = Logger()
 
+#: metaproxy's metric name -> the Go meta-proxy's falcon item name.
+GO_NAMES = {
+    "metaproxy_client_connections": "client_connection_count",
+    "metaproxy_zk_requests": "zk_request_count",
+    "metaproxy_client_queries": "client_query_config_count",
+}
 _GO_GAUGES = ("client_connection_count",)
 _GO_METERS = ("zk_request_count", "client_query_config_count")
 _MAX_BODY = 65536
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections log no C{Starting factory <repr>}
+    line at info level (Twisted's client factory is noisy by default).
+    """
+
+    _factory = type("_QuietHTTP11ClientFactory", (HTTPConnectionPool._factory,), {"noisy": False})
 
 
 @implementer(IBodyProducer)
@@ -113,13 +132,14 @@ def tags_string(labels):
 def falcon_payload(snapshot, endpoint, step, timestamp):
     """
     @param snapshot: L{metaproxy.metrics.Metrics.snapshot} output.
-    @return: the list of falcon items: one per sample, labels as C{tags}.
+    @return: the list of falcon items: one per sample, labels as C{tags};
+        the names in L{GO_NAMES} are pushed under the Go proxy's names.
     """
     timestamp = int(timestamp)
     return [
         {
             "endpoint": endpoint,
-            "metric": name,
+            "metric": GO_NAMES.get(name, name),
             "timestamp": timestamp,
             "step": step,
             "value": value,
@@ -140,6 +160,7 @@ class _GoCompat:
     def items(self, snapshot, now):
         totals = {}
         for name, _, value, _ in snapshot:
+            name = GO_NAMES.get(name, name)
             if name in _GO_GAUGES or name in _GO_METERS:
                 totals[name] = totals.get(name, 0.0) + value
         out = []
@@ -201,7 +222,7 @@ class FalconPusher:
         if not self.endpoint:
             self.endpoint = socket.gethostname()
         if self.agent is None:
-            self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+            self._pool = _QuietPool(self.reactor, persistent=True)
             self._pool.maxPersistentPerHost = 1
             self.agent = Agent(self.reactor, connectTimeout=self.timeout, pool=self._pool)
         self._go = _GoCompat(dict(self.metrics.const_labels))

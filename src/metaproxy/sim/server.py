@@ -87,6 +87,7 @@ class SimulatedMeta:
         dispatcher = RpcDispatcher({querycfg.QUERY_CFG: self.handle_query})
         inner = PegasusServerFactory(dispatcher, self.cluster.reactor)
         self.factory = WrappingFactory(inner)
+        self.factory.noisy = False  # no "Starting factory <repr>" line per meta
 
     @property
     def address(self):

@@ -123,6 +123,34 @@ class AdminTests(SynchronousTestCase):
         self.assertIsNone(by_table["other"]["leader"])
         self.assertIsNone(by_table["gone"]["leader"])
 
+    def test_routes_of_one_table(self):
+        """/routes?table=NAME shows that table only, and asks only its cluster for a leader."""
+        request = DummyRequest([b"routes"])
+        request.args = {b"table": [b"other"]}
+        body = getChildForRequest(self.root, request).render(request)
+        doc = json.loads(body)
+        self.assertEqual((request.responseCode or 200, doc["count"]), (200, 1))
+        self.assertEqual([(e["table"], e["cluster_name"]) for e in doc["routes"]], [("other", "c2")])
+        self.assertEqual(self.asked, [",".join(_B)])
+
+    def test_routes_of_an_unknown_table(self):
+        """/routes?table=NAME for a table not in the cache is a 404 whose JSON names it."""
+        request = DummyRequest([b"routes"])
+        request.args = {b"table": [b"temp", b"nope"]}
+        body = getChildForRequest(self.root, request).render(request)
+        doc = json.loads(body)
+        self.assertEqual(request.responseCode, 404)
+        self.assertEqual(doc["missing"], ["nope"])
+        self.assertIn("not in the route cache: 'nope'", doc["error"])
+
+    def test_unknown_table_name_is_bounded(self):
+        """A huge table name asked for is echoed truncated, never whole."""
+        request = DummyRequest([b"routes"])
+        request.args = {b"table": [b"x" * 100000]}
+        body = getChildForRequest(self.root, request).render(request)
+        self.assertEqual(request.responseCode, 404)
+        self.assertLess(len(body), 1000)
+
     def test_routes_asks_each_cluster_once(self):
         """/routes asks for the leader once per cluster, not per table, and never for no metas."""
         _get(self.root, b"/routes")

@@ -95,18 +95,46 @@ class _FlavourCases:
 
 
 class GoClientTests(_FlavourCases, _E2EBase):
+    """
+    Replays the request framing of the Go client (pegasus-go-client) (header v0, app_id 0,
+    partition_index 0, no client timeout, seqids from 1; see
+    L{metaproxy.testing.pegasus_client.FLAVOURS}) through the proxy. It is not that client itself
+    (only the Python client runs for real, in L{metaproxy.test.test_interop}).
+    """
+
     flavour = "go"
 
 
 class Java1ClientTests(_FlavourCases, _E2EBase):
+    """
+    Replays the request framing of the Java 1.x client (header v0, app_id -1, partition_index -1, a
+    1000 ms client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through
+    the proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
+    """
+
     flavour = "java1"
 
 
 class NodeClientTests(_FlavourCases, _E2EBase):
+    """
+    Replays the request framing of the NodeJS client (header v0, app_id -1, partition_index -1, no
+    client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through the
+    proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
+    """
+
     flavour = "nodejs"
 
 
 class Java2ClientTests(_FlavourCases, _E2EBase):
+    """
+    Replays the request framing of the Java 2.x client (header v1, app_id -1, partition_index -1, a
+    5000 ms client timeout, seqids from 0; see L{metaproxy.testing.pegasus_client.FLAVOURS}) through
+    the proxy. It is not that client itself (only the Python client runs for real, in
+    L{metaproxy.test.test_interop}).
+    """
+
     flavour = "java2"
 
 

@@ -30,17 +30,25 @@ class _Cfg:
     backups: int = 2
 
 
+def keep_logging_state(case):
+    """
+    Make C{case} restore metaproxy's logging (level, file observer) and the
+    stdlib root logger's handlers and level when it ends.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def restore():
+        logs.configure_logging(_Cfg())
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    case.addCleanup(restore)
+
+
 class LogsTests(SynchronousTestCase):
     def setUp(self):
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-
-        def restore():
-            logs.configure_logging(_Cfg())
-            root.handlers[:] = handlers
-            root.setLevel(level)
-
-        self.addCleanup(restore)
+        keep_logging_state(self)
 
     def stdout(self):
         out = io.StringIO()
@@ -135,3 +143,35 @@ class LogsTests(SynchronousTestCase):
         publisher(_event(LogLevel.info, "after"))
         with open(path) as f:
             self.assertNotIn("after", f.read())
+
+
+class ForeignObserverTests(SynchronousTestCase):
+    def setUp(self):
+        self.addCleanup(logs.set_level, "info")
+
+    def test_foreign_observers_are_filtered(self):
+        """logging.level is put in front of observers metaproxy did not make (twistd's), once."""
+        self.patch(sys, "stdout", io.StringIO())
+        got, ours = [], logs.journal_text()
+        publisher = LogPublisher(got.append, ours)
+        self.assertEqual(logs.filter_foreign_observers(publisher), 1)
+        self.assertEqual(logs.filter_foreign_observers(publisher), 0)
+        logs.set_level("warn")
+        publisher(_event(LogLevel.info, "quiet"))
+        publisher(_event(LogLevel.warn, "loud"))
+        self.assertEqual([e["log_format"] for e in got], ["loud"])
+
+    def test_service_filters_when_started(self):
+        """ForeignObserverFilter wraps the observers when started (privileged start included)."""
+        got = []
+        publisher = LogPublisher(got.append)
+        service = logs.ForeignObserverFilter(publisher)
+        service.privilegedStartService()
+        logs.set_level("error")
+        publisher(_event(LogLevel.warn, "dropped"))
+        self.assertEqual(got, [])
+
+    def test_set_level_returns_the_old_one(self):
+        """set_level accepts warning for warn and returns the level it replaced."""
+        self.assertEqual(logs.set_level("warning"), LogLevel.info)
+        self.assertEqual(logs.current_level(), LogLevel.warn)

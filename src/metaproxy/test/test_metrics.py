@@ -3,9 +3,14 @@
 Tests for L{metaproxy.metrics}.
 """
 
+import platform
+import re
+
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
+from metaproxy import __version__
 from metaproxy.metrics import OTHER_TABLE, Metrics, SnapshotWindow, const_label_problem
 
 
@@ -45,30 +50,30 @@ def _value(metrics, name, **labels):
 
 class GoNamesTests(SynchronousTestCase):
     def test_go_names_and_const_labels(self):
-        """The Go proxy's three metric names exist and carry the config tags."""
+        """The Go proxy's three metrics, under their Prometheus names, carry the config tags."""
         m = Metrics(const_labels={"region": "r1", "service": "meta_proxy"})
         m.watch_connections(lambda: 3)
         m.watch_route_table(_Routes())
         m.query_received("temp")
         m.query_received("temp")
         labels = {"region": "r1", "service": "meta_proxy"}
-        self.assertEqual(_value(m, "client_connection_count", **labels), 3.0)
-        self.assertEqual(_value(m, "zk_request_count_total", **labels), 7.0)
-        self.assertEqual(_value(m, "client_query_config_count_total", table="temp", **labels), 2.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections", **labels), 3.0)
+        self.assertEqual(_value(m, "metaproxy_zk_requests_total", **labels), 7.0)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total", table="temp", **labels), 2.0)
 
     def test_own_registry(self):
         """Each Metrics has a registry of its own, so two never collide."""
         first, second = Metrics(registry=None), Metrics()
         first.query_received("t")
         self.assertIsNot(first.registry, second.registry)
-        self.assertIsNone(_value(second, "client_query_config_count_total", table="t"))
+        self.assertIsNone(_value(second, "metaproxy_client_queries_total", table="t"))
 
     def test_given_registry(self):
         """A registry passed in receives every metric."""
         registry = CollectorRegistry()
         m = Metrics(registry=registry)
         m.query_received("t")
-        self.assertEqual(registry.get_sample_value("client_query_config_count_total", {"table": "t"}), 1.0)
+        self.assertEqual(registry.get_sample_value("metaproxy_client_queries_total", {"table": "t"}), 1.0)
 
 
 class ConnectionTests(SynchronousTestCase):
@@ -78,7 +83,7 @@ class ConnectionTests(SynchronousTestCase):
         m.connection_opened()
         m.connection_opened()
         m.connection_closed()
-        self.assertEqual(_value(m, "client_connection_count"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections"), 1.0)
         self.assertEqual(_value(m, "metaproxy_client_connections_accepted_total"), 2.0)
 
     def test_watched_count_is_read_at_scrape(self):
@@ -87,7 +92,7 @@ class ConnectionTests(SynchronousTestCase):
         count = [0]
         m.watch_connections(lambda: count[0])
         count[0] = 12
-        self.assertEqual(_value(m, "client_connection_count"), 12.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections"), 12.0)
 
 
 class TableLabelTests(SynchronousTestCase):
@@ -105,8 +110,8 @@ class TableLabelTests(SynchronousTestCase):
         """Tables the route table never caches are counted as _other."""
         for name in ("x1", "x2", "x3"):
             self.m.query_received(name)
-        self.assertEqual(_value(self.m, "client_query_config_count_total", region="r1", table=OTHER_TABLE), 3.0)
-        self.assertIsNone(_value(self.m, "client_query_config_count_total", region="r1", table="x1"))
+        self.assertEqual(_value(self.m, "metaproxy_client_queries_total", region="r1", table=OTHER_TABLE), 3.0)
+        self.assertIsNone(_value(self.m, "metaproxy_client_queries_total", region="r1", table="x1"))
 
     def test_first_query_before_lookup_keeps_its_table(self):
         """
@@ -116,11 +121,11 @@ class TableLabelTests(SynchronousTestCase):
         self.m.query_received("new")
         self.cached.add("new")
         self.m.query_answered("new", "ERR_OK", 0.001)
-        self.assertEqual(_value(self.m, "client_query_config_count_total", region="r1", table="new"), 1.0)
+        self.assertEqual(_value(self.m, "metaproxy_client_queries_total", region="r1", table="new"), 1.0)
         self.assertEqual(
             _value(self.m, "metaproxy_query_answers_total", region="r1", table="new", err="ERR_OK"), 1.0
         )
-        self.assertIsNone(_value(self.m, "client_query_config_count_total", region="r1", table=OTHER_TABLE))
+        self.assertEqual(_value(self.m, "metaproxy_client_queries_total", region="r1", table=OTHER_TABLE), 0.0)
 
     def test_pending_table_settled_at_scrape(self):
         """A pending table cached by scrape time keeps its name; one never cached moves to _other."""
@@ -128,8 +133,8 @@ class TableLabelTests(SynchronousTestCase):
         self.m.query_received("never")
         self.cached.add("later")
         text = generate_latest(self.m.registry).decode()
-        self.assertIn('client_query_config_count_total{region="r1",table="later"} 1.0', text)
-        self.assertIn('client_query_config_count_total{region="r1",table="_other"} 1.0', text)
+        self.assertIn('metaproxy_client_queries_total{region="r1",table="later"} 1.0', text)
+        self.assertIn('metaproxy_client_queries_total{region="r1",table="_other"} 1.0', text)
         self.assertNotIn('table="never"', text)
 
     def test_named_table_is_not_asked_again(self):
@@ -143,8 +148,8 @@ class TableLabelTests(SynchronousTestCase):
         m = Metrics(max_table_labels=2)
         for name in ("a", "b", "c", "a"):
             m.query_received(name)
-        self.assertEqual(_value(m, "client_query_config_count_total", table="a"), 2.0)
-        self.assertEqual(_value(m, "client_query_config_count_total", table=OTHER_TABLE), 1.0)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total", table="a"), 2.0)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total", table=OTHER_TABLE), 1.0)
 
     def test_pending_tables_are_capped(self):
         """At most max_table_labels tables wait for a decision; the rest go to _other at once."""
@@ -152,7 +157,7 @@ class TableLabelTests(SynchronousTestCase):
         for name in ("p1", "p2", "p3"):
             m.query_received(name)
         self.assertEqual(m._labels.pending, {"p1", "p2"})
-        self.assertEqual(_value(m, "client_query_config_count_total", table=OTHER_TABLE), 3.0)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total", table=OTHER_TABLE), 3.0)
         self.assertEqual(m._labels.pending, set())
 
     def test_table_labels_off(self):
@@ -161,7 +166,7 @@ class TableLabelTests(SynchronousTestCase):
         m.query_received("temp")
         m.coalesced("temp")
         m.query_answered("temp", "ERR_OK", 0.001)
-        self.assertEqual(_value(m, "client_query_config_count_total"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total"), 1.0)
         self.assertEqual(_value(m, "metaproxy_query_answers_total", err="ERR_OK"), 1.0)
         self.assertNotIn(b"table=", generate_latest(m.registry))
 
@@ -210,7 +215,7 @@ class TrafficTests(SynchronousTestCase):
         """zk_request() counts on top of the route table's own zk_request_count."""
         self.m.watch_route_table(_Routes(zk_request_count=4))
         self.m.zk_request()
-        self.assertEqual(_value(self.m, "zk_request_count_total", region="r1"), 5.0)
+        self.assertEqual(_value(self.m, "metaproxy_zk_requests_total", region="r1"), 5.0)
 
 
 class RouteGaugeTests(SynchronousTestCase):
@@ -243,7 +248,7 @@ class RouteGaugeTests(SynchronousTestCase):
         self.m.watch_route_table(_StaticRoutes())
         self.assertEqual(_value(self.m, "metaproxy_route_cache_size", region="r1"), 1.0)
         self.assertIsNone(_value(self.m, "metaproxy_zk_connected", region="r1"))
-        self.assertEqual(_value(self.m, "zk_request_count_total", region="r1"), 0.0)
+        self.assertEqual(_value(self.m, "metaproxy_zk_requests_total", region="r1"), 0.0)
 
 
 class SnapshotTests(SynchronousTestCase):
@@ -260,8 +265,8 @@ class SnapshotTests(SynchronousTestCase):
         self.m.query_answered("temp", "ERR_OK", 0.5)
         self.m.query_answered("temp", "ERR_OK", 1.5)
         snap = self.snap()
-        self.assertEqual(snap[("client_connection_count", (("region", "r1"),))], (5.0, "GAUGE"))
-        self.assertEqual(snap[("client_query_config_count", (("region", "r1"), ("table", "temp")))], (1.0, "COUNTER"))
+        self.assertEqual(snap[("metaproxy_client_connections", (("region", "r1"),))], (5.0, "GAUGE"))
+        self.assertEqual(snap[("metaproxy_client_queries", (("region", "r1"), ("table", "temp")))], (1.0, "COUNTER"))
         self.assertEqual(snap[("metaproxy_query_latency_seconds_count", (("region", "r1"),))], (2.0, "COUNTER"))
         self.assertEqual(snap[("metaproxy_query_latency_seconds_sum", (("region", "r1"),))], (2.0, "COUNTER"))
         self.assertEqual(snap[("metaproxy_query_latency_seconds_avg", (("region", "r1"),))], (1.0, "GAUGE"))
@@ -308,3 +313,81 @@ class WatchedCountsTests(SynchronousTestCase):
         counts["failed"] = 2
         self.assertEqual(_value(m, "metaproxy_test_events_total", region="r1", result="ok"), 1.0)
         self.assertEqual(_value(m, "metaproxy_test_events_total", region="r1", result="failed"), 2.0)
+
+
+class ConventionTests(SynchronousTestCase):
+    """Names, types and start-up series follow Prometheus' conventions (docs/metrics.rst)."""
+
+    def test_build_info(self):
+        """metaproxy_build_info is 1 with the version and the Python runtime, plus the config tags."""
+        m = Metrics(const_labels={"region": "r1"})
+        runtime = f"{platform.python_implementation()} {platform.python_version()}"
+        self.assertEqual(
+            _value(m, "metaproxy_build_info", region="r1", version=__version__, runtime=runtime), 1.0)
+
+    def test_process_and_platform_collectors(self):
+        """The process and platform collectors are registered, with the config tags on their series."""
+        m = Metrics(const_labels={"region": "r1"})
+        rss = _value(m, "process_resident_memory_bytes", region="r1")
+        self.assertGreater(rss, 1024 * 1024)
+        self.assertIsNotNone(_value(m, "process_cpu_seconds_total", region="r1"))
+        text = generate_latest(m.registry).decode()
+        self.assertRegex(text, r'python_info\{.*implementation="%s".*region="r1"' % platform.python_implementation())
+
+    def test_process_metrics_can_be_left_out(self):
+        """process_metrics=False leaves the process collector out (e.g. a registry that has one)."""
+        self.assertIsNone(_value(Metrics(process_metrics=False), "process_resident_memory_bytes"))
+
+    def test_every_series_exists_from_start_up(self):
+        """Before any traffic the counters and the latency histogram already have a zero series."""
+        m = Metrics(const_labels={"region": "r1"})
+        m.watch_connections(lambda: 0, limit=100)
+        self.assertEqual(_value(m, "metaproxy_client_connections", region="r1"), 0.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections_limit", region="r1"), 100.0)
+        self.assertEqual(_value(m, "metaproxy_client_connections_accepted_total", region="r1"), 0.0)
+        self.assertEqual(_value(m, "metaproxy_zk_requests_total", region="r1"), 0.0)
+        for name in ("metaproxy_client_queries_total", "metaproxy_coalesced_requests_total",
+                     "metaproxy_upstream_queries_total"):
+            self.assertEqual(_value(m, name, region="r1", table=OTHER_TABLE), 0.0, name)
+        self.assertEqual(_value(m, "metaproxy_query_answers_total", region="r1", table=OTHER_TABLE, err="ERR_OK"), 0.0)
+        self.assertEqual(_value(m, "metaproxy_query_latency_seconds_count", region="r1"), 0.0)
+
+    def test_start_up_series_without_table_labels(self):
+        """With table_labels off, the unlabelled counters start at 0."""
+        m = Metrics(table_labels=False)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total"), 0.0)
+        self.assertEqual(_value(m, "metaproxy_query_answers_total", err="ERR_OK"), 0.0)
+
+    def test_old_names_are_gone(self):
+        """The Go proxy's names are not exposed to Prometheus (the Falcon reporter keeps them)."""
+        m = Metrics()
+        m.watch_route_table(_Routes())
+        m.query_received("a")
+        text = generate_latest(m.registry).decode()
+        for old in ("client_connection_count", "zk_request_count", "client_query_config_count"):
+            self.assertNotIn(old, text)
+
+    def test_names_follow_prometheus_rules(self):
+        """
+        Every family is a valid name; metaproxy's own are prefixed
+        metaproxy_; counters end in _total; no gauge is named like a
+        histogram or counter part (_count, _sum, _bucket, _total).
+        """
+        m = Metrics(const_labels={"region": "r1"})
+        m.watch_connections(lambda: 1, limit=10)
+        m.watch_route_table(_Routes())
+        m.query_received("a")
+        m.query_answered("a", "ERR_OK", 0.01)
+        m.backend_call("c", "h:1", "ERR_TIMEOUT", 0.1)
+        text = generate_latest(m.registry).decode()
+        families = list(text_string_to_metric_families(text))
+        self.assertGreater(len(families), 15)
+        for family in families:
+            self.assertRegex(family.name, r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+            if not family.name.startswith(("process_", "python_")):
+                self.assertTrue(family.name.startswith("metaproxy_"), family.name)
+            if family.type == "gauge":
+                self.assertFalse(re.search(r"_(count|sum|bucket|total)$", family.name), family.name)
+        for line in text.splitlines():
+            if line.startswith("# TYPE ") and line.endswith(" counter"):
+                self.assertTrue(line.split()[2].endswith("_total"), line)

@@ -12,6 +12,7 @@ import sys
 
 import attrs
 from twisted.internet import defer, reactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -25,6 +26,7 @@ from metaproxy.interfaces import IMetricsReporter
 from metaproxy.metrics import Metrics
 from metaproxy.reporters import UnknownReporter, available_reporters, find_reporter
 from metaproxy.reporters.falcon import (
+    GO_NAMES,
     FalconPusher,
     FalconService,
     _BodyCollector,
@@ -113,7 +115,9 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_site_reporter_discovered(self):
         """A reporter a site drops into a plugin package is found by name."""
-        base = self.mktemp()
+        # Absolute: Twisted's plugin walk looks the entry up in
+        # sys.path_importer_cache by its absolute name (else a PEP 302 warning).
+        base = os.path.abspath(self.mktemp())
         pkg = os.path.join(base, "mpx_site_plugins")
         os.makedirs(pkg)
         with open(os.path.join(pkg, "__init__.py"), "w") as f:
@@ -166,9 +170,9 @@ class PrometheusTests(SynchronousTestCase):
         text = MetricsPage(metrics.registry).render_GET(request).decode()
         c = 'cluster="10.0.0.1:34601,10.0.0.2:34601",'
         for line in (
-            'client_connection_count{service="meta_proxy"} 2.0',
-            'client_query_config_count_total{service="meta_proxy",table="temp"} 3.0',
-            'zk_request_count_total{service="meta_proxy"} 2.0',
+            'metaproxy_client_connections{service="meta_proxy"} 2.0',
+            'metaproxy_client_queries_total{service="meta_proxy",table="temp"} 3.0',
+            'metaproxy_zk_requests_total{service="meta_proxy"} 2.0',
             'metaproxy_query_answers_total{err="ERR_OK",service="meta_proxy",table="temp"} 2.0',
             'metaproxy_query_answers_total{err="ERR_OBJECT_NOT_FOUND",service="meta_proxy",table="temp"} 1.0',
             'metaproxy_query_latency_seconds_count{service="meta_proxy"} 3.0',
@@ -194,7 +198,7 @@ class PrometheusTests(SynchronousTestCase):
         body = MetricsPage(metrics.registry).render_GET(request)
         ctype = request.responseHeaders.getRawHeaders(b"content-type")[0]
         self.assertTrue(ctype.startswith(b"application/openmetrics-text"))
-        self.assertIn(b'client_query_config_count_total{table="temp"} 1.0', body)
+        self.assertIn(b'metaproxy_client_queries_total{table="temp"} 1.0', body)
         self.assertTrue(body.endswith(b"# EOF\n"))
 
     def test_gzip_when_accepted(self):
@@ -205,7 +209,7 @@ class PrometheusTests(SynchronousTestCase):
         request.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
         body = MetricsPage(metrics.registry).render_GET(request)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-encoding"), [b"gzip"])
-        self.assertIn(b'client_query_config_count_total{table="temp"} 1.0', gzip.decompress(body))
+        self.assertIn(b'metaproxy_client_queries_total{table="temp"} 1.0', gzip.decompress(body))
 
     def test_broken_collector_gives_500(self):
         """A route table that fails while scraped gives a 500 and a logged error, not a crash."""
@@ -312,6 +316,10 @@ class FalconUnitTests(SynchronousTestCase):
         self.assertEqual(items[("sum", "name=client_query_config_count,region=r1")]["value"], 123.0)
         self.assertEqual(items[("sum", "name=zk_request_count,region=r1")]["value"], 2.0)
         self.assertEqual({i["timestamp"] for i in items.values()}, {1060})
+        pushed = {metric for metric, _ in items}
+        self.assertFalse(pushed & set(GO_NAMES), "metaproxy's names of the Go items are not pushed")
+        self.assertIn("process_resident_memory_bytes", pushed)
+        self.assertIn("metaproxy_build_info", pushed)
 
     def test_batches(self):
         """A push sends at most `batch` items per request."""
@@ -457,13 +465,16 @@ class FalconLoopbackTests(TestCase):
 
     @defer.inlineCallbacks
     def test_push_to_local_agent(self):
-        """A push POSTs JSON items for every metric to the agent URL."""
+        """A push POSTs JSON items for every metric to the agent URL, logging no factory reprs."""
         receiver = _Receiver()
         metrics = Metrics(const_labels={"region": "local"})
         metrics.query_received("temp")
         pusher = FalconPusher(metrics, self.listen(receiver), "host-a", 10, 5.0, reactor)
         self.addCleanup(pusher.close)
-        yield pusher.push()
+        with capturedLogs() as events:
+            yield pusher.push()
+        self.assertEqual([formatEvent(e) for e in events if "factory" in formatEvent(e)], [],
+                         "no Starting factory <repr> lines")
         ctype, body = yield receiver.got
         self.assertEqual(ctype, b"application/json")
         items = json.loads(body)
@@ -504,4 +515,4 @@ class FalconLoopbackTests(TestCase):
         response.deliverBody(collector)
         body = yield collector.done
         self.assertEqual(response.code, 200)
-        self.assertIn(b'client_query_config_count_total{table="temp"} 1.0', body)
+        self.assertIn(b'metaproxy_client_queries_total{table="temp"} 1.0', body)

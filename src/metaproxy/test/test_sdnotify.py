@@ -4,12 +4,26 @@ Tests for L{metaproxy.sdnotify}.
 """
 
 import os
+import shutil
 import socket
+import tempfile
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.sdnotify import NotifyService, notify, watchdog_interval
+
+
+def _short_socket_path(case):
+    """
+    @return: a path for an AF_UNIX socket in a new short directory under
+        /tmp (removed after the test): trial's temp directory under a
+        checkout or tox's env dir can exceed the 107-byte limit of
+        C{sun_path}.
+    """
+    directory = tempfile.mkdtemp(prefix="mp-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "notify")
 
 
 class NotifyTests(SynchronousTestCase):
@@ -19,7 +33,7 @@ class NotifyTests(SynchronousTestCase):
 
     def test_datagram_sent(self):
         """With NOTIFY_SOCKET the message arrives as one datagram."""
-        path = os.path.abspath(self.mktemp())
+        path = _short_socket_path(self)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         server.bind(path)
         self.addCleanup(server.close)
@@ -37,7 +51,7 @@ class NotifyTests(SynchronousTestCase):
 
     def test_unreachable_socket(self):
         """A notify socket nobody listens on is logged, not raised."""
-        self.assertFalse(notify(b"READY=1", {"NOTIFY_SOCKET": os.path.abspath(self.mktemp())}))
+        self.assertFalse(notify(b"READY=1", {"NOTIFY_SOCKET": _short_socket_path(self)}))
 
     def test_watchdog_interval(self):
         """The watchdog is pinged at half of WATCHDOG_USEC; another PID's watchdog is ignored."""

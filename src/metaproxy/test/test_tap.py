@@ -69,13 +69,51 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = tap.makeService(options, reactor)
         names = [s.name for s in service]
-        self.assertEqual(names, ["routes", "pools", "admin", "proxy", "notify"])
+        self.assertEqual(names, ["startup", "routes", "pools", "admin", "proxy", "notify"])
         service.startService()
         ports = sorted(p[0] for p in reactor.tcpServers)
         self.assertEqual(ports, [19091, 34999])
         self.assertTrue(service.getServiceNamed("proxy").listening)
         self.successResultOf(service.stopService())
         self.assertFalse(service.getServiceNamed("proxy").listening)
+
+    def test_startup_line(self):
+        """Starting the tree logs one line with version, runtime, route source, listeners and reporter."""
+        import platform
+
+        from twisted.logger import capturedLogs, formatEvent
+
+        from metaproxy import __version__
+
+        path = _write(
+            self,
+            "listen: tcp:34999:interface=127.0.0.1\nadmin: {listen: 'tcp:19091:interface=127.0.0.1'}\n"
+            "zookeeper: {address: '127.0.0.1:2181,127.0.0.2:2181', root: /pc}\n"
+            "metric: {type: falcon, falcon: {url: 'http://127.0.0.1:1988/v1/push', step: 30}}\n",
+        )
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        service = tap.makeService(options, MemoryReactorClock())
+        startup = service.getServiceNamed("startup")
+        with capturedLogs() as events:
+            startup.privilegedStartService()
+            startup.startService()
+        lines = [formatEvent(e) for e in events if "starting:" in formatEvent(e)]
+        self.assertEqual(lines, [
+            f"metaproxy {__version__} ({platform.python_implementation()} {platform.python_version()}, "
+            f"Twisted {__import__('twisted').__version__}) starting: routes from ZooKeeper "
+            "127.0.0.1:2181,127.0.0.2:2181 under /pc; clients on tcp:34999:interface=127.0.0.1; "
+            "admin on tcp:19091:interface=127.0.0.1; metrics: falcon (push to http://127.0.0.1:1988/v1/push every 30 s)"
+        ])
+
+    def test_process_hooks(self):
+        """As twistd calls it, makeService adds the log filter (started first) and the SIGHUP handler."""
+        path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        names = [s.name for s in tap.makeService(options, MemoryReactorClock(), process=True)]
+        self.assertEqual(names[0], "logfilter")
+        self.assertEqual(names[-1], "sighup")
 
     def test_logging_section_applied(self):
         """makeService applies the config's logging level before building the tree."""
