@@ -145,6 +145,10 @@ def build_service(config, reactor, fatal=None):
         idle_timeout=config.limits.idle_timeout,
     )
     metrics.watch_connections(lambda: factory.connection_count)
+    metrics.watch_counts(
+        "metaproxy_client_connections_by_framing", "Client connections by the framing they chose (THFT or RDSN).",
+        "framing", lambda: factory.counters.framings,
+    )
     proxy = DrainingServerService(
         serverFromString(reactor, config.listen),
         factory,

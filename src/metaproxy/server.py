@@ -58,6 +58,8 @@ class ServerCounters:
         or while draining.
     @ivar handler_errors: handler failures answered with C{ERR_TIMEOUT}.
     @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
+    @ivar framings: connections by the framing their first bytes chose
+        (C{"THFT"}, C{"RDSN"}).
     """
 
     requests: dict = attrs.Factory(dict)
@@ -65,6 +67,7 @@ class ServerCounters:
     rejected_connections: int = 0
     handler_errors: int = 0
     invalid_requests: int = 0
+    framings: dict = attrs.Factory(dict)
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
@@ -94,7 +97,7 @@ class PegasusServerProtocol(Protocol):
 
     def __init__(self, factory):
         self.factory = factory
-        self._decoder = FramingSelector(factory.max_frame_bytes)
+        self._decoder = FramingSelector(factory.max_frame_bytes, factory.counters.framings)
         self._pending = {}
         self._next_key = 0
         self._paused = False

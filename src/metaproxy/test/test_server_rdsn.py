@@ -198,6 +198,32 @@ class MixedFramingTests(_Base, SynchronousTestCase):
         self.assertEqual((self.proto._decoder.framing, rproto._decoder.framing), ("THFT", "RDSN"))
         self.assertEqual({r.header.client_timeout for r, _ in self.query.calls}, {0, 5000})
 
+    def test_connections_counted_by_framing(self):
+        """Each connection is counted once under the framing it chose; one never chosen is not counted."""
+        rproto, rtransport = _connect(self.factory)
+        _connect(self.factory)
+        self.proto.dataReceived(frame.encode_request("RPC_X", 1, b"\x00"))
+        self.proto.dataReceived(frame.encode_request("RPC_X", 2, b"\x00"))
+        rproto.dataReceived(_request(rid=1))
+        self.assertEqual(self.factory.counters.framings, {"THFT": 1, "RDSN": 1})
+
+    def test_framing_metric_exposed(self):
+        """The service built from a config exposes metaproxy_client_connections_by_framing_total{framing}."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from metaproxy.app import build_service
+        from metaproxy.config import parse_config
+
+        config = parse_config(
+            "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: 'tcp:0:interface=127.0.0.1'}\n"
+            "metric: {type: none}\nroutes: {t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}}\n"
+        )
+        service = build_service(config, MemoryReactorClock(), fatal=lambda message: None)
+        proto, _ = _connect(service.factory)
+        proto.dataReceived(_request(rid=1))
+        sample = service.metrics.registry.get_sample_value
+        self.assertEqual(sample("metaproxy_client_connections_by_framing_total", {"framing": "RDSN"}), 1.0)
+
     def test_rdsn_then_thft_closed(self):
         """An RDSN connection that switches to THFT bytes is answered for its RDSN request, then closed."""
         self.proto.dataReceived(_request(rid=1) + frame.encode_request(querycfg.QUERY_CFG, 2, querycfg.encode_args("t")))

@@ -54,8 +54,13 @@ class FramingSelector:
         which RDSN replies carry as C{from_address}; set it before feeding.
     """
 
-    def __init__(self, max_frame_bytes=1 << 20):
+    def __init__(self, max_frame_bytes=1 << 20, counts=None):
+        """
+        @param counts: a L{dict} of framing name (C{"THFT"}, C{"RDSN"}) to
+            connections, bumped when this connection's framing is chosen.
+        """
         self.max_frame_bytes = max_frame_bytes
+        self._counts = counts
         self.framer = THFT_FRAMER
         self.local_address = None
         self._decoder = None
@@ -97,5 +102,8 @@ class FramingSelector:
                 self.framer = rdsn.RdsnFramer(rdsn.address_value(self.local_address))
             else:
                 raise FramingError(f"bad magic {magic!r}: neither THFT nor RDSN")
+            counts = self._counts
+            if counts is not None:
+                counts[self.framer.name] = counts.get(self.framer.name, 0) + 1
             data = head
         yield from self._decoder.feed_iter(data)
