@@ -310,7 +310,7 @@ class FuzzTests(SynchronousTestCase):
             proto.dataReceived(data[i : i + chunk])
         return proto, transport, rdsn.RdsnResponseDecoder(max_frame_bytes=1 << 30).feed(transport.value())
 
-    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=600), st.integers(1, 97))
     def test_arbitrary_rdsn_streams(self, tail, chunk):
         """Any bytes after an RDSN magic: nothing raises; replies are well-formed; the connection is answered, closed, or waiting for the rest of a frame."""
@@ -319,7 +319,7 @@ class FuzzTests(SynchronousTestCase):
             self.assertIn(r.rpc_error, codes.RPC_LEVEL_SAFE)
         self.assertTrue(not transport.connected or replies or proto._decoder.buffered() > 0)
 
-    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_frames(), st.integers(1, 97), st.data())
     def test_valid_then_mutated(self, frames, chunk, data):
         """

@@ -192,7 +192,7 @@ class LayoutTests(SynchronousTestCase):
         self.assertEqual(header[40:88], b"R" * 47 + b"\x00")
         self.assertEqual(header[136:184], b"E" * 47 + b"\x00")
 
-    @settings(max_examples=100)
+    @settings(max_examples=100, deadline=None)
     @given(
         st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=47),
         st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(-(2**31), 2**31 - 1),
