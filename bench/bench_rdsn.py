@@ -5,19 +5,16 @@ of the pure-Python CRC-32C that a request carrying CRCs adds.
 
     .venv/bin/python bench/bench_rdsn.py
 
-Best of 7 repeats; prints one line per operation. Run it on an idle
-machine; the figures are for comparing framings and versions, not a test.
+Best of 7 repeats (L{bench_codec.best_us}); prints one line per operation.
+Run it on an idle machine; the figures are for comparing framings and
+versions, not a test.
 """
 
-import timeit
+from bench_codec import best_us
 
 from metaproxy.testing.rdsn_client import query_cfg_body
 from metaproxy.wire import frame, querycfg, rdsn
 from metaproxy.wire.crc32c import crc32c
-
-
-def best_us(fn, number):
-    return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
 
 
 def main():
