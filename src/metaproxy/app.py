@@ -146,8 +146,10 @@ def build_service(config, reactor, fatal=None):
     )
     metrics.watch_connections(lambda: factory.connection_count)
     metrics.watch_counts(
-        "metaproxy_client_connections_by_framing", "Client connections by the framing they chose (THFT or RDSN).",
-        "framing", lambda: factory.counters.framings,
+        "metaproxy_client_connections_by_framing",
+        "Client connections by the framing their first bytes chose (THFT or RDSN).",
+        "framing",
+        lambda: factory.counters.framings,
     )
     proxy = DrainingServerService(
         serverFromString(reactor, config.listen),

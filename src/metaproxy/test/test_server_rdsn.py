@@ -94,17 +94,23 @@ class RdsnServerTests(_Base, SynchronousTestCase):
         """A query_cfg is dispatched with the RDSN header and answered in RDSN, matched by id."""
         self.proto.dataReceived(_request(rid=0x1_0000_0007, trace_id=0xABC))
         [(request, _)] = self.query.calls
-        self.assertEqual((request.name, request.seqid, request.header.client_timeout), (querycfg.QUERY_CFG, 0x1_0000_0007, 5000))
+        self.assertEqual((request.name, request.seqid, request.header.client_timeout),
+                         (querycfg.QUERY_CFG, 0x1_0000_0007, 5000))
         self.assertEqual(querycfg.decode_args(request.args).app_name, "temp")
         [reply] = _rdsn_replies(self.transport)
-        self.assertEqual((reply.seqid, reply.name, reply.rpc_error), (0x1_0000_0007, querycfg.QUERY_CFG_ACK, codes.ERR_OK))
+        self.assertEqual((reply.seqid, reply.name, reply.rpc_error),
+                         (0x1_0000_0007, querycfg.QUERY_CFG_ACK, codes.ERR_OK))
         self.assertEqual(reply.body, OK_BODY)
-        self.assertEqual((reply.header.trace_id, reply.header.client_timeout, reply.header.context), (0xABC, 5000, 0x440))
+        h = reply.header
+        self.assertEqual((h.trace_id, h.client_timeout, h.context), (0xABC, 5000, 0x440))
         self.assertEqual(querycfg.address_host_port(reply.header.from_address), ("127.0.0.1", 34601))
         self.assertEqual(self.proto._decoder.framing, "RDSN")
 
     def test_unknown_rpc_exact_reply(self):
-        """The documented test vector to a proxy without its handler gets exactly the hand-derived ERR_HANDLER_NOT_FOUND reply."""
+        """
+        The documented test vector sent to a proxy without its handler gets
+        exactly the hand-derived ERR_HANDLER_NOT_FOUND reply.
+        """
         factory = PegasusServerFactory(RpcDispatcher({}), self.clock)
         proto, transport = _connect(factory)
         proto.dataReceived(VECTOR)
@@ -112,8 +118,9 @@ class RdsnServerTests(_Base, SynchronousTestCase):
         self.assertTrue(transport.connected)
 
     def test_negotiation_auth_disabled(self):
-        """RPC_NEGOTIATION is answered ERR_OK with status SASL_AUTH_DISABLE, as a real meta without auth does."""
-        body = binary.pack_field(binary.STRUCT, 0) + binary.pack_field(binary.I32, 1) + binary.pack_i32(1) + b"\x00\x00"
+        """RPC_NEGOTIATION is answered ERR_OK with status SASL_AUTH_DISABLE, as by a meta without auth."""
+        status = binary.pack_field(binary.I32, 1) + binary.pack_i32(1)
+        body = binary.pack_field(binary.STRUCT, 0) + status + b"\x00\x00"
         self.proto.dataReceived(_request(NEGOTIATION, 5, body))
         [reply] = _rdsn_replies(self.transport)
         self.assertEqual((reply.seqid, reply.name, reply.rpc_error), (5, "RPC_NEGOTIATION_ACK", codes.ERR_OK))
@@ -177,7 +184,7 @@ class RdsnServerTests(_Base, SynchronousTestCase):
         self.assertEqual((reply.seqid, reply.header.hdr_crc32, reply.header.body_crc32), (6, 0, 0))
 
     def test_framing_error_waits_for_pending(self):
-        """After a broken frame, requests still in flight are answered, then the connection closes (section 1.6)."""
+        """After a broken frame, requests in flight are answered, then the connection closes (section 1.6)."""
         self.proto.dataReceived(_request("RPC_SLOW", 1, b"") + b"RDSX" + bytes(200))
         self.assertTrue(self.transport.connected)
         self.slow.calls[0][1].callback(frame.Reply(OK_BODY))
@@ -226,7 +233,8 @@ class MixedFramingTests(_Base, SynchronousTestCase):
 
     def test_rdsn_then_thft_closed(self):
         """An RDSN connection that switches to THFT bytes is answered for its RDSN request, then closed."""
-        self.proto.dataReceived(_request(rid=1) + frame.encode_request(querycfg.QUERY_CFG, 2, querycfg.encode_args("t")))
+        thft = frame.encode_request(querycfg.QUERY_CFG, 2, querycfg.encode_args("t"))
+        self.proto.dataReceived(_request(rid=1) + thft)
         self.assertEqual([r.seqid for r in _rdsn_replies(self.transport)], [1])
         self.assertEqual(len(self.query.calls), 1)
         self.assertFalse(self.transport.connected)
@@ -257,7 +265,8 @@ class ResolverTests(SynchronousTestCase):
         proto.dataReceived(_request(rid=1, client_timeout=1500))
         [(table, indices, timeout, d)] = pools.get(meta).calls
         self.assertEqual((table, indices, timeout), ("temp", (), 1.5))
-        d.callback(frame.Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, querycfg.encode_result(_table_response())))
+        body = querycfg.encode_result(_table_response())
+        d.callback(frame.Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, body))
         [reply] = _rdsn_replies(transport)
         resp = querycfg.decode_result(reply.body)
         self.assertEqual((resp.err, len(resp.partitions)), (codes.ERR_OK, 2))
@@ -313,7 +322,11 @@ class FuzzTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=600), st.integers(1, 97))
     def test_arbitrary_rdsn_streams(self, tail, chunk):
-        """Any bytes after an RDSN magic: nothing raises; replies are well-formed; the connection is answered, closed, or waiting for the rest of a frame."""
+        """
+        Any bytes after an RDSN magic: nothing raises, replies are
+        well-formed, and the connection is answered, closed, or waiting for
+        the rest of a frame.
+        """
         proto, transport, replies = self.run_stream(b"RDSN" + tail, chunk)
         for r in replies:
             self.assertIn(r.rpc_error, codes.RPC_LEVEL_SAFE)
@@ -495,7 +508,8 @@ class TwistdLoopbackTests(SynchronousTestCase):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         meta, port, admin = free_port(), free_port(), free_port()
-        self.spawn(["pegasus-sim", "--metas", f"127.0.0.1:{meta}", "--table", "temp:8", "--host-ports"], meta, workdir)
+        sim = ["pegasus-sim", "--metas", f"127.0.0.1:{meta}", "--table", "temp:8", "--host-ports"]
+        self.spawn(sim, meta, workdir)
         config = os.path.join(workdir, "metaproxy.yaml")
         with open(config, "w") as f:
             f.write(

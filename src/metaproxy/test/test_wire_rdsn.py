@@ -92,7 +92,10 @@ class Crc32cTests(SynchronousTestCase):
         self.assertEqual(crc32c(b" world", crc32c(b"hello rdsn")), 0xA81494FD)
 
     def test_vector_crcs(self):
-        """The test vector's header CRC (0x48365b0b), body CRC (0xb47a9c7b) and CRC-on header CRC (0xa9e529ba)."""
+        """
+        The test vector's header CRC (0x48365b0b), body CRC (0xb47a9c7b),
+        and header CRC with the body CRC filled in (0xa9e529ba).
+        """
         self.assertEqual(crc32c(VECTOR_HEADER), 0x48365B0B)
         self.assertEqual(crc32c(VECTOR_BODY), 0xB47A9C7B)
         with_crc = rdsn.with_crc(VECTOR)
@@ -301,7 +304,10 @@ class DecoderTests(SynchronousTestCase):
         self.assertEqual(decoder.buffered(), 0)
 
     def test_pipelined_chunks_bounded(self):
-        """Many pipelined frames in odd chunks all decode in order; the buffer never holds more than a frame and a chunk."""
+        """
+        Many pipelined frames in odd chunks all decode in order; the buffer
+        never holds much more than a frame and a chunk.
+        """
         frames = [rdsn.encode_request(querycfg.QUERY_CFG, i, query_cfg_body(f"t{i}")) for i in range(200)]
         stream = b"".join(frames)
         decoder = rdsn.RdsnRequestDecoder()
@@ -359,7 +365,8 @@ class DecoderTests(SynchronousTestCase):
         data = bytearray(VECTOR_HEADER)
         data[16:20] = struct.pack("<I", 4096)
         self.assertRaises(FramingError, rdsn.RdsnRequestDecoder(max_frame_bytes=4096).feed, bytes(data))
-        self.assertEqual(len(rdsn.RdsnRequestDecoder(max_frame_bytes=4096 + 192).feed(bytes(data) + bytes(4096))), 1)
+        decoder = rdsn.RdsnRequestDecoder(max_frame_bytes=4096 + 192)
+        self.assertEqual(len(decoder.feed(bytes(data) + bytes(4096))), 1)
 
     def test_name_without_nul_refused(self):
         """A 48-byte name field without its NUL terminator cannot be read: refused."""

@@ -152,30 +152,17 @@ class RdsnHeader:
     body_crc32: int = 0
     raw: bytes = attrs.field(default=b"", eq=False, repr=False)
 
-    @property
-    def is_request(self):
-        """@return: whether context bit 0 (is_request) is set."""
-        return bool(self.context & IS_REQUEST)
-
-    @property
-    def is_forwarded(self):
-        """@return: whether context bit 1 (is_forwarded) is set."""
-        return bool(self.context & IS_FORWARDED)
+    is_request = property(lambda self: bool(self.context & IS_REQUEST), doc="context bit 0")
+    is_forwarded = property(lambda self: bool(self.context & IS_FORWARDED), doc="context bit 1")
+    is_forward_supported = property(
+        lambda self: bool(self.context & IS_FORWARD_SUPPORTED), doc="context bit 10"
+    )
+    is_backup_request = property(lambda self: bool(self.context & IS_BACKUP_REQUEST), doc="context bit 11")
 
     @property
     def serialize_format(self):
         """@return: context bits 6-9: how the body is serialised (1: thrift binary)."""
         return (self.context & _FORMAT_MASK) >> _FORMAT_SHIFT
-
-    @property
-    def is_forward_supported(self):
-        """@return: whether context bit 10 (is_forward_supported) is set."""
-        return bool(self.context & IS_FORWARD_SUPPORTED)
-
-    @property
-    def is_backup_request(self):
-        """@return: whether context bit 11 (is_backup_request) is set."""
-        return bool(self.context & IS_BACKUP_REQUEST)
 
     @classmethod
     def unpack(cls, raw):
