@@ -145,12 +145,6 @@ def build_service(config, reactor, fatal=None):
         idle_timeout=config.limits.idle_timeout,
     )
     metrics.watch_connections(lambda: factory.connection_count)
-    metrics.watch_counts(
-        "metaproxy_client_connections_by_framing",
-        "Client connections by the framing their first bytes chose (THFT or RDSN).",
-        "framing",
-        lambda: factory.counters.framings,
-    )
     proxy = DrainingServerService(
         serverFromString(reactor, config.listen),
         factory,
@@ -189,6 +183,14 @@ def build_service(config, reactor, fatal=None):
     notify = NotifyService(reactor=reactor, ready=proxy.when_listening)
     notify.setName("notify")
     notify.setServiceParent(top)
+
+    # Connections by framing (THFT/RDSN): do C++ clients and the shell use the proxy?
+    metrics.watch_counts(
+        "metaproxy_client_connections_by_framing",
+        "Client connections by the framing their first bytes chose (THFT or RDSN).",
+        "framing",
+        lambda: factory.counters.framings,
+    )
 
     top.metrics = metrics
     top.resolver = resolver

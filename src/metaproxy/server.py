@@ -67,7 +67,7 @@ class ServerCounters:
     rejected_connections: int = 0
     handler_errors: int = 0
     invalid_requests: int = 0
-    framings: dict = attrs.Factory(dict)
+    framings: dict = attrs.Factory(lambda: {"THFT": 0, "RDSN": 0})
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
