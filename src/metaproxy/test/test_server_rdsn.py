@@ -272,6 +272,42 @@ class ResolverTests(SynchronousTestCase):
         self.assertEqual((resp.err, len(resp.partitions)), (codes.ERR_OK, 2))
         self.assertIsNotNone(resp.partitions[0].hp_primary)
 
+    def test_coalesced_across_framings(self):
+        """
+        RDSN and THFT queries for one table join the same upstream batches:
+        one query in flight, the rest queued into one more; each client
+        gets the answer in its framing (RDSN with hp_*, THFT without).
+        """
+        meta = MetaAddrs.parse("10.0.0.1:34601")
+        pools = _Pools()
+        resolver = QueryConfigResolver(_Routes({"temp": Route("a", meta)}), pools)
+        factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: resolver.handle}), Clock())
+        rproto, rtransport = _connect(factory)
+        tproto, ttransport = _connect(factory)
+        rproto.dataReceived(_request(rid=1))
+        tproto.dataReceived(frame.encode_request(querycfg.QUERY_CFG, 7, querycfg.encode_args("temp")))
+        rproto.dataReceived(_request(rid=2))
+        body = querycfg.encode_result(_table_response(with_hp=True))
+        for _ in range(2):
+            calls = pools.get(meta).calls
+            calls[-1][3].callback(frame.Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, body))
+        self.assertEqual(len(pools.get(meta).calls), 2)
+        self.assertEqual([(r.seqid, r.body) for r in _rdsn_replies(rtransport)], [(1, body), (2, body)])
+        [thft] = frame.ResponseDecoder().feed(ttransport.value())
+        self.assertEqual((thft.seqid, thft.body), (7, querycfg.strip_host_port(body)))
+
+    def test_malformed_args_rejected_like_thft(self):
+        """A malformed query_cfg body gets rpc-level ERR_INVALID_PARAMETERS, as in THFT, and no backend query."""
+        pools = _Pools()
+        resolver = QueryConfigResolver(_Routes({}), pools)
+        factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: resolver.handle}), Clock())
+        proto, transport = _connect(factory)
+        proto.dataReceived(_request(rid=3, body=b"\x0c\x00\x00\x0b\x00\x01\xff\xff"))
+        [reply] = _rdsn_replies(transport)
+        self.assertEqual((reply.seqid, reply.rpc_error, reply.body), (3, codes.ERR_INVALID_PARAMETERS, b""))
+        self.assertEqual(pools.clusters, {})
+        self.assertTrue(transport.connected)
+
     def test_relay_keeps_native_body(self):
         """relay_reply strips hp_* for THFT and keeps the meta's body as native_body for RDSN."""
         body = querycfg.encode_result(_table_response(with_hp=True))
