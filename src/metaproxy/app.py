@@ -250,6 +250,14 @@ def build_service(config, reactor, fatal=None):
     notify.setName("notify")
     notify.setServiceParent(top)
 
+    # Connections by framing (THFT/RDSN): do C++ clients and the shell use the proxy?
+    metrics.watch_counts(
+        "metaproxy_client_connections_by_framing",
+        "Client connections by the framing their first bytes chose (THFT or RDSN).",
+        "framing",
+        lambda: factory.counters.framings,
+    )
+
     top.metrics = metrics
     top.resolver = resolver
     top.factory = factory

@@ -121,7 +121,11 @@ class IRequestHandler(Interface):
         """
         Answer one request.
 
-        @param request: the decoded request.
+        @param request: the decoded request, THFT or RDSN: its C{header}
+            is a L{metaproxy.wire.frame.RequestHeader} or a
+            L{metaproxy.wire.rdsn.RdsnHeader}, which share the routing
+            fields (C{client_timeout} and the rest); C{args} is the body
+            struct (field 1 in THFT, field 0 in RDSN: readers ignore it).
         @type request: L{metaproxy.wire.frame.Request}
         @param connection: an opaque object identifying the client
             connection (for per-connection state such as framing version).

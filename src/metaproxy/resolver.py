@@ -37,12 +37,19 @@ _RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
 
 def relay_reply(response):
     """
-    Turn a backend query_cfg response into the reply a THFT client gets.
+    Turn a backend query_cfg response into the reply a client gets.
 
-    The body is relayed as it came, minus the C{hp_*} fields old clients
-    cannot parse; an app-level error name some client would not know
-    becomes C{ERR_UNKNOWN}; a forward (which the pool must never return)
-    and any rpc-level error become the retryable C{ERR_SERVICE_NOT_ACTIVE}.
+    The body is relayed as it came, minus the C{hp_*} fields old THFT
+    clients cannot parse. The unstripped body is kept as C{native_body} for
+    RDSN (C++) clients, which get what the meta sent: in Pegasus master,
+    C{src/client/partition_resolver_simple.cpp} (C{get_host_port}) routes by
+    C{pc.hp_primary} / C{hp_last_drops}, so a master C++ client finds no
+    replica without them; a C++ client as old as a meta without C{hp_*}
+    (v2.5.0 C{idl/dsn.layer2.thrift}, whose generated reader would
+    desynchronise on them) never receives them. An app-level error name
+    some client would not know becomes C{ERR_UNKNOWN}; a forward (which the
+    pool must never return) and any rpc-level error become the retryable
+    C{ERR_SERVICE_NOT_ACTIVE}.
 
     @param response: a L{metaproxy.wire.frame.Response}.
     @return: a L{Reply}.
@@ -56,7 +63,8 @@ def relay_reply(response):
         return _RETRY_LATER
     if peek.err not in codes.CLIENT_SAFE:
         return _error_reply(codes.ERR_UNKNOWN)
-    return Reply(querycfg.strip_host_port(body), app_error=peek.err)
+    stripped = querycfg.strip_host_port(body)
+    return Reply(stripped, app_error=peek.err, native_body=None if stripped is body else body)
 
 
 @attrs.define(eq=False)

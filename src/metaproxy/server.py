@@ -1,6 +1,10 @@
 # -*- test-case-name: metaproxy.test.test_server -*-
 """
-The server side of the THFT protocol: what clients connect to.
+The server side of the Pegasus protocol: what clients connect to.
+
+Each connection speaks THFT or RDSN, chosen by its first 4 bytes
+(L{metaproxy.wire.framing.FramingSelector}); the framer of that framing
+encodes its replies, and both framings share one dispatch.
 
 The protocol only frames: it decodes requests, hands each to an
 L{IRequestHandler}, and writes each reply when it is ready (out of order is
@@ -26,7 +30,8 @@ from twisted.logger import Logger
 
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
-from metaproxy.wire.frame import FramingError, Reply, RequestDecoder, ack_name, encode_reply
+from metaproxy.wire.frame import FramingError, Reply
+from metaproxy.wire.framing import FramingSelector
 
 log = Logger()
 
@@ -53,6 +58,8 @@ class ServerCounters:
         or while draining.
     @ivar handler_errors: handler failures answered with C{ERR_TIMEOUT}.
     @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
+    @ivar framings: connections by the framing their first bytes chose
+        (C{"THFT"}, C{"RDSN"}).
     """
 
     requests: dict = attrs.Factory(dict)
@@ -60,6 +67,7 @@ class ServerCounters:
     rejected_connections: int = 0
     handler_errors: int = 0
     invalid_requests: int = 0
+    framings: dict = attrs.Factory(lambda: {"THFT": 0, "RDSN": 0})
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
@@ -89,7 +97,7 @@ class PegasusServerProtocol(Protocol):
 
     def __init__(self, factory):
         self.factory = factory
-        self._decoder = RequestDecoder(factory.max_frame_bytes)
+        self._decoder = FramingSelector(factory.max_frame_bytes, factory.counters.framings)
         self._pending = {}
         self._next_key = 0
         self._paused = False
@@ -117,6 +125,7 @@ class PegasusServerProtocol(Protocol):
             self.transport.loseConnection()
             return
         self._counted = True
+        self._decoder.local_address = _host(self.transport)
         factory.connection_count += 1
         factory._connections.add(self)
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -172,6 +181,11 @@ class PegasusServerProtocol(Protocol):
     def _dispatch(self, request):
         factory = self.factory
         factory.counters.count_request(request.name)
+        refusal = self._decoder.framer.refuse(request)
+        if refusal is not None:
+            factory.counters.invalid_requests += 1
+            self._write(request, refusal)
+            return
         try:
             result = factory.handler.handle(request, self)
         except DecodeError:
@@ -236,11 +250,11 @@ class PegasusServerProtocol(Protocol):
             rpc_error = reply.rpc_error
             if rpc_error not in _SAFE:
                 rpc_error = codes.ERR_UNKNOWN
-            data = encode_reply(ack_name(request.name), request.seqid, reply.body, rpc_error)
+            data = self._decoder.framer.encode(request, reply, rpc_error)
         except Exception:
             self.factory.counters.handler_errors += 1
             log.failure("handler for {rpc} gave an unusable reply {reply!r}", rpc=request.name, reply=reply)
-            data = encode_reply(ack_name(request.name), request.seqid, None, codes.ERR_TIMEOUT)
+            data = self._decoder.framer.encode(request, _RETRY, codes.ERR_TIMEOUT)
         self.transport.write(data)
 
     def _close_when_answered(self):
@@ -279,6 +293,13 @@ class PegasusServerProtocol(Protocol):
             return
         self._closing = True
         self.transport.loseConnection()
+
+
+def _host(transport):
+    try:
+        return transport.getHost()
+    except Exception:
+        return None
 
 
 def _peer(transport):

@@ -92,6 +92,9 @@ class Reply:
     #: The app-level error in C{body}, when the handler already knows it
     #: (metrics use it instead of decoding the body again).
     app_error: Optional[str] = attrs.field(default=None, eq=False)
+    #: The body as the backend sent it, when C{body} was rewritten for THFT
+    #: clients (C{hp_*} fields stripped); RDSN replies send this instead.
+    native_body: Optional[bytes] = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
