@@ -167,9 +167,69 @@ def _parse_message_begin(data, start, end):
     return text, mtype, seqid, r.pos
 
 
+class _Held:
+    """
+    The bytes a decoder holds between reads: a L{bytearray} plus a read
+    offset, so that a frame arriving in k pieces costs O(its size) in total
+    (the held bytes are never copied again on each read).
+    """
+
+    __slots__ = ("buf", "pos")
+
+    #: Consumed bytes are dropped from the front once there are this many
+    #: and they are more than half of the buffer (amortised O(1) a byte).
+    COMPACT_AFTER = 1 << 16
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.pos = 0
+
+    def __len__(self):
+        return len(self.buf) - self.pos
+
+    def join(self, data):
+        """
+        @return: C{(buffer, offset)} to decode from: C{data} itself (not
+            copied) when nothing is held, else the held bytes with C{data}
+            appended.
+        """
+        if len(self.buf) == self.pos:
+            return data, 0
+        self.buf += data
+        return self.buf, self.pos
+
+    def keep(self, source, pos):
+        """
+        Hold C{source[pos:]} for the next L{join}; C{source} is what L{join}
+        returned. Only bytes not held yet are copied.
+        """
+        buf = self.buf
+        if source is buf:
+            if pos >= len(buf):
+                self.clear()
+            elif pos >= self.COMPACT_AFTER and pos * 2 > len(buf):
+                del buf[:pos]
+                self.pos = 0
+            else:
+                self.pos = pos
+        elif pos < len(source):
+            self.buf = bytearray(memoryview(source)[pos:])
+            self.pos = 0
+        else:
+            self.clear()
+
+    def clear(self):
+        """Drop everything held (the memory is released)."""
+        self.buf = bytearray()
+        self.pos = 0
+
+
 class RequestDecoder:
     """
     Splits a client's byte stream into L{Request}s.
+
+    Decoding is linear: N bytes cost O(N) however they are split (a
+    partial frame is held in a growing buffer, never re-copied per read).
 
     @ivar max_frame_bytes: the largest frame (header and body) accepted;
         a larger declared length is a L{FramingError} before anything is
@@ -178,11 +238,15 @@ class RequestDecoder:
 
     def __init__(self, max_frame_bytes=1 << 20):
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._held = _Held()
 
     def buffered(self):
         """@return: how many bytes of an incomplete frame are held."""
-        return len(self._buf)
+        return len(self._held)
+
+    def clear(self):
+        """Forget the incomplete frame held (the stream is being abandoned)."""
+        self._held.clear()
 
     def feed(self, data):
         """
@@ -201,10 +265,11 @@ class RequestDecoder:
         that requests before a broken frame are still answered.
 
         A bad magic or header version is detected from the first 8 bytes of
-        a frame, without waiting for a whole header.
+        a frame, without waiting for a whole header. A caller may stop
+        iterating early: the bytes not decoded yet stay held.
         """
-        buf = self._buf + data if self._buf else data
-        pos = 0
+        held = self._held
+        buf, pos = held.join(data)
         n = len(buf)
         limit = self.max_frame_bytes
         try:
@@ -224,7 +289,7 @@ class RequestDecoder:
                     end = body_start + blen
                     if end > n:
                         break
-                    key = buf[pos + 24 : body_start]
+                    key = bytes(buf[pos + 24 : body_start])
                     header = _V0_HEADERS.get(key)
                     if header is None:
                         header = RequestHeader(0, *_V0_ROUTING.unpack(key))
@@ -239,7 +304,7 @@ class RequestDecoder:
                     end = body_start + blen
                     if end > n:
                         break
-                    key = buf[pos + V1_FIXED_LENGTH : body_start]
+                    key = bytes(buf[pos + V1_FIXED_LENGTH : body_start])
                     header = _V1_HEADERS.get(key)
                     if header is None:
                         try:
@@ -258,7 +323,7 @@ class RequestDecoder:
                     name_end = body_start + 8 + nlen
                     if nlen < 0 or name_end + 4 > end:
                         raise FramingError("bad thrift message begin: name overruns the frame")
-                    raw = buf[body_start + 8 : name_end]
+                    raw = bytes(buf[body_start + 8 : name_end])
                     name = _NAMES.get(raw)
                     if name is None:
                         try:
@@ -279,9 +344,12 @@ class RequestDecoder:
                 pos = end
                 yield Request(header, name, seqid, bytes(buf[args_start:end]), mtype == T_ONEWAY)
         except FramingError:
-            self._buf = b""
+            buf = None
+            held.clear()
             raise
-        self._buf = bytes(buf[pos:]) if pos < n else b""
+        finally:
+            if buf is not None:
+                held.keep(buf, pos)
 
 
 _V0_LENGTHS = struct.Struct(">iii")  # hdr_length, hdr_crc32, body_length
@@ -388,44 +456,109 @@ def encode_reply_for(request, reply):
     return encode_reply(ack_name(request.name), request.seqid, reply.body, reply.rpc_error)
 
 
+@attrs.frozen
+class OversizedResponse:
+    """
+    A reply whose declared length exceeds the decoder's limit: only its
+    first bytes were read (for the seqid); the rest is skipped unread.
+    """
+
+    rpc_error: str
+    name: str
+    seqid: int
+    length: int
+
+
+#: How much of an oversized reply is read to find its seqid (the rpc
+#: error and reply names before it are short).
+OVERSIZED_PREFIX = 1024
+
+
 class ResponseDecoder:
     """
     Splits a meta server's byte stream into L{Response}s (the client side).
+
+    Decoding is linear: N bytes cost O(N) however they are split. A reply
+    declaring more than C{max_frame_bytes} is never held: it is reported as
+    an L{OversizedResponse} as soon as its first bytes arrive, and its
+    remaining bytes are discarded as they come, so the stream stays usable.
     """
 
     def __init__(self, max_frame_bytes=64 << 20):
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._held = _Held()
+        self._skip = 0
+
+    def buffered(self):
+        """@return: how many bytes of an incomplete reply are held."""
+        return len(self._held)
 
     def feed(self, data):
         """
-        @return: a L{list} of complete L{Response}s.
+        @return: a L{list} of complete L{Response}s, and an
+            L{OversizedResponse} for each reply over the limit.
         @raise FramingError: the stream is broken; close the connection.
         """
-        buf = self._buf + data if self._buf else data
         out = []
-        pos = 0
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return out
+            data = data[skip:]
+            self._skip = 0
+        held = self._held
+        buf, pos = held.join(data)
         n = len(buf)
-        while n - pos >= 4:
-            total = _I32.unpack_from(buf, pos)[0]
-            if total < 4 + 4 + 4 + 4 + 4 or total > self.max_frame_bytes:
-                self._buf = b""
-                raise FramingError(f"bad reply length {total}")
-            end = pos + total
-            if end > n:
-                break
-            try:
-                r = Reader(buf, pos + 4, end)
-                rpc_error = r.string()
-                begin = r.u32()
-                if (begin & 0xFFFF0000) != 0x80010000:
-                    raise DecodeError(f"bad reply message begin {begin:#x}")
-                name = r.string()
-                seqid = r.i32()
-            except DecodeError as e:
-                self._buf = b""
-                raise FramingError(f"bad reply: {e}") from None
-            out.append(Response(rpc_error, name, seqid, bytes(buf[r.pos : end])))
-            pos = end
-        self._buf = bytes(buf[pos:]) if pos < n else b""
+        limit = self.max_frame_bytes
+        try:
+            while n - pos >= 4:
+                total = _I32.unpack_from(buf, pos)[0]
+                if total < 4 + 4 + 4 + 4 + 4:
+                    raise FramingError(f"bad reply length {total}")
+                end = pos + total
+                if total > limit:
+                    prefix_end = pos + min(total, OVERSIZED_PREFIX)
+                    try:
+                        rpc_error, name, seqid, _ = _reply_begin(buf, pos + 4, min(n, prefix_end))
+                    except FramingError:
+                        if n < prefix_end:
+                            break  # maybe just short: wait for more of the prefix
+                        raise
+                    out.append(OversizedResponse(rpc_error, name, seqid, total))
+                    if end > n:
+                        self._skip = end - n
+                        pos = n
+                        break
+                    pos = end
+                    continue
+                if end > n:
+                    break
+                rpc_error, name, seqid, body_start = _reply_begin(buf, pos + 4, end)
+                out.append(Response(rpc_error, name, seqid, bytes(buf[body_start:end])))
+                pos = end
+        except FramingError:
+            held.clear()
+            self._skip = 0
+            raise
+        held.keep(buf, pos)
         return out
+
+
+def _reply_begin(buf, start, end):
+    """
+    @return: C{(rpc_error, name, seqid, body_start)} of the reply whose
+        bytes after the length are C{buf[start:end]}.
+    @raise FramingError: they do not parse.
+    """
+    try:
+        r = Reader(buf, start, end)
+        rpc_error = r.string()
+        begin = r.u32()
+        if (begin & 0xFFFF0000) != 0x80010000:
+            raise DecodeError(f"bad reply message begin {begin:#x}")
+        name = r.string()
+        seqid = r.i32()
+    except DecodeError as e:
+        raise FramingError(f"bad reply: {e}") from None
+    return rpc_error, name, seqid, r.pos
