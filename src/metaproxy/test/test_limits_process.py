@@ -1,0 +1,157 @@
+# -*- test-case-name: metaproxy.test.test_limits_process -*-
+"""
+Process-level checks of metaproxy's bounds: a real C{twistd -n metaproxy}
+(with an embedded simulated meta) on loopback, driven by plain sockets,
+its memory read from C{/proc}. Each test runs in a few seconds and uses
+generous bounds, so that a slow, shared machine does not make it flaky.
+"""
+
+import socket
+import statistics
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from metaproxy.testing.process import ProxyProcess, query, request_bytes
+
+MIB = 1 << 20
+
+
+def _eof(sock):
+    """@return: L{True} if the peer closed C{sock} (non-blocking check)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _ProcessTest(SynchronousTestCase):
+    limits = None
+
+    def setUp(self):
+        self.proxy = ProxyProcess.start(limits=self.limits)
+        self.addCleanup(self.proxy.stop)
+        self.sockets = []
+        self.addCleanup(lambda: [s.close() for s in self.sockets])
+
+    def open(self, n, source="127.0.0.1"):
+        socks = [self.proxy.connect(source) for _ in range(n)]
+        self.sockets.extend(socks)
+        return socks
+
+    def metric(self, line_start):
+        for line in self.proxy.metrics_text().splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        self.fail(f"{line_start} not exported")
+
+
+class PipeliningTests(_ProcessTest):
+    def test_client_that_never_reads_is_bounded(self):
+        """
+        A client pipelining up to 20 MB of queries without reading a reply
+        keeps the proxy's RSS within 64 MB of its baseline (metaproxy
+        stops reading it, so TCP stops the client), RSS stays there after
+        it closes, and a neighbour is answered quickly all along.
+        """
+        neighbour = self.open(1)[0]
+        for i in range(2000):  # warm up (and let PyPy's JIT settle) before the baseline
+            query(neighbour, i)
+        baseline = self.proxy.rss()
+        batch = b"".join(request_bytes(i) for i in range(1000))
+        state = {"sent": 0, "done": False, "sock": None}
+
+        def abuse():
+            s = self.proxy.connect(timeout=2.0)  # sends block once metaproxy stops reading
+            state["sock"] = s
+            try:
+                while state["sent"] < 20 * MIB:
+                    s.sendall(batch)
+                    state["sent"] += len(batch)
+            except OSError:
+                pass
+            state["done"] = True
+
+        thread = threading.Thread(target=abuse, daemon=True)
+        thread.start()
+        latencies, peak, seqid = [], baseline, 100000
+        deadline = time.monotonic() + 20
+        while not state["done"] and time.monotonic() < deadline:
+            start = time.perf_counter()
+            self.assertEqual(query(neighbour, seqid).seqid, seqid)
+            latencies.append(time.perf_counter() - start)
+            seqid += 1
+            if seqid % 20 == 0:
+                peak = max(peak, self.proxy.rss())
+        thread.join(5)
+        peak = max(peak, self.proxy.rss())
+        state["sock"].close()
+        time.sleep(0.5)
+        after = self.proxy.rss()
+        self.assertLess(peak - baseline, 64 * MIB, f"peak {peak / MIB:.1f} MiB, baseline {baseline / MIB:.1f} MiB")
+        self.assertLess(after - baseline, 64 * MIB, f"after {after / MIB:.1f} MiB, baseline {baseline / MIB:.1f} MiB")
+        self.assertGreater(len(latencies), 10)
+        self.assertLess(statistics.median(latencies), 0.05)
+        # The neighbour still works after the abuser left, and nothing is held.
+        self.assertEqual(query(neighbour, 1).seqid, 1)
+        self.assertEqual(self.metric('metaproxy_buffered_bytes{direction="out"}'), 0.0)
+
+
+class StalledFrameTests(_ProcessTest):
+    limits = {"frame_timeout": 1.0}
+
+    def test_stalled_frames_closed_idle_connections_kept(self):
+        """
+        300 connections each stalled in the middle of a request frame are
+        closed by the frame timeout; 100 idle connections (50 never used,
+        50 with every query answered) stay open and keep working.
+        """
+        partial = request_bytes(1)[:30]
+        stalled = self.open(300)
+        for s in stalled:
+            s.sendall(partial)
+        never = self.open(50)
+        used = self.open(50)
+        for i, s in enumerate(used):
+            query(s, i)
+        deadline = time.monotonic() + 15
+        open_ = stalled
+        while open_ and time.monotonic() < deadline:
+            time.sleep(0.2)
+            open_ = [s for s in open_ if not _eof(s)]
+        self.assertEqual(len(open_), 0, "stalled connections still open after 15 s")
+        time.sleep(1.5)  # longer than the frame timeout: idle ones must still be open
+        self.assertEqual([_eof(s) for s in never + used], [False] * 100)
+        for i, s in enumerate(used[:5] + never[:5]):
+            s.setblocking(True)
+            self.assertEqual(query(s, 1000 + i).seqid, 1000 + i)
+        self.assertEqual(self.metric("metaproxy_client_frame_timeouts_total"), 300.0)
+        self.assertEqual(self.metric('metaproxy_buffered_bytes{direction="in"}'), 0.0)
+
+
+class PerPeerTests(_ProcessTest):
+    limits = {"max_connections_per_peer": 20}
+
+    def test_cap_refuses_only_the_excess(self):
+        """
+        With a cap of 20, 25 connections from 127.0.0.1 leave 20 open and
+        5 closed at once; a client from 127.0.0.2 is still served, and the
+        refusals are counted.
+        """
+        socks = self.open(25)
+        time.sleep(0.5)
+        closed = [_eof(s) for s in socks]
+        self.assertEqual(closed.count(True), 5)
+        self.assertEqual(closed.count(False), 20)
+        other = self.open(1, source="127.0.0.2")[0]
+        self.assertEqual(query(other, 7).seqid, 7)
+        survivor = socks[closed.index(False)]
+        survivor.setblocking(True)
+        self.assertEqual(query(survivor, 8).seqid, 8)
+        self.assertEqual(self.metric('metaproxy_client_connections_refused_total{reason="per_peer"}'), 5.0)
+        self.assertIn("limits.max_connections_per_peer 20", self.proxy.log_text())
+
