@@ -55,17 +55,18 @@ class ProxyProcess:
     log_path: str
 
     @classmethod
-    def start(cls, limits=None, partitions=8, metric="prometheus", timeout=30.0):
+    def start(cls, limits=None, partitions=8, metric="prometheus", timeout=30.0, backlog=None):
         """
         Start the process and wait until it accepts connections.
 
         @param limits: a mapping written as the C{limits:} section.
+        @param backlog: a listen backlog to put in the listen string.
         @return: a L{ProxyProcess}.
         """
         port, admin, meta = free_port(), free_port(), free_port()
         tmp = tempfile.mkdtemp(prefix="metaproxy-proc-")
         lines = [
-            f"listen: tcp:{port}:interface=127.0.0.1",
+            f"listen: tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
             f"admin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}",
             f"metric: {{type: {metric}, table_labels: false}}",
             "logging: {level: info}",
