@@ -1,4 +1,4 @@
-# -*- test-case-name: metaproxy.test.test_flow -*-
+# -*- test-case-name: metaproxy.test.test_server_limits -*-
 """
 Flow control for client connections: what bounds the memory one client,
 and all clients together, can make metaproxy hold.
