@@ -18,10 +18,9 @@ import select
 import socket
 import statistics
 import sys
-import threading
 import time
 
-from metaproxy.testing.process import ProxyProcess, query, request_bytes
+from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, request_bytes
 
 MIB = 1 << 20
 
@@ -30,50 +29,16 @@ def abuse(args):
     """A client pipelines up to --megabytes of queries and never reads; a neighbour queries meanwhile."""
     proxy = ProxyProcess.start()
     try:
-        neighbour = proxy.connect()
-        for i in range(2000):
-            query(neighbour, i)
-        baseline = proxy.rss()
         cpu0 = proxy.cpu()
-        batch = b"".join(request_bytes(i) for i in range(1000))
-        state = {"sent": 0, "done": False, "sock": None}
-
-        def run():
-            s = proxy.connect(timeout=args.stall)
-            state["sock"] = s
-            try:
-                while state["sent"] < args.megabytes * MIB:
-                    s.sendall(batch)
-                    state["sent"] += len(batch)
-            except OSError:
-                pass
-            state["done"] = True
-
-        thread = threading.Thread(target=run, daemon=True)
-        started = time.monotonic()
-        thread.start()
-        latencies, peak, seqid = [], baseline, 100000
-        while not state["done"]:
-            t = time.perf_counter()
-            query(neighbour, seqid)
-            latencies.append(time.perf_counter() - t)
-            seqid += 1
-            if seqid % 20 == 0:
-                peak = max(peak, proxy.rss())
-        thread.join()
-        elapsed = time.monotonic() - started
-        peak = max(peak, proxy.rss())
-        state["sock"].close()
-        time.sleep(1.0)
-        after = proxy.rss()
-        latencies.sort()
-        print(f"abuser: {state['sent'] / MIB:.1f} MiB sent in {elapsed:.1f} s before its sends blocked "
+        r = pipeline_without_reading(proxy, args.megabytes, args.stall)
+        lat = sorted(r.latencies)
+        print(f"abuser: {r.sent / MIB:.1f} MiB sent in {r.seconds:.1f} s before its sends blocked "
               f"for {args.stall:.0f} s (target {args.megabytes} MiB)")
-        print(f"proxy RSS: baseline {baseline / MIB:.1f} MiB, peak +{(peak - baseline) / MIB:.1f} MiB, "
-              f"1 s after the abuser closed +{(after - baseline) / MIB:.1f} MiB; "
-              f"proxy CPU {proxy.cpu() - cpu0:.2f} s")
-        print(f"neighbour: {len(latencies)} queries, p50 {statistics.median(latencies) * 1000:.2f} ms, "
-              f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.2f} ms, max {latencies[-1] * 1000:.1f} ms")
+        print(f"proxy RSS: baseline {r.baseline / MIB:.1f} MiB, peak +{(r.peak - r.baseline) / MIB:.1f} MiB, "
+              f"0.5 s after the abuser closed +{(r.after - r.baseline) / MIB:.1f} MiB; "
+              f"proxy CPU {proxy.cpu() - cpu0:.2f} s (warm-up included)")
+        print(f"neighbour: {len(lat)} queries, p50 {statistics.median(lat) * 1000:.2f} ms, "
+              f"p99 {lat[int(len(lat) * 0.99)] * 1000:.2f} ms, max {lat[-1] * 1000:.1f} ms")
     finally:
         proxy.stop()
 

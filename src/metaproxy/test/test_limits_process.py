@@ -6,14 +6,12 @@ its memory read from C{/proc}. Each test runs in a few seconds and uses
 generous bounds, so that a slow, shared machine does not make it flaky.
 """
 
-import socket
 import statistics
-import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.testing.process import ProxyProcess, query, request_bytes
+from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, query, request_bytes
 
 MIB = 1 << 20
 
@@ -58,46 +56,15 @@ class PipeliningTests(_ProcessTest):
         stops reading it, so TCP stops the client), RSS stays there after
         it closes, and a neighbour is answered quickly all along.
         """
-        neighbour = self.open(1)[0]
-        for i in range(2000):  # warm up (and let PyPy's JIT settle) before the baseline
-            query(neighbour, i)
-        baseline = self.proxy.rss()
-        batch = b"".join(request_bytes(i) for i in range(1000))
-        state = {"sent": 0, "done": False, "sock": None}
-
-        def abuse():
-            s = self.proxy.connect(timeout=2.0)  # sends block once metaproxy stops reading
-            state["sock"] = s
-            try:
-                while state["sent"] < 20 * MIB:
-                    s.sendall(batch)
-                    state["sent"] += len(batch)
-            except OSError:
-                pass
-            state["done"] = True
-
-        thread = threading.Thread(target=abuse, daemon=True)
-        thread.start()
-        latencies, peak, seqid = [], baseline, 100000
-        deadline = time.monotonic() + 20
-        while not state["done"] and time.monotonic() < deadline:
-            start = time.perf_counter()
-            self.assertEqual(query(neighbour, seqid).seqid, seqid)
-            latencies.append(time.perf_counter() - start)
-            seqid += 1
-            if seqid % 20 == 0:
-                peak = max(peak, self.proxy.rss())
-        thread.join(5)
-        peak = max(peak, self.proxy.rss())
-        state["sock"].close()
-        time.sleep(0.5)
-        after = self.proxy.rss()
-        self.assertLess(peak - baseline, 64 * MIB, f"peak {peak / MIB:.1f} MiB, baseline {baseline / MIB:.1f} MiB")
-        self.assertLess(after - baseline, 64 * MIB, f"after {after / MIB:.1f} MiB, baseline {baseline / MIB:.1f} MiB")
-        self.assertGreater(len(latencies), 10)
-        self.assertLess(statistics.median(latencies), 0.05)
-        # The neighbour still works after the abuser left, and nothing is held.
-        self.assertEqual(query(neighbour, 1).seqid, 1)
+        r = pipeline_without_reading(self.proxy, megabytes=20, stall=2.0)
+        mib = f"baseline {r.baseline / MIB:.1f} MiB, peak {r.peak / MIB:.1f}, after {r.after / MIB:.1f}"
+        self.assertLess(r.peak - r.baseline, 64 * MIB, mib)
+        self.assertLess(r.after - r.baseline, 64 * MIB, mib)
+        self.assertGreater(len(r.latencies), 10)
+        self.assertLess(statistics.median(r.latencies), 0.05)
+        # The proxy still answers after the abuser left, and holds nothing for it.
+        with self.proxy.connect() as s:
+            self.assertEqual(query(s, 1).seqid, 1)
         self.assertEqual(self.metric('metaproxy_buffered_bytes{direction="out"}'), 0.0)
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import attrs
@@ -170,3 +171,76 @@ def query(sock, seqid, table=TABLE):
 
 def _app_error(response):
     return querycfg.peek_result(response.body).err if response.rpc_error == "ERR_OK" else response.rpc_error
+
+
+@attrs.frozen
+class AbuseResult:
+    """
+    What L{pipeline_without_reading} saw.
+
+    @ivar sent: bytes the abuser got into the kernel before its sends
+        blocked (or the target was reached).
+    @ivar seconds: how long it kept sending.
+    @ivar baseline: proxy RSS before; C{peak}: the highest seen while it
+        sent; C{after}: half a second after it closed (bytes).
+    @ivar latencies: the neighbour's query latencies meanwhile (seconds).
+    """
+
+    sent: int
+    seconds: float
+    baseline: int
+    peak: int
+    after: int
+    latencies: list
+
+
+def pipeline_without_reading(proxy, megabytes=20, stall=2.0, warmup=2000, deadline=30.0):
+    """
+    A client pipelines up to C{megabytes} of query_cfg requests and never
+    reads a reply, until its sends have blocked for C{stall} seconds; a
+    neighbour connection queries sequentially meanwhile.
+
+    @param proxy: a running L{ProxyProcess}.
+    @param warmup: neighbour queries before the baseline RSS is read (lets
+        caches fill and PyPy's JIT settle).
+    @return: an L{AbuseResult}.
+    """
+    neighbour = proxy.connect()
+    try:
+        for i in range(warmup):
+            query(neighbour, i)
+        baseline = proxy.rss()
+        batch = b"".join(request_bytes(i) for i in range(1000))
+        state = {"sent": 0, "done": False, "sock": None}
+
+        def abuse():
+            s = proxy.connect(timeout=stall)  # sends block once metaproxy stops reading
+            state["sock"] = s
+            try:
+                while state["sent"] < megabytes * (1 << 20):
+                    s.sendall(batch)
+                    state["sent"] += len(batch)
+            except OSError:
+                pass
+            state["done"] = True
+
+        thread = threading.Thread(target=abuse, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        latencies, peak, seqid = [], baseline, 100000
+        while not state["done"] and time.monotonic() - started < deadline:
+            t = time.perf_counter()
+            query(neighbour, seqid)
+            latencies.append(time.perf_counter() - t)
+            seqid += 1
+            if seqid % 20 == 0:
+                peak = max(peak, proxy.rss())
+        thread.join(stall + 5)
+        seconds = time.monotonic() - started
+        peak = max(peak, proxy.rss())
+        if state["sock"] is not None:
+            state["sock"].close()
+        time.sleep(0.5)
+        return AbuseResult(state["sent"], seconds, baseline, peak, proxy.rss(), latencies)
+    finally:
+        neighbour.close()
