@@ -6,11 +6,15 @@ its memory read from C{/proc}. Each test runs in a few seconds and uses
 generous bounds, so that a slow, shared machine does not make it flaky.
 """
 
+import signal
+import socket
 import statistics
+import subprocess
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from metaproxy.wire import frame, querycfg
 from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, query, request_bytes
 
 MIB = 1 << 20
@@ -122,3 +126,57 @@ class PerPeerTests(_ProcessTest):
         self.assertEqual(self.metric('metaproxy_client_connections_refused_total{reason="per_peer"}'), 5.0)
         self.assertIn("limits.max_connections_per_peer 20", self.proxy.log_text())
 
+
+
+class DrainTests(SynchronousTestCase):
+    """On SIGTERM, connections are drained one by one, still served meanwhile."""
+
+    def setUp(self):
+        # A "meta" that accepts connections and never answers: queries to it
+        # stay pending until the backend deadline.
+        self.blackhole = socket.socket()
+        self.blackhole.bind(("127.0.0.1", 0))
+        self.blackhole.listen(16)
+        self.addCleanup(self.blackhole.close)
+        address = "127.0.0.1:%d" % self.blackhole.getsockname()[1]
+        self.proxy = ProxyProcess.start(
+            routes={"slow": address}, extra="timeouts: {client_default: 3.0}\ndrain_timeout: 20.0"
+        )
+        self.addCleanup(self.proxy.stop)
+
+    def test_drain_closes_idle_connections_and_answers_busy_ones(self):
+        """
+        After SIGTERM an idle connection is closed at once; a connection
+        waiting for an answer stays open, gets a new request answered, is
+        closed once its last answer is sent, and the process exits well
+        before drain_timeout.
+        """
+        busy, idle = self.proxy.connect(), self.proxy.connect()
+        self.addCleanup(busy.close)
+        self.addCleanup(idle.close)
+        self.assertEqual(query(idle, 1).seqid, 1)
+        busy.sendall(request_bytes(10, table="slow"))
+        time.sleep(0.2)
+        started = time.monotonic()
+        self.proxy.proc.send_signal(signal.SIGTERM)
+        idle.settimeout(5)
+        self.assertEqual(idle.recv(1), b"")  # closed by the drain
+        self.assertEqual(query(busy, 11).rpc_error, "ERR_OK")  # still read and answered
+        busy.settimeout(10)
+        decoder, replies = frame.ResponseDecoder(), []
+        while True:
+            data = busy.recv(65536)
+            if not data:
+                break
+            replies.extend(decoder.feed(data))
+        self.assertEqual([r.seqid for r in replies], [10])
+        reply = replies[0]  # the retryable answer of a query whose metas never answered
+        err = reply.rpc_error if reply.rpc_error != "ERR_OK" else querycfg.peek_result(reply.body).err
+        self.assertIn(err, ("ERR_TIMEOUT", "ERR_SERVICE_NOT_ACTIVE"))
+        try:
+            rc = self.proxy.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.fail("metaproxy did not exit after the drain")
+        self.assertLess(time.monotonic() - started, 15)
+        self.assertIn(rc, (0, -signal.SIGTERM))
+        self.assertIn("drained: every request in flight was answered", self.proxy.log_text())

@@ -56,12 +56,15 @@ class ProxyProcess:
     log_path: str
 
     @classmethod
-    def start(cls, limits=None, partitions=8, metric="prometheus", timeout=30.0, backlog=None):
+    def start(cls, limits=None, partitions=8, metric="prometheus", timeout=30.0, backlog=None, routes=None,
+              extra=""):
         """
         Start the process and wait until it accepts connections.
 
         @param limits: a mapping written as the C{limits:} section.
         @param backlog: a listen backlog to put in the listen string.
+        @param routes: more static routes, table -> meta address.
+        @param extra: YAML appended to the config (other sections).
         @return: a L{ProxyProcess}.
         """
         port, admin, meta = free_port(), free_port(), free_port()
@@ -71,7 +74,9 @@ class ProxyProcess:
             f"admin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}",
             f"metric: {{type: {metric}, table_labels: false}}",
             "logging: {level: info}",
-            f"routes: {{{TABLE}: {{cluster_name: sim, meta_addrs: '127.0.0.1:{meta}'}}}}",
+            "routes:",
+            f"  {TABLE}: {{cluster_name: sim, meta_addrs: '127.0.0.1:{meta}'}}",
+            *(f"  {t}: {{cluster_name: {t}, meta_addrs: '{a}'}}" for t, a in (routes or {}).items()),
             "simulator:",
             "  clusters:",
             f"    - {{name: sim, metas: ['127.0.0.1:{meta}'], tables: {{{TABLE}: {{partition_count: {partitions}}}}}}}",
@@ -79,6 +84,8 @@ class ProxyProcess:
         if limits:
             lines.append("limits:")
             lines.extend(f"  {k}: {v}" for k, v in limits.items())
+        if extra:
+            lines.append(extra)
         config = os.path.join(tmp, "metaproxy.yaml")
         with open(config, "w") as f:
             f.write("\n".join(lines) + "\n")
