@@ -5,6 +5,7 @@ from /proc.
 
     .venv/bin/python bench/bench_limits.py abuse    # a client pipelining without reading
     .venv/bin/python bench/bench_limits.py stalled  # 300 stalled frames, 1 s frame timeout
+    .venv/bin/python bench/bench_limits.py hoard    # 200 partial frames of ~1 MiB against the total budget
     .venv/bin/python bench/bench_limits.py storm    # 10 000 connections opened at once
     .venv/bin/python bench/bench_limits.py all
 
@@ -83,6 +84,51 @@ def stalled(args):
         proxy.stop()
 
 
+def hoard(args):
+    """200 connections each send most of a 1 MiB frame and stall; RSS against the total budget."""
+    proxy = ProxyProcess.start(limits={"frame_timeout": 3.0})
+    try:
+        baseline = proxy.rss()
+        head = request_bytes(1)
+        frame_bytes = (head[:16] + (MIB - 64).to_bytes(4, "big") + head[20:48]) + b"\x00" * (MIB - 64)
+        partial = frame_bytes[: MIB - 100]
+        socks = [proxy.connect() for _ in range(200)]
+        offsets = [0] * len(socks)
+        for s in socks:
+            s.setblocking(False)
+        started = time.monotonic()
+        peak = baseline
+        # Push the partial frames as far as TCP lets us, for at most 3 s.
+        while time.monotonic() - started < 3.0:
+            progress = False
+            for i, s in enumerate(socks):
+                if offsets[i] < len(partial):
+                    try:
+                        offsets[i] += s.send(partial[offsets[i] : offsets[i] + 262144])
+                        progress = True
+                    except (BlockingIOError, OSError):
+                        pass
+            peak = max(peak, proxy.rss())
+            if not progress:
+                time.sleep(0.05)
+        sent = sum(offsets)
+        held = int(float([l for l in proxy.metrics_text().splitlines()
+                          if l.startswith('metaproxy_buffered_bytes{direction="in"}')][0].split()[1]))
+        while time.monotonic() - started < 8.0:
+            peak = max(peak, proxy.rss())
+            time.sleep(0.2)
+        after = proxy.rss()
+        timeouts = [l for l in proxy.metrics_text().splitlines() if l.startswith("metaproxy_client_frame_timeouts_total")]
+        print(f"200 connections hoarding 1 MiB - 100 B partial frames (budget 128 MiB, frame_timeout 3 s): "
+              f"{sent / MIB:.0f} MiB sent by the clients, {held / MIB:.1f} MiB held by the proxy at 3 s; "
+              f"RSS baseline {baseline / MIB:.1f} MiB, peak +{(peak - baseline) / MIB:.1f} MiB, "
+              f"+{(after - baseline) / MIB:.1f} MiB at 8 s; {timeouts[0] if timeouts else ''}")
+        for s in socks:
+            s.close()
+    finally:
+        proxy.stop()
+
+
 def _connect_all(n, port, timeout):
     """Open n non-blocking connections at once; @return: (seconds until all completed, failures, sockets)."""
     socks = []
@@ -144,13 +190,13 @@ def storm(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("abuse", "stalled", "storm", "all"))
+    parser.add_argument("what", choices=("abuse", "stalled", "hoard", "storm", "all"))
     parser.add_argument("--megabytes", type=int, default=20)
     parser.add_argument("--stall", type=float, default=3.0, help="seconds of blocked sends that end the abuser")
     parser.add_argument("--connections", type=int, default=10000)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]} ({sys.implementation.name})")
-    for name, fn in (("abuse", abuse), ("stalled", stalled), ("storm", storm)):
+    for name, fn in (("abuse", abuse), ("stalled", stalled), ("hoard", hoard), ("storm", storm)):
         if args.what in (name, "all"):
             fn(args)
 

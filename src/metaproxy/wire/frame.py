@@ -169,67 +169,72 @@ def _parse_message_begin(data, start, end):
 
 class _Held:
     """
-    The bytes a decoder holds between reads: a L{bytearray} plus a read
-    offset, so that a frame arriving in k pieces costs O(its size) in total
-    (the held bytes are never copied again on each read).
+    The bytes a decoder holds between reads, as a list of the chunks
+    received, joined only once they add up to what the frame at their
+    start needs. A frame arriving in k pieces thus costs O(its size + k):
+    no piece is copied again on each read, and a growing buffer leaves no
+    trail of discarded copies (which PyPy's GC would keep until its next
+    major collection).
+
+    @ivar need: bytes needed before decoding is worth trying again (the
+        length of the frame at the start of the held bytes, or of the part
+        of its header that gives the length).
     """
 
-    __slots__ = ("buf", "pos")
-
-    #: Consumed bytes are dropped from the front once there are this many
-    #: and they are more than half of the buffer (amortised O(1) a byte).
-    COMPACT_AFTER = 1 << 16
+    __slots__ = ("chunks", "size", "need")
 
     def __init__(self):
-        self.buf = bytearray()
-        self.pos = 0
+        self.chunks = []
+        self.size = 0
+        self.need = 0
 
     def __len__(self):
-        return len(self.buf) - self.pos
+        return self.size
 
     def join(self, data):
         """
-        @return: C{(buffer, offset)} to decode from: C{data} itself (not
-            copied) when nothing is held, else the held bytes with C{data}
-            appended.
+        @return: the bytes to decode from offset 0: C{data} itself when
+            nothing is held, else the held bytes and C{data} joined; or
+            L{None} while they are still short of L{need} (C{data} is then
+            held).
         """
-        if len(self.buf) == self.pos:
-            return data, 0
-        self.buf += data
-        return self.buf, self.pos
+        if not self.size:
+            return data
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size < self.need:
+            return None
+        joined = b"".join(self.chunks)
+        self.chunks = []
+        self.size = 0
+        return joined
 
-    def keep(self, source, pos):
+    def keep(self, source, pos, need):
         """
-        Hold C{source[pos:]} for the next L{join}; C{source} is what L{join}
-        returned. Only bytes not held yet are copied.
+        Hold C{source[pos:]} (what L{join} returned, from C{pos} on) until
+        at least C{need} bytes are held.
         """
-        buf = self.buf
-        if source is buf:
-            if pos >= len(buf):
-                self.clear()
-            elif pos >= self.COMPACT_AFTER and pos * 2 > len(buf):
-                del buf[:pos]
-                self.pos = 0
-            else:
-                self.pos = pos
-        elif pos < len(source):
-            self.buf = bytearray(memoryview(source)[pos:])
-            self.pos = 0
-        else:
+        if pos >= len(source):
             self.clear()
+            return
+        rest = source[pos:] if pos else source
+        self.chunks = [rest if isinstance(rest, bytes) else bytes(rest)]
+        self.size = len(rest)
+        self.need = need
 
     def clear(self):
-        """Drop everything held (the memory is released)."""
-        self.buf = bytearray()
-        self.pos = 0
+        """Drop everything held."""
+        self.chunks = []
+        self.size = 0
+        self.need = 0
 
 
 class RequestDecoder:
     """
     Splits a client's byte stream into L{Request}s.
 
-    Decoding is linear: N bytes cost O(N) however they are split (a
-    partial frame is held in a growing buffer, never re-copied per read).
+    Decoding is linear: N bytes in k pieces cost O(N + k) (a partial frame
+    is held as the pieces received, joined once when complete).
 
     @ivar max_frame_bytes: the largest frame (header and body) accepted;
         a larger declared length is a L{FramingError} before anything is
@@ -269,16 +274,22 @@ class RequestDecoder:
         iterating early: the bytes not decoded yet stay held.
         """
         held = self._held
-        buf, pos = held.join(data)
+        buf = held.join(data)
+        if buf is None:
+            return
+        pos = 0
+        need = 8
         n = len(buf)
         limit = self.max_frame_bytes
         try:
             while n - pos >= 8:
+                need = 8
                 if buf[pos : pos + 4] != MAGIC:
                     raise FramingError(f"bad magic {bytes(buf[pos:pos + 4])!r}")
                 version = _I32.unpack_from(buf, pos + 4)[0]
                 if version == 0:
                     if n - pos < V0_HEADER_LENGTH:
+                        need = V0_HEADER_LENGTH
                         break
                     hlen, _, blen = _V0_LENGTHS.unpack_from(buf, pos + 8)
                     if hlen != V0_HEADER_LENGTH:
@@ -288,6 +299,7 @@ class RequestDecoder:
                     body_start = pos + V0_HEADER_LENGTH
                     end = body_start + blen
                     if end > n:
+                        need = end - pos
                         break
                     key = bytes(buf[pos + 24 : body_start])
                     header = _V0_HEADERS.get(key)
@@ -296,6 +308,7 @@ class RequestDecoder:
                         _remember(_V0_HEADERS, key, header)
                 elif version == 1:
                     if n - pos < V1_FIXED_LENGTH:
+                        need = V1_FIXED_LENGTH
                         break
                     mlen, blen = _V1_LENGTHS.unpack_from(buf, pos + 8)
                     if mlen < 0 or blen < 0 or V1_FIXED_LENGTH + mlen + blen > limit:
@@ -303,6 +316,7 @@ class RequestDecoder:
                     body_start = pos + V1_FIXED_LENGTH + mlen
                     end = body_start + blen
                     if end > n:
+                        need = end - pos
                         break
                     key = bytes(buf[pos + V1_FIXED_LENGTH : body_start])
                     header = _V1_HEADERS.get(key)
@@ -349,7 +363,7 @@ class RequestDecoder:
             raise
         finally:
             if buf is not None:
-                held.keep(buf, pos)
+                held.keep(buf, pos, need)
 
 
 _V0_LENGTHS = struct.Struct(">iii")  # hdr_length, hdr_crc32, body_length
@@ -478,7 +492,7 @@ class ResponseDecoder:
     """
     Splits a meta server's byte stream into L{Response}s (the client side).
 
-    Decoding is linear: N bytes cost O(N) however they are split. A reply
+    Decoding is linear: N bytes in k pieces cost O(N + k). A reply
     declaring more than C{max_frame_bytes} is never held: it is reported as
     an L{OversizedResponse} as soon as its first bytes arrive, and its
     remaining bytes are discarded as they come, so the stream stays usable.
@@ -508,11 +522,16 @@ class ResponseDecoder:
             data = data[skip:]
             self._skip = 0
         held = self._held
-        buf, pos = held.join(data)
+        buf = held.join(data)
+        if buf is None:
+            return out
+        pos = 0
+        need = 4
         n = len(buf)
         limit = self.max_frame_bytes
         try:
             while n - pos >= 4:
+                need = 4
                 total = _I32.unpack_from(buf, pos)[0]
                 if total < 4 + 4 + 4 + 4 + 4:
                     raise FramingError(f"bad reply length {total}")
@@ -523,6 +542,7 @@ class ResponseDecoder:
                         rpc_error, name, seqid, _ = _reply_begin(buf, pos + 4, min(n, prefix_end))
                     except FramingError:
                         if n < prefix_end:
+                            need = prefix_end - pos
                             break  # maybe just short: wait for more of the prefix
                         raise
                     out.append(OversizedResponse(rpc_error, name, seqid, total))
@@ -533,6 +553,7 @@ class ResponseDecoder:
                     pos = end
                     continue
                 if end > n:
+                    need = total
                     break
                 rpc_error, name, seqid, body_start = _reply_begin(buf, pos + 4, end)
                 out.append(Response(rpc_error, name, seqid, bytes(buf[body_start:end])))
@@ -541,7 +562,7 @@ class ResponseDecoder:
             held.clear()
             self._skip = 0
             raise
-        held.keep(buf, pos)
+        held.keep(buf, pos, need)
         return out
 
 
