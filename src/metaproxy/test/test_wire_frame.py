@@ -137,7 +137,7 @@ class _RequestCases:
         self.assertEqual(dec.buffered(), 0)
 
     def test_large_frame_in_small_pieces(self):
-        """A frame larger than the compaction threshold, fed in 100-byte pieces, decodes intact."""
+        """A 256 KiB frame fed in 100-byte pieces decodes intact, and the frame after it too."""
         args = bytes(range(256)) * 1024
         data = self.frame(seqid=7, args=args) + self.frame(seqid=8)
         dec = frame.RequestDecoder(max_frame_bytes=1 << 20)
