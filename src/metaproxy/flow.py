@@ -17,8 +17,6 @@ and all clients together, can make metaproxy hold.
    back under three quarters of the limit.
 """
 
-from collections import deque
-
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -155,12 +153,18 @@ class WriteBuffer:
     @ivar limit: unsent bytes above which the connection is not read.
     """
 
+    # One per client connection: no instance dict, and the queue (a list
+    # used from its front through an index) only once something waits.
+    __slots__ = ("_transport", "_gate", "_budget", "limit", "_queue", "_head", "_queued", "_held", "_full",
+                 "_done", "_on_flushed")
+
     def __init__(self, transport, gate, budget, limit):
         self._transport = transport
         self._gate = gate
         self._budget = budget
         self.limit = limit
-        self._queue = deque()
+        self._queue = None
+        self._head = 0
         self._queued = 0
         self._held = 0
         self._full = False
@@ -176,7 +180,9 @@ class WriteBuffer:
         """Send C{data} now, or queue it while the transport is full."""
         if self._done:
             return
-        if self._full or self._queue:
+        if self._full or self._queue is not None:
+            if self._queue is None:
+                self._queue = []
             self._queue.append(data)
             self._queued += len(data)
             self._budget.add_out(len(data))
@@ -205,14 +211,25 @@ class WriteBuffer:
             self._budget.add_out(-self._held)
             self._held = 0
         queue = self._queue
-        while queue and not self._full:
-            data = queue.popleft()
-            self._queued -= len(data)
-            self._budget.add_out(-len(data))
-            self._transport.write(data)  # may call pauseProducing
+        if queue is not None:
+            head = self._head
+            while head < len(queue) and not self._full:
+                data = queue[head]
+                queue[head] = None
+                head += 1
+                self._queued -= len(data)
+                self._budget.add_out(-len(data))
+                self._transport.write(data)  # may call pauseProducing
+            if head == len(queue):
+                self._queue, self._head = None, 0
+            elif head * 2 > len(queue):
+                del queue[:head]
+                self._head = 0
+            else:
+                self._head = head
         if self._queued + self._held <= self.limit:
             self._gate.resume(OUT)
-        if not queue and self._on_flushed is not None:
+        if self._queue is None and self._on_flushed is not None:
             on_flushed, self._on_flushed = self._on_flushed, None
             on_flushed()
 
@@ -231,7 +248,7 @@ class WriteBuffer:
             self.unregister()
             callback()
 
-        if self._queue and not self._done:
+        if self._queue is not None and not self._done:
             self._on_flushed = done
         else:
             done()
@@ -248,7 +265,7 @@ class WriteBuffer:
         self._done = True
         self._on_flushed = None
         unsent = self._queued + self._held
-        self._queue.clear()
+        self._queue, self._head = None, 0
         self._queued = self._held = 0
         if unsent:
             self._budget.add_out(-unsent)

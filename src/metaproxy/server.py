@@ -166,8 +166,7 @@ class PegasusServerProtocol(Protocol):
         if self._out is not None:
             self._out.release()
             factory.budget.forget(self._gate)
-        self._decoder.clear()
-        self._account_in()
+        self._drop_partial()
         # Emptied first: the errbacks that cancelling triggers find nothing
         # pending, so they write nothing and swallow the CancelledError.
         pending, self._pending = self._pending, {}
@@ -298,6 +297,15 @@ class PegasusServerProtocol(Protocol):
             self.factory.budget.add_in(held - self._held_in)
             self._held_in = held
 
+    def _drop_partial(self):
+        """Forget the incomplete frame held (the connection is closing) and stop counting it."""
+        clear = getattr(self._decoder, "clear", None)
+        if clear is not None:
+            clear()
+        if self._held_in:
+            self.factory.budget.add_in(-self._held_in)
+            self._held_in = 0
+
     def _check_budget(self):
         """Stop reading this connection if all together hold too much and it holds some."""
         budget = self.factory.budget
@@ -346,8 +354,7 @@ class PegasusServerProtocol(Protocol):
             timeout=factory.frame_timeout,
             held=self._held_in,
         )
-        self._decoder.clear()
-        self._account_in()
+        self._drop_partial()
         self._close_when_answered()
 
     # -- closing

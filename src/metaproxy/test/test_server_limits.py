@@ -354,3 +354,92 @@ class PerPeerTests(_Base, SynchronousTestCase):
             proto = factory.buildProtocol(None)
             proto.makeConnection(StringTransport(peerAddress=UNIXAddress(b"/run/metaproxy.sock")))
         self.assertEqual(factory.connection_count, 3)
+
+
+class _FillingTransport(StringTransport):
+    """
+    A transport that, like Twisted's TCP transport, asks its streaming
+    producer to pause once more than C{bufferSize} bytes are unsent, and
+    resumes it when L{drain} empties its buffer.
+    """
+
+    bufferSize = 1000
+
+    def __init__(self):
+        super().__init__()
+        self.sent = b""
+        self.dataBuffer, self.offset, self._tempDataLen = b"", 0, 0
+
+    def write(self, data):
+        super().write(data)
+        self._tempDataLen += len(data)
+        if self._tempDataLen > self.bufferSize and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self):
+        self.sent += self.value()
+        self.clear()
+        self._tempDataLen = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+class WriteBufferTests(SynchronousTestCase):
+    """L{WriteBuffer} against a transport that fills up and drains."""
+
+    def setUp(self):
+        self.transport = _FillingTransport()
+        self.gate = ReadGate(self.transport)
+        self.budget = BufferBudget(0)
+        self.out = WriteBuffer(self.transport, self.gate, self.budget, limit=3000)
+
+    def test_order_and_accounting_through_many_fills(self):
+        """
+        Replies written while the transport fills and drains repeatedly come
+        out complete and in order; reading stops past the limit and resumes;
+        nothing stays counted once everything is sent.
+        """
+        pieces = [bytes([i]) * 300 for i in range(60)]
+        paused_seen = False
+        for i, piece in enumerate(pieces):
+            self.out.write(piece)
+            self.assertEqual(self.budget.out_bytes, self.out.unsent())
+            paused_seen = paused_seen or self.gate.paused(flow.OUT)
+            if i % 25 == 24:
+                self.transport.drain()
+        self.assertTrue(paused_seen)
+        for _ in range(100):
+            if not self.out.unsent():
+                break
+            self.transport.drain()
+        self.transport.drain()
+        self.assertEqual(self.transport.sent, b"".join(pieces))
+        self.assertEqual((self.out.unsent(), self.budget.out_bytes), (0, 0))
+        self.assertFalse(self.gate.paused())
+
+    def test_counts_what_the_transport_holds_while_full(self):
+        """While the transport is full, what it holds counts as unsent (read from its buffers)."""
+        self.out.write(b"x" * 1200)
+        self.assertEqual(self.out.unsent(), 1200)
+        self.out.write(b"y" * 100)
+        self.assertEqual((self.out.unsent(), self.budget.out_bytes), (1300, 1300))
+        self.transport.drain()
+        self.assertEqual((self.out.unsent(), self.budget.out_bytes), (0, 0))
+
+    def test_when_flushed_waits_for_the_queue(self):
+        """when_flushed runs once the queue is handed over, after unregistering the producer."""
+        self.out.write(b"x" * 1200)
+        self.out.write(b"y" * 10)
+        done = []
+        self.out.when_flushed(lambda: done.append(self.transport.producer))
+        self.assertEqual(done, [])
+        self.transport.drain()
+        self.assertEqual(done, [None])
+
+    def test_release_forgets_everything(self):
+        """After release nothing is counted and later writes are dropped."""
+        self.out.write(b"x" * 1200)
+        self.out.write(b"y" * 10)
+        self.out.release()
+        self.out.write(b"z")
+        self.assertEqual((self.out.unsent(), self.budget.out_bytes), (0, 0))
