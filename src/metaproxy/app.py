@@ -171,13 +171,13 @@ def build_service(config, reactor, fatal=None):
         max_connections_per_peer=config.limits.max_connections_per_peer,
     )
     metrics.watch_connections(lambda: factory.connection_count)
-    watch_server_limits(metrics, factory)
     proxy = DrainingServerService(
         serverFromString(reactor, with_backlog(config.listen, config.limits.backlog)),
         factory,
         config.drain_timeout,
         on_bind_failure=cannot_listen("clients", config.listen),
     )
+    watch_server_limits(metrics, factory)
 
     def ready():
         return proxy.listening and routes.is_ready()

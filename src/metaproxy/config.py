@@ -57,10 +57,10 @@ class AdminConfig:
         closed at once (0: no limit).
     @ivar idle_timeout: seconds an admin HTTP connection may stay idle.
     """
-
-    listen: str = "tcp:9091:interface=127.0.0.1"
     max_connections: int = 64
     idle_timeout: float = 30.0
+
+    listen: str = "tcp:9091:interface=127.0.0.1"
 
 
 @attrs.frozen
