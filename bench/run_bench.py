@@ -261,7 +261,8 @@ def main():
         f.write(f"listen: tcp:{ports['proxy']}:interface=127.0.0.1\n")
         f.write(f"admin:\n  listen: tcp:{ports['admin']}:interface=127.0.0.1\n")
         f.write("metric:\n  type: prometheus\n  table_labels: false\n")
-        f.write(f"limits:\n  max_connections: {args.idle + 2000}\n")
+        # All load comes from this one address: no per-peer cap.
+        f.write(f"limits:\n  max_connections: {args.idle + 2000}\n  max_connections_per_peer: 0\n")
         f.write("routes:\n")
         for t in tables:
             f.write(f"  {t}: {{cluster_name: sim, meta_addrs: '{meta_list}'}}\n")

@@ -15,11 +15,16 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
 Metric reporters may mount more resources on the same root (the
 Prometheus reporter adds C{/metrics}). Checks that raise count as failed
 and are logged; no endpoint ever answers with a traceback.
+
+The listener is bounded (L{build_admin_site}): at most C{max_connections}
+at once (more are closed at once, with a rate-limited warning) and a
+connection idle for C{idle_timeout} seconds is closed.
 """
 
 import json
 
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -83,6 +88,62 @@ class QuietSite(Site):
 
     def log(self, request):
         """Log nothing per request."""
+
+
+class LimitedSite(WrappingFactory):
+    """
+    Wraps an HTTP site so that at most C{max_connections} connections are
+    open at once; one more is closed as soon as it is accepted.
+
+    @ivar refused: connections closed for the limit.
+    """
+
+    noisy = False
+
+    def __init__(self, site, max_connections, clock):
+        """
+        @param site: the wrapped L{Site}.
+        @param max_connections: the limit (0: none).
+        @param clock: an L{IReactorTime} for rate-limiting the warnings.
+        """
+        super().__init__(site)
+        self.max_connections = max_connections
+        self.refused = 0
+        self._clock = clock
+        self._last_warning = None
+        self._unlogged = 0
+
+    def buildProtocol(self, addr):
+        """@return: the site's protocol, or L{None} (close it) when at the limit."""
+        if self.max_connections and len(self.protocols) >= self.max_connections:
+            self.refused += 1
+            now = self._clock.seconds()
+            if self._last_warning is None or now - self._last_warning >= 10.0:
+                self._last_warning = now
+                log.warn(
+                    "refusing an admin connection from {peer}: {count} open, admin.max_connections "
+                    "({unlogged} more refused since the last warning)",
+                    peer=getattr(addr, "host", "?"),
+                    count=len(self.protocols),
+                    unlogged=self._unlogged,
+                )
+                self._unlogged = 0
+            else:
+                self._unlogged += 1
+            return None
+        return super().buildProtocol(addr)
+
+
+def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0):
+    """
+    @param root: the resource tree (see L{build_admin_root}).
+    @param reactor: provides L{IReactorTime}: idle timeouts run on it.
+    @param max_connections: admin connections at once (0: no limit).
+    @param idle_timeout: seconds a connection may stay idle.
+    @return: the factory to listen with: a L{LimitedSite} around a
+        L{QuietSite}.
+    """
+    return LimitedSite(QuietSite(root, timeout=idle_timeout, reactor=reactor), max_connections, reactor)
 
 
 def build_admin_root(route_table, ready, leaders=None, health=None):

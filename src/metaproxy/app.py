@@ -9,10 +9,10 @@ from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from metaproxy.admin import QuietSite, build_admin_root
+from metaproxy.admin import build_admin_root, build_admin_site
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.dispatch import RpcDispatcher
-from metaproxy.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop
+from metaproxy.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
 from metaproxy.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.resolver import QueryConfigResolver
@@ -133,6 +133,27 @@ def _cached_tables(routes):
     return allowed
 
 
+def watch_server_limits(metrics, factory):
+    """
+    Export the client listener's bounds: refused connections by reason,
+    frame timeouts, and the bytes held for all connections by direction.
+    """
+    budget = factory.budget
+    metrics.watch_counts(
+        "metaproxy_client_connections_refused", "Client connections refused, by reason.", "reason",
+        lambda: factory.counters.refused,
+    )
+    metrics.watch_counts(
+        "metaproxy_client_frame_timeouts", "Client connections closed because a request frame stayed incomplete.",
+        None, lambda: factory.counters.frame_timeouts,
+    )
+    metrics.watch_gauges(
+        "metaproxy_buffered_bytes",
+        "Bytes held for client connections: in = incomplete request frames, out = replies not yet sent.",
+        "direction", lambda: {"in": budget.in_bytes, "out": budget.out_bytes},
+    )
+
+
 def build_service(config, reactor, fatal=None):
     """
     Build metaproxy's service tree.
@@ -190,6 +211,7 @@ def build_service(config, reactor, fatal=None):
         hedge_delay=config.timeouts.hedge_delay,
         connect_timeout=config.timeouts.connect,
         metrics=metrics,
+        max_reply_bytes=config.limits.max_reply_bytes,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")
@@ -209,14 +231,19 @@ def build_service(config, reactor, fatal=None):
         max_pending_per_connection=config.limits.max_pending_per_connection,
         max_connections=config.limits.max_connections,
         idle_timeout=config.limits.idle_timeout,
+        max_buffered_bytes_per_connection=config.limits.max_buffered_bytes_per_connection,
+        max_buffered_bytes_total=config.limits.max_buffered_bytes_total,
+        frame_timeout=config.limits.frame_timeout,
+        max_connections_per_peer=config.limits.max_connections_per_peer,
     )
     metrics.watch_connections(lambda: factory.connection_count, limit=config.limits.max_connections)
     proxy = DrainingServerService(
-        serverFromString(reactor, config.listen),
+        serverFromString(reactor, with_backlog(config.listen, config.limits.backlog)),
         factory,
         config.drain_timeout,
         on_bind_failure=cannot_listen("clients", config.listen),
     )
+    watch_server_limits(metrics, factory)
 
     def ready():
         return proxy.listening and routes.is_ready()
@@ -233,7 +260,7 @@ def build_service(config, reactor, fatal=None):
 
     admin = DrainingServerService(
         serverFromString(reactor, config.admin.listen),
-        QuietSite(root),
+        build_admin_site(root, reactor, config.admin.max_connections, config.admin.idle_timeout),
         0.0,
         on_bind_failure=cannot_listen("admin HTTP", config.admin.listen),
     )

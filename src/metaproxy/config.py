@@ -53,7 +53,12 @@ class AdminConfig:
     The admin HTTP listener.
 
     @ivar listen: a Twisted server endpoint string (checked to parse).
+    @ivar max_connections: admin HTTP connections at once; more are
+        closed at once (0: no limit).
+    @ivar idle_timeout: seconds an admin HTTP connection may stay idle.
     """
+    max_connections: int = 64
+    idle_timeout: float = 30.0
 
     listen: str = "tcp:24601:interface=127.0.0.1"
 
@@ -199,12 +204,31 @@ class LimitsConfig:
         closed meta address for 60 s.
     @ivar max_pending_per_connection: unanswered requests before a
         connection stops being read.
+    @ivar max_buffered_bytes_per_connection: unsent reply bytes before a
+        connection stops being read (until they are sent).
+    @ivar max_buffered_bytes_total: bytes held for all client connections
+        together (incomplete request frames, unsent replies); over it,
+        connections holding some are not read. 0 means no limit.
+    @ivar frame_timeout: seconds a request frame may stay incomplete
+        before its connection is closed; 0 means never. Connections with
+        nothing pending are never closed by it.
+    @ivar max_connections_per_peer: client connections from one IP
+        address; 0 means no limit.
+    @ivar max_reply_bytes: the largest reply accepted from a meta.
+    @ivar backlog: the listen backlog, used when C{listen} sets none (the
+        kernel caps it at C{net.core.somaxconn}).
     """
 
     max_frame_bytes: int = 1048576
     max_connections: int = 10000
     idle_timeout: float = 0.0
     max_pending_per_connection: int = 1024
+    max_buffered_bytes_per_connection: int = 1048576
+    max_buffered_bytes_total: int = 134217728
+    frame_timeout: float = 10.0
+    max_connections_per_peer: int = 1000
+    max_reply_bytes: int = 16777216
+    backlog: int = 4096
 
 
 @attrs.frozen
@@ -425,6 +449,16 @@ def _check(config):
     need(lim.max_connections >= 0, "$.limits.max_connections", "must be >= 0 (0: no limit)")
     need(lim.idle_timeout >= 0, "$.limits.idle_timeout", "must be >= 0 (0: never)")
     need(lim.max_pending_per_connection >= 1, "$.limits.max_pending_per_connection", "must be >= 1")
+    need(lim.max_buffered_bytes_per_connection >= 65536, "$.limits.max_buffered_bytes_per_connection",
+         "must be >= 65536")
+    need(lim.max_buffered_bytes_total == 0 or lim.max_buffered_bytes_total >= lim.max_buffered_bytes_per_connection,
+         "$.limits.max_buffered_bytes_total", "must be 0 (no limit) or >= limits.max_buffered_bytes_per_connection")
+    need(lim.frame_timeout >= 0, "$.limits.frame_timeout", "must be >= 0 (0: never)")
+    need(lim.max_connections_per_peer >= 0, "$.limits.max_connections_per_peer", "must be >= 0 (0: no limit)")
+    need(lim.max_reply_bytes >= 65536, "$.limits.max_reply_bytes", "must be >= 65536")
+    need(lim.backlog >= 1, "$.limits.backlog", "must be >= 1")
+    need(config.admin.max_connections >= 0, "$.admin.max_connections", "must be >= 0 (0: no limit)")
+    need(config.admin.idle_timeout > 0, "$.admin.idle_timeout", "must be > 0 (seconds)")
     need(config.drain_timeout >= 0, "$.drain_timeout", "must be >= 0 (seconds)")
     log = config.logging
     need(log.level in ("debug", "info", "warn", "error", "critical"), "$.logging.level",

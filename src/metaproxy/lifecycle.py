@@ -4,6 +4,7 @@ Service plumbing for an orderly start and a draining stop.
 """
 
 import os
+import re
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
@@ -32,6 +33,33 @@ def fatal_stop(reactor, fmt, **fields):
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
+
+
+#: Server endpoint types whose listen backlog can be set in the string.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+_HAS_BACKLOG = re.compile(r"(?<!\\):backlog=")
+
+
+def with_backlog(description, backlog):
+    """
+    Give a server endpoint string a listen backlog unless it sets one.
+
+    Twisted listens with a backlog of 50; a reconnect storm of thousands
+    of clients then overflows the kernel's accept queue and clients wait
+    for SYN retries (1 s, 3 s, ...). The kernel caps the value at
+    C{net.core.somaxconn}.
+
+    @param description: a Twisted server endpoint string, e.g.
+        C{"tcp:34601:interface=0.0.0.0"}.
+    @param backlog: the backlog to add (0: leave the string alone).
+    @return: C{description} with C{:backlog=<backlog>} appended if it is a
+        C{tcp}, C{tcp6}, C{ssl} or C{unix} endpoint without a backlog
+        (other types, e.g. C{systemd:}, are returned unchanged).
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if not backlog or kind not in _BACKLOG_TYPES or _HAS_BACKLOG.search(description):
+        return description
+    return f"{description}:backlog={int(backlog)}"
 
 
 class GuardedService(MultiService):

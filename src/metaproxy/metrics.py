@@ -198,8 +198,11 @@ class _Collector:
         zk_reads = m._zk_requests + (getattr(routes, "zk_request_count", 0) or 0)
         yield one(CounterMetricFamily, "metaproxy_zk_requests",
                   "Route reads sent to ZooKeeper (cache misses and re-reads).", zk_reads)
-        for name, doc, label, read in m._watched_counts:
-            family = CounterMetricFamily(name, doc, labels=names + (label,))
+        for family_type, name, doc, label, read in m._watched_counts:
+            if label is None:
+                yield one(family_type, name, doc, read())
+                continue
+            family = family_type(name, doc, labels=names + (label,))
             for value, count in read().items():
                 family.add_metric(values + [str(value)], float(count))
             yield family
@@ -394,10 +397,18 @@ class Metrics:
         plugins that count things of their own, e.g. failed pushes).
 
         @param name: the family name (no C{_total}).
-        @param label: the one label that tells the series apart.
-        @param read: C{callable() -> {label value: count}}.
+        @param label: the one label that tells the series apart, or
+            L{None} for a single series.
+        @param read: C{callable() -> {label value: count}} (C{-> count}
+            without a label).
         """
-        self._watched_counts.append((name, documentation, label, read))
+        self._watched_counts.append((CounterMetricFamily, name, documentation, label, read))
+
+    def watch_gauges(self, name, documentation, label, read):
+        """
+        Like L{watch_counts}, for a gauge family read at collection time.
+        """
+        self._watched_counts.append((GaugeMetricFamily, name, documentation, label, read))
 
     # ---------------------------------------------------------- hot path
 

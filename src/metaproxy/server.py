@@ -12,6 +12,15 @@ fine: every client matches replies by seqid). It never lets a handler's
 exception reach the reactor, and it closes a connection whose stream it can
 no longer parse, as a real meta server does.
 
+What one client can make it hold is bounded (see L{metaproxy.flow}): a
+connection is not read while it has too many requests unanswered or too
+many reply bytes unsent, or while all connections together hold too many
+bytes; a request frame that stays incomplete too long closes its
+connection; connections are capped in total and per source address. A
+connection with nothing pending is never timed out by these (Go clients
+do not redial a closed meta address for 60 s); only C{idle_timeout}, off
+by default, closes idle ones.
+
 What a client is told when a handler does not produce a usable reply:
 
  - the handler raises (or fails with) L{metaproxy.wire.binary.DecodeError}
@@ -28,6 +37,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from metaproxy.flow import CLOSING, PENDING, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply
@@ -41,9 +51,12 @@ _SAFE = codes.RPC_LEVEL_SAFE
 _MAX_NAMES = 64
 _OTHER = "_other"
 _WARN_EVERY = 10.0
-#: Seconds a connection whose stream broke waits for the answers to the
-#: requests decoded before the break, before it is closed regardless.
+#: Seconds a connection being closed (broken stream, stalled frame, drain,
+#: idle) waits for the answers to the requests decoded before, and for
+#: its replies to be sent, before it is aborted regardless.
 CLOSE_GRACE = 30.0
+#: Why connections are refused (C{ServerCounters.refused} keys).
+REFUSED_REASONS = ("limit", "per_peer", "draining")
 
 
 @attrs.define
@@ -54,8 +67,12 @@ class ServerCounters:
     @ivar requests: requests by rpc name (at most 64 names; the rest are
         counted under C{"_other"}, so hostile names cannot grow it).
     @ivar framing_errors: connections closed for an unparsable stream.
-    @ivar rejected_connections: connections refused by C{max_connections}
-        or while draining.
+    @ivar rejected_connections: connections refused, for any reason.
+    @ivar refused: connections refused by reason: C{limit}
+        (C{max_connections}), C{per_peer} (C{max_connections_per_peer}),
+        C{draining}.
+    @ivar frame_timeouts: connections closed because a request frame
+        stayed incomplete for C{frame_timeout}.
     @ivar handler_errors: handler failures answered with C{ERR_TIMEOUT}.
     @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
     @ivar framings: connections by the framing their first bytes chose
@@ -65,6 +82,8 @@ class ServerCounters:
     requests: dict = attrs.Factory(dict)
     framing_errors: int = 0
     rejected_connections: int = 0
+    refused: dict = attrs.Factory(lambda: dict.fromkeys(REFUSED_REASONS, 0))
+    frame_timeouts: int = 0
     handler_errors: int = 0
     invalid_requests: int = 0
     framings: dict = attrs.Factory(lambda: {"THFT": 0, "RDSN": 0})
@@ -84,15 +103,21 @@ class PegasusServerProtocol(Protocol):
     """
     One client connection.
 
-    Requests are answered as their handlers finish, in any order. While a
-    connection has C{max_pending_per_connection} requests unanswered it is
-    not read (C{pauseProducing}); it is read again as soon as it drops
-    below that. (Every request of one received chunk is dispatched, so the
-    count may overshoot the limit by one chunk's worth.)
+    Requests are answered as their handlers finish, in any order. The
+    connection is not read (see L{metaproxy.flow.ReadGate}) while it has
+    C{max_pending_per_connection} requests unanswered, while more than
+    C{max_buffered_bytes_per_connection} of its reply bytes are unsent,
+    or while the factory's L{BufferBudget} is over its total and this
+    connection holds bytes. (Every request of one received chunk is
+    dispatched, so a limit may be overshot by one chunk's worth.)
+
+    A request frame still incomplete C{frame_timeout} seconds after its
+    first bytes arrived closes the connection, unless the rest is held
+    back by metaproxy itself (its requests unanswered).
 
     A stream that cannot be parsed further stops being read; the requests
     decoded before the break are still answered, then the connection is
-    closed (after at most L{CLOSE_GRACE} seconds).
+    closed (aborted after at most L{CLOSE_GRACE} seconds).
     """
 
     def __init__(self, factory):
@@ -100,27 +125,22 @@ class PegasusServerProtocol(Protocol):
         self._decoder = FramingSelector(factory.max_frame_bytes, factory.counters.framings)
         self._pending = {}
         self._next_key = 0
-        self._paused = False
         self._counted = False
         self._closing = False
         self._idle = None
         self._grace = None
+        self._frame_timer = None
+        self._gate = None
+        self._out = None
+        self._held_in = 0
+        self._peer_host = None
 
     # -- connection lifecycle
 
     def connectionMade(self):
-        """Count the connection, or refuse it when over the limit or draining."""
+        """Count the connection, or refuse it (limit, per-peer limit, draining)."""
         factory = self.factory
-        limit = factory.max_connections
-        if factory.draining or (limit and factory.connection_count >= limit):
-            factory.counters.rejected_connections += 1
-            factory._warn(
-                "rejecting a connection from {peer}: {count} open, limit {limit}, draining {draining}",
-                peer=_peer(self.transport),
-                count=factory.connection_count,
-                limit=limit,
-                draining=factory.draining,
-            )
+        if not factory._admit(self):
             self._closing = True
             self.transport.loseConnection()
             return
@@ -128,6 +148,10 @@ class PegasusServerProtocol(Protocol):
         self._decoder.local_address = _host(self.transport)
         factory.connection_count += 1
         factory._connections.add(self)
+        self._gate = ReadGate(self.transport)
+        self._out = WriteBuffer(
+            self.transport, self._gate, factory.budget, factory.max_buffered_bytes_per_connection
+        )
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             try:
@@ -137,16 +161,21 @@ class PegasusServerProtocol(Protocol):
         self._arm_idle()
 
     def connectionLost(self, reason):
-        """Forget the connection; cancel its unanswered requests and drop their replies."""
+        """Forget the connection and what it held; cancel its unanswered requests and drop their replies."""
         factory = self.factory
         if self._counted:
             self._counted = False
             factory.connection_count -= 1
             factory._connections.discard(self)
-        for timer in (self._idle, self._grace):
+            factory._release_peer(self._peer_host)
+        for timer in (self._idle, self._grace, self._frame_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle = self._grace = None
+        self._idle = self._grace = self._frame_timer = None
+        if self._out is not None:
+            self._out.release()
+            factory.budget.forget(self._gate)
+        self._drop_partial()
         # Emptied first: the errbacks that cancelling triggers find nothing
         # pending, so they write nothing and swallow the CancelledError.
         pending, self._pending = self._pending, {}
@@ -165,8 +194,11 @@ class PegasusServerProtocol(Protocol):
             return
         if self._idle is not None:
             self._arm_idle()
+        completed = False
+        requests = self._decoder.feed_iter(data)
         try:
-            for request in self._decoder.feed_iter(data):
+            for request in requests:
+                completed = True
                 self._dispatch(request)
                 if self._closing:
                     return
@@ -177,6 +209,14 @@ class PegasusServerProtocol(Protocol):
                 "closing connection from {peer}: {error}", peer=_peer(self.transport), error=str(e)
             )
             self._close_when_answered()
+            return
+        finally:
+            requests.close()
+            self._account_in()
+        self._watch_frame(completed)
+        self._check_budget()
+        if self.factory.draining:
+            self._close_if_done()
 
     def _dispatch(self, request):
         factory = self.factory
@@ -205,9 +245,8 @@ class PegasusServerProtocol(Protocol):
         pending = self._pending
         pending[key] = result
         result.addCallbacks(self._answered, self._failed, (request, key), None, (request, key))
-        if not self._paused and key in pending and len(pending) >= factory.max_pending_per_connection:
-            self._paused = True
-            self.transport.pauseProducing()
+        if key in pending and len(pending) >= factory.max_pending_per_connection:
+            self._gate.pause(PENDING)
 
     def _answered(self, reply, request, key):
         if self._pending.pop(key, None) is None:
@@ -232,14 +271,13 @@ class PegasusServerProtocol(Protocol):
 
     def _after_answer(self):
         factory = self.factory
-        if self._paused and len(self._pending) < factory.max_pending_per_connection:
-            self._paused = False
-            if not factory.draining and not self._closing:
-                self.transport.resumeProducing()
-        if self._closing and not self._pending:
-            self.transport.loseConnection()
-        if factory.draining:
-            factory._check_drained()
+        if len(self._pending) < factory.max_pending_per_connection:
+            self._gate.resume(PENDING)
+        if self._closing:
+            if not self._pending:
+                self._shutdown()
+        elif factory.draining:
+            self._close_if_done()
         elif self._idle is not None:
             self._arm_idle()
 
@@ -255,25 +293,114 @@ class PegasusServerProtocol(Protocol):
             self.factory.counters.handler_errors += 1
             log.failure("handler for {rpc} gave an unusable reply {reply!r}", rpc=request.name, reply=reply)
             data = self._decoder.framer.encode(request, _RETRY, codes.ERR_TIMEOUT)
-        self.transport.write(data)
-
-    def _close_when_answered(self):
-        self._closing = True
-        if not self._pending:
-            self.transport.loseConnection()
-            return
-        if not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
-        self._grace = self.factory.clock.callLater(CLOSE_GRACE, self._grace_expired)
-
-    def _grace_expired(self):
-        self._grace = None
-        self.transport.loseConnection()
+        self._out.write(data)
+        budget = self.factory.budget
+        if budget.limit and budget.over():
+            self._check_budget()
 
     def pending_count(self):
         """@return: how many of this connection's requests are unanswered."""
         return len(self._pending)
+
+    # -- bounded buffers (see metaproxy.flow)
+
+    def _account_in(self):
+        """Tell the budget how many bytes of an incomplete frame are held now."""
+        held = self._decoder.buffered()
+        if held != self._held_in:
+            self.factory.budget.add_in(held - self._held_in)
+            self._held_in = held
+
+    def _drop_partial(self):
+        """Forget the incomplete frame held (the connection is closing) and stop counting it."""
+        clear = getattr(self._decoder, "clear", None)
+        if clear is not None:
+            clear()
+        if self._held_in:
+            self.factory.budget.add_in(-self._held_in)
+            self._held_in = 0
+
+    def _check_budget(self):
+        """Stop reading this connection if all together hold too much and it holds some."""
+        budget = self.factory.budget
+        if budget.over() and (self._held_in or self._out.unsent()):
+            budget.starve(self._gate)
+
+    def unsent_bytes(self):
+        """@return: this connection's reply bytes not yet taken by the kernel (an upper bound)."""
+        return self._out.unsent() if self._out is not None else 0
+
+    # -- stalled frames
+
+    def _watch_frame(self, completed):
+        """
+        Time the incomplete frame held, if any: from its first byte, restarted
+        whenever a frame completes; no timer while nothing is held.
+        """
+        timeout = self.factory.frame_timeout
+        if not timeout:
+            return
+        timer = self._frame_timer
+        if self._held_in:
+            if timer is None:
+                self._frame_timer = self.factory.clock.callLater(timeout, self._frame_expired)
+            elif completed:
+                timer.reset(timeout)
+        elif timer is not None:
+            timer.cancel()
+            self._frame_timer = None
+
+    def _frame_expired(self):
+        self._frame_timer = None
+        if self._closing:
+            return
+        factory = self.factory
+        if self._gate.paused(PENDING):
+            # metaproxy itself holds the rest of the frame back (its
+            # requests are unanswered): not the client's fault.
+            self._frame_timer = factory.clock.callLater(factory.frame_timeout, self._frame_expired)
+            return
+        factory.counters.frame_timeouts += 1
+        factory._warn(
+            "closing connection from {peer}: a request frame stayed incomplete for {timeout} s "
+            "({held} bytes held; {suppressed} more since the last warning)",
+            peer=_peer(self.transport),
+            timeout=factory.frame_timeout,
+            held=self._held_in,
+        )
+        self._drop_partial()
+        self._close_when_answered()
+
+    # -- closing
+
+    def _close_when_answered(self):
+        """Stop reading for good; close once every decoded request is answered and sent."""
+        self._closing = True
+        self._gate.pause(CLOSING)
+        if self._grace is None:
+            self._grace = self.factory.clock.callLater(CLOSE_GRACE, self._grace_expired)
+        if not self._pending:
+            self._shutdown()
+
+    def _close_if_done(self):
+        """While draining: close as soon as nothing is pending (no request unanswered, no partial frame)."""
+        if not self._closing and not self._pending and not self._held_in:
+            self._close_when_answered()
+
+    def _shutdown(self):
+        self._out.when_flushed(self.transport.loseConnection)
+
+    def _abandon(self):
+        """Close now, whatever is pending (the drain timed out)."""
+        self._closing = True
+        self._gate.pause(CLOSING)
+        self._out.unregister()
+        self.transport.loseConnection()
+
+    def _grace_expired(self):
+        self._grace = None
+        self._out.unregister()
+        self.transport.abortConnection()
 
     # -- idle timeout
 
@@ -291,8 +418,7 @@ class PegasusServerProtocol(Protocol):
         if self._pending:
             self._arm_idle()
             return
-        self._closing = True
-        self.transport.loseConnection()
+        self._close_when_answered()
 
 
 def _host(transport):
@@ -310,12 +436,24 @@ def _peer(transport):
         return "?"
 
 
+def _peer_host(transport):
+    """@return: the peer's IP address, or L{None} for a transport without one (UNIX socket)."""
+    try:
+        host = transport.getPeer().host
+    except Exception:
+        return None
+    return host if isinstance(host, str) else None
+
+
 class PegasusServerFactory(Factory):
     """
     Builds L{PegasusServerProtocol}s sharing one handler and the limits.
 
     @ivar connection_count: connections open now.
     @ivar counters: a L{ServerCounters}.
+    @ivar budget: the L{BufferBudget} of all connections (its C{limit} is
+        C{max_buffered_bytes_total}; C{in_bytes} and C{out_bytes} are the
+        bytes held now).
     @ivar draining: L{True} once L{drain} was called; new connections are
         then refused.
     """
@@ -330,16 +468,29 @@ class PegasusServerFactory(Factory):
         max_pending_per_connection=1024,
         max_connections=0,
         idle_timeout=0.0,
+        max_buffered_bytes_per_connection=1 << 20,
+        max_buffered_bytes_total=128 << 20,
+        frame_timeout=10.0,
+        max_connections_per_peer=0,
     ):
         """
         @param handler: an L{metaproxy.interfaces.IRequestHandler}.
-        @param clock: an L{IReactorTime} for idle timeouts and drains.
+        @param clock: an L{IReactorTime} for timeouts and drains.
         @param max_frame_bytes: a larger request frame closes its connection.
         @param max_pending_per_connection: stop reading a connection with
             this many requests unanswered.
         @param max_connections: refuse connections beyond this (0: no limit).
         @param idle_timeout: close a connection with no traffic and nothing
             pending for this many seconds (0: never).
+        @param max_buffered_bytes_per_connection: stop reading a connection
+            with more reply bytes unsent than this.
+        @param max_buffered_bytes_total: over this many bytes held for all
+            connections (incomplete request frames and unsent replies),
+            stop reading every connection that holds some (0: no limit).
+        @param frame_timeout: close a connection whose request frame is
+            still incomplete this many seconds after it began (0: never).
+        @param max_connections_per_peer: refuse a connection from an IP
+            address that has this many open (0: no limit).
         """
         self.handler = handler
         self.clock = clock
@@ -347,10 +498,15 @@ class PegasusServerFactory(Factory):
         self.max_pending_per_connection = max(1, max_pending_per_connection)
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.max_buffered_bytes_per_connection = max_buffered_bytes_per_connection
+        self.frame_timeout = frame_timeout
+        self.max_connections_per_peer = max_connections_per_peer
+        self.budget = BufferBudget(max_buffered_bytes_total)
         self.connection_count = 0
         self.counters = ServerCounters()
         self.draining = False
         self._connections = set()
+        self._per_peer = {}
         self._drain_waiters = []
         self._drain_result = None
         self._drain_timer = None
@@ -361,24 +517,80 @@ class PegasusServerFactory(Factory):
         return PegasusServerProtocol(self)
 
     def _warn(self, fmt, **kw):
-        """Log C{fmt} at warn level, at most once per 10 s per message."""
+        """
+        Log C{fmt} at warn level, at most once per 10 s per message; the
+        event's C{suppressed} field says how many were left out since.
+        """
         now = self.clock.seconds()
-        if now - self._last_warn.get(fmt, -_WARN_EVERY) >= _WARN_EVERY:
-            self._last_warn[fmt] = now
-            log.warn(fmt, **kw)
+        last, suppressed = self._last_warn.get(fmt, (None, 0))
+        if last is None or now - last >= _WARN_EVERY:
+            self._last_warn[fmt] = (now, 0)
+            log.warn(fmt, suppressed=suppressed, **kw)
+        else:
+            self._last_warn[fmt] = (last, suppressed + 1)
+
+    # -- admission
+
+    def _admit(self, proto):
+        """
+        Decide whether C{proto}'s new connection may stay; count and log
+        (rate-limited) a refusal.
+
+        @return: L{True} to accept it.
+        """
+        transport = proto.transport
+        limit = self.max_connections
+        host = _peer_host(transport)
+        per_peer = self.max_connections_per_peer
+        if self.draining:
+            reason = "draining"
+        elif limit and self.connection_count >= limit:
+            reason = "limit"
+        elif per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer:
+            reason = "per_peer"
+        else:
+            if host is not None:
+                self._per_peer[host] = self._per_peer.get(host, 0) + 1
+                proto._peer_host = host
+            return True
+        counters = self.counters
+        counters.rejected_connections += 1
+        counters.refused[reason] = counters.refused.get(reason, 0) + 1
+        self._warn(
+            _REFUSAL_WARNINGS[reason],
+            peer=_peer(transport),
+            count=self.connection_count,
+            limit=limit,
+            peer_count=self._per_peer.get(host, 0),
+            per_peer=per_peer,
+        )
+        return False
+
+    def _release_peer(self, host):
+        if host is None:
+            return
+        left = self._per_peer.get(host, 0) - 1
+        if left > 0:
+            self._per_peer[host] = left
+        else:
+            self._per_peer.pop(host, None)
 
     def in_flight(self):
         """@return: requests unanswered across all connections."""
         return sum(p.pending_count() for p in self._connections)
 
+    # -- drain
+
     def drain(self, timeout):
         """
-        Stop reading every connection, wait until every request in flight
-        is answered (at most C{timeout} seconds, on the clock), then close
-        every connection. Calling it again waits for the same drain.
+        Close every connection as soon as it has nothing pending, while
+        still answering the requests that arrive on them meanwhile; after
+        C{timeout} seconds (on the clock) close the rest regardless. New
+        connections are refused. Calling it again waits for the same drain.
 
-        @return: a L{Deferred} firing with the number of requests that were
-            still unanswered when the connections were closed (0: clean).
+        @return: a L{Deferred} firing once every connection is closed, with
+            the number of requests that were still unanswered when the
+            drain timed out (0: clean).
         """
         d = defer.Deferred()
         if self._drain_result is not None:
@@ -388,16 +600,14 @@ class PegasusServerFactory(Factory):
         if self.draining:
             return d
         self.draining = True
-        for proto in list(self._connections):
-            if not proto._paused:
-                proto._paused = True
-                proto.transport.pauseProducing()
         self._drain_timer = self.clock.callLater(timeout, self._finish_drain)
+        for proto in list(self._connections):
+            proto._close_if_done()
         self._check_drained()
         return d
 
     def _check_drained(self):
-        if self._drain_timer is not None and self.in_flight() == 0:
+        if self._drain_timer is not None and not self._connections:
             self._finish_drain()
 
     def _finish_drain(self):
@@ -409,8 +619,20 @@ class PegasusServerFactory(Factory):
         unanswered = self.in_flight()
         self._drain_result = unanswered
         for proto in list(self._connections):
-            proto._closing = True
-            proto.transport.loseConnection()
+            proto._abandon()
         waiters, self._drain_waiters = self._drain_waiters, []
         for d in waiters:
             d.callback(unanswered)
+
+
+_REFUSAL_WARNINGS = {
+    "draining": "refusing a connection from {peer}: draining ({suppressed} more refused since the last warning)",
+    "limit": (
+        "refusing a connection from {peer}: {count} open, limits.max_connections {limit} "
+        "({suppressed} more refused since the last warning)"
+    ),
+    "per_peer": (
+        "refusing a connection from {peer}: {peer_count} open from that address, "
+        "limits.max_connections_per_peer {per_peer} ({suppressed} more refused since the last warning)"
+    ),
+}

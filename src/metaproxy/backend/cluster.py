@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from metaproxy.backend.client import NotConnected
+from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES, NotConnected
 from metaproxy.backend.connection import MetaConnection
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IMetaCluster
@@ -210,9 +210,9 @@ class _Query:
             self._fail(why)
 
 
-def _default_connection_factory(reactor, connect_timeout):
+def _default_connection_factory(reactor, connect_timeout, max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
     def make(host, port):
-        return MetaConnection(reactor, host, port, connect_timeout=connect_timeout)
+        return MetaConnection(reactor, host, port, connect_timeout=connect_timeout, max_frame_bytes=max_reply_bytes)
 
     return make
 
@@ -242,6 +242,8 @@ class MetaCluster:
         answer or failure of every meta (not of calls cancelled because
         another meta already won).
     @ivar last_used: the clock time of the last L{query_config}.
+    @ivar max_reply_bytes: the largest reply accepted from a meta (for the
+        default connection factory).
     """
 
     reactor: object
@@ -252,6 +254,7 @@ class MetaCluster:
     connect_timeout: float = 3.0
     connection_factory: object = None
     metrics: object = None
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     last_used: float = attrs.field(init=False, default=0.0)
     _configured: dict = attrs.field(init=False, factory=dict)
     _extra: dict = attrs.field(init=False, factory=dict)
@@ -262,7 +265,9 @@ class MetaCluster:
 
     def __attrs_post_init__(self):
         if self.connection_factory is None:
-            self.connection_factory = _default_connection_factory(self.reactor, self.connect_timeout)
+            self.connection_factory = _default_connection_factory(
+                self.reactor, self.connect_timeout, self.max_reply_bytes
+            )
         for host, port in self.meta_addrs.addrs:
             conn = self.connection_factory(host, port)
             self._configured[(host, port)] = conn

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from metaproxy.backend.client import MetaClientProtocol, NotConnected
+from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES, MetaClientProtocol, NotConnected
 from metaproxy.route import is_ip_literal
 
 log = Logger()
@@ -109,7 +109,7 @@ class MetaConnection:
     connect_timeout: float = 3.0
     retry_policy: object = None
     endpoint: object = None
-    max_frame_bytes: int = 64 << 20
+    max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     state: str = attrs.field(init=False, default=STOPPED)
     _protocol: object = attrs.field(init=False, default=None)
     _waiters: list = attrs.field(init=False, factory=list)

@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.interfaces import IClusterPools
 from metaproxy.route import MetaAddrs
@@ -63,6 +64,7 @@ class ClusterPools:
     @ivar metrics: passed to each L{MetaCluster} (backend call metrics).
     @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
         C{in_flight()} and C{close()}; a L{MetaCluster} by default.
+    @ivar max_reply_bytes: see L{MetaCluster.max_reply_bytes}.
     """
 
     reactor: object
@@ -75,6 +77,7 @@ class ClusterPools:
     sweep_interval: Optional[float] = None
     cluster_factory: object = None
     metrics: object = None
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     _pools: dict = attrs.field(init=False, factory=dict)
     _sweeper: object = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
@@ -114,6 +117,7 @@ class ClusterPools:
             max_extra=self.max_extra,
             connect_timeout=self.connect_timeout,
             metrics=self.metrics,
+            max_reply_bytes=self.max_reply_bytes,
         )
 
     def pools(self):

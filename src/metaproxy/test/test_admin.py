@@ -5,14 +5,21 @@ Tests for L{metaproxy.admin}.
 
 import json
 
-from twisted.internet import defer, reactor
+import socket
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import Logger, formatEvent
+
+from metaproxy import admin as adminmod
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from metaproxy.admin import QuietSite, build_admin_root
+from metaproxy.admin import QuietSite, build_admin_root, build_admin_site
 from metaproxy.reporters.falcon import _BodyCollector
 
 _A = ["10.0.0.1:34601", "10.0.0.2:34601"]
@@ -185,6 +192,55 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(sorted(e.allowedMethods), [b"GET", b"HEAD"])
 
 
+class AdminLimitTests(SynchronousTestCase):
+    """The admin listener caps its connections and closes idle ones."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.events = []
+        self.patch(adminmod, "log", Logger(observer=self.events.append))
+        self.site = build_admin_site(
+            build_admin_root(_Routes(), lambda: True), self.clock, max_connections=2, idle_timeout=30.0
+        )
+
+    def connect(self, port=50000):
+        addr = IPv4Address("TCP", "127.0.0.1", port)
+        proto = self.site.buildProtocol(addr)
+        if proto is None:
+            return None, None
+        transport = StringTransportWithDisconnection(peerAddress=addr)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_connections_beyond_the_limit_are_refused(self):
+        """The third connection is refused and counted; once one closes, a new one is accepted."""
+        first, first_t = self.connect(1)
+        self.connect(2)
+        self.assertEqual(self.connect(3), (None, None))
+        self.assertEqual(self.connect(4), (None, None))
+        self.assertEqual(self.site.refused, 2)
+        [warning] = [formatEvent(e) for e in self.events]
+        self.assertIn("refusing an admin connection from 127.0.0.1: 2 open", warning)
+        first_t.loseConnection()
+        self.assertIsNotNone(self.connect(5)[0])
+
+    def test_idle_connection_is_closed(self):
+        """An admin connection idle for idle_timeout is closed."""
+        _, transport = self.connect()
+        self.clock.advance(29)
+        self.assertTrue(transport.connected)
+        self.clock.advance(1)
+        self.assertFalse(transport.connected)
+
+    def test_request_is_answered_through_the_wrapper(self):
+        """A request on a counted connection is served normally."""
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertIn(b"ok\n", transport.value())
+
+
 class AdminLoopbackTests(TestCase):
     timeout = 20
 
@@ -200,3 +256,42 @@ class AdminLoopbackTests(TestCase):
         body = yield collector.done
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["ready"], True)
+
+    @defer.inlineCallbacks
+    def test_limit_and_idle_timeout_on_a_real_port(self):
+        """
+        On a real port, 300 idle admin connections cannot pile up: beyond
+        max_connections they are closed at once, and the rest are closed
+        once idle for idle_timeout.
+        """
+        site = build_admin_site(build_admin_root(_Routes(), lambda: True), reactor, max_connections=5, idle_timeout=0.5)
+        self.patch(adminmod, "log", Logger(observer=lambda e: None))
+        port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=512)
+        self.addCleanup(port.stopListening)
+        socks = []
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port.getHost().port))
+            s.setblocking(False)
+            socks.append(s)
+        self.addCleanup(lambda: [s.close() for s in socks])
+
+        def closed():
+            out = 0
+            for s in socks:
+                try:
+                    if s.recv(1) == b"":
+                        out += 1
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    out += 1
+            return out
+
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertGreaterEqual(closed(), 295)
+        self.assertLessEqual(len(site.protocols), 5)
+        for _ in range(50):
+            yield task.deferLater(reactor, 0.1, lambda: None)
+            if not site.protocols:
+                break
+        self.assertEqual(len(site.protocols), 0)

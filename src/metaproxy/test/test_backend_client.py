@@ -4,18 +4,24 @@ Tests for L{metaproxy.backend.client} and L{metaproxy.backend.connection}.
 """
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted.logger import Logger, formatEvent
+
+from metaproxy.backend import client as clientmod
 from metaproxy.backend import connection as connmod
 from metaproxy.backend.client import (
     CallTimedOut,
     ConnectionClosed,
     MetaClientProtocol,
+    DEFAULT_MAX_REPLY_BYTES,
     NotConnected,
+    ReplyTooLarge,
     next_seqid,
 )
 from metaproxy.backend.connection import MetaConnection
@@ -168,6 +174,45 @@ class MetaClientProtocolTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionClosed("aborted")))
         self.failureResultOf(d, ConnectionClosed)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_oversized_reply_fails_fast(self):
+        """
+        A reply declaring more than max_frame_bytes fails its call with
+        ReplyTooLarge as soon as its first bytes arrive, with a warning
+        naming the meta; the rest is skipped unheld, and another call on
+        the same connection is still answered.
+        """
+        events = []
+        self.patch(clientmod, "log", Logger(observer=events.append))
+        proto = MetaClientProtocol(Clock(), max_frame_bytes=4096)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 34601))
+        proto.makeConnection(transport)
+        big_call = proto.call(QCFG, ARGS, timeout=5)
+        small_call = proto.call(QCFG, ARGS, timeout=5)
+        first, second = sent_requests(transport)
+        big = reply_to(first, body=b"\x00" * 100000)
+        proto.dataReceived(big[:300])
+        failure = self.failureResultOf(big_call, ReplyTooLarge)
+        self.assertIn("meta 10.1.2.3:34601 sent", str(failure.value))
+        self.assertIn(f"reply of {len(big)} bytes", str(failure.value))
+        self.assertEqual(proto._decoder.buffered(), 0)
+        [event] = events
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertIn("10.1.2.3", formatEvent(event))
+        for i in range(300, len(big), 8192):
+            proto.dataReceived(big[i : i + 8192])
+            self.assertEqual(proto._decoder.buffered(), 0)
+        proto.dataReceived(reply_to(second))
+        self.assertEqual(self.successResultOf(small_call).seqid, second.seqid)
+        self.assertTrue(proto.is_open())
+        self.assertFalse(transport.disconnecting)
+
+    def test_default_reply_cap_fits_the_largest_table(self):
+        """The default cap admits a 65 536-partition, 3-replica answer with hp_* fields (10.4 MB)."""
+        self.assertEqual(MetaClientProtocol(Clock()).max_frame_bytes, DEFAULT_MAX_REPLY_BYTES)
+        self.assertEqual(MetaConnection(Clock(), "127.0.0.1", 1).max_frame_bytes, DEFAULT_MAX_REPLY_BYTES)
+        self.assertGreater(DEFAULT_MAX_REPLY_BYTES, 10354800)
+        self.assertLessEqual(DEFAULT_MAX_REPLY_BYTES, 16 << 20)
 
     def test_no_delay(self):
         """The connection disables Nagle's algorithm, as a meta server does."""

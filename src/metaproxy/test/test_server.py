@@ -48,9 +48,9 @@ class _Deferring:
         return d
 
 
-def _connect(factory):
+def _connect(factory, host="127.0.0.1", port=40000):
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, port))
     transport.protocol = proto
     proto.makeConnection(transport)
     return proto, transport
@@ -333,15 +333,52 @@ class FactoryTests(_Base, SynchronousTestCase):
         self.assertFalse(transport.connected)
 
     def test_drain_clean(self):
-        """Drain stops reading, waits for in-flight answers, then closes; fires 0."""
+        """Drain waits for in-flight answers, closes each connection once answered, and fires 0."""
         self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
         d = self.factory.drain(10)
-        self.assertEqual(self.transport.producerState, "paused")
         self.assertNoResult(d)
+        self.assertTrue(self.transport.connected)
         self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
         self.assertEqual(self.successResultOf(d), 0)
         self.assertEqual([r.seqid for r in _replies(self.transport)], [1])
         self.assertFalse(self.transport.connected)
+
+    def test_drain_closes_idle_connections_at_once(self):
+        """A connection with nothing pending is closed as soon as the drain starts; a busy one is not."""
+        busy, busy_transport = _connect(self.factory)
+        busy.dataReceived(self.request("RPC_SLOW", seqid=1))
+        d = self.factory.drain(10)
+        self.assertFalse(self.transport.connected)
+        self.assertTrue(busy_transport.connected)
+        self.assertNoResult(d)
+
+    def test_drain_answers_requests_arriving_on_existing_connections(self):
+        """
+        During a drain a connection is still read: a request arriving on it
+        is answered, and the connection closes once nothing is pending.
+        """
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        d = self.factory.drain(10)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=2) + self.request(seqid=3))
+        self.assertEqual(len(self.deferring.calls), 2)
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.assertTrue(self.transport.connected)
+        self.deferring.calls[1][1].callback(frame.Reply(OK_BODY))
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(sorted(r.seqid for r in _replies(self.transport)), [1, 2, 3])
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_drain_waits_for_a_partial_frame(self):
+        """A connection in the middle of a request frame is kept until the frame completes and is answered."""
+        data = self.request(seqid=4)
+        self.proto.dataReceived(data[:20])
+        d = self.factory.drain(10)
+        self.assertTrue(self.transport.connected)
+        self.proto.dataReceived(data[20:])
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [4])
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.successResultOf(d), 0)
 
     def test_drain_timeout(self):
         """Drain gives up after its timeout and reports what was unanswered."""
@@ -402,16 +439,16 @@ class FactoryTests(_Base, SynchronousTestCase):
         self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (1, 1))
         self.assertEqual(self.successResultOf(self.factory.drain(5)), 1)
 
-    def test_drain_does_not_resume_reading(self):
-        """Answers during a drain do not resume reading a connection paused by backpressure."""
+    def test_drain_closes_a_connection_paused_by_max_pending_once_answered(self):
+        """A connection not read because of max_pending closes during a drain as soon as it is answered."""
         self.factory.max_pending_per_connection = 1
-        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1) + self.request("RPC_SLOW", seqid=2))
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
         d = self.factory.drain(5)
-        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
         self.assertEqual(self.transport.producerState, "paused")
-        self.deferring.calls[1][1].callback(frame.Reply(OK_BODY))
+        self.deferring.calls[0][1].callback(frame.Reply(OK_BODY))
+        self.assertFalse(self.transport.connected)
         self.assertEqual(self.successResultOf(d), 0)
-        self.assertEqual([r.seqid for r in _replies(self.transport)], [1, 2])
+        self.assertEqual([r.seqid for r in _replies(self.transport)], [1])
 
     def test_idle_timeout_counts_answers_as_traffic(self):
         """The idle countdown restarts when a pending request is answered."""

@@ -119,6 +119,52 @@ class _RequestCases:
         self.assertRaises(frame.FramingError, next, it)
 
 
+    @settings(max_examples=100, suppress_health_check=[HealthCheck.differing_executors])
+    @given(st.lists(st.integers(0, 10), min_size=1, max_size=6), st.lists(st.integers(1, 300), min_size=1))
+    def test_any_split_decodes_the_same(self, sizes, cuts):
+        """However a stream of frames is cut into pieces, the same requests come out and nothing is left held."""
+        frames = [self.frame(seqid=i, args=b"\x00" * (size * 37)) for i, size in enumerate(sizes)]
+        data = b"".join(frames)
+        dec = frame.RequestDecoder()
+        out, pos, i = [], 0, 0
+        while pos < len(data):
+            step = cuts[i % len(cuts)]
+            out.extend(dec.feed(data[pos : pos + step]))
+            pos += step
+            i += 1
+            self.assertLess(dec.buffered(), max(len(f) for f in frames))
+        self.assertEqual([(r.seqid, len(r.args)) for r in out], [(i, s * 37) for i, s in enumerate(sizes)])
+        self.assertEqual(dec.buffered(), 0)
+
+    def test_large_frame_in_small_pieces(self):
+        """A 256 KiB frame fed in 100-byte pieces decodes intact, and the frame after it too."""
+        args = bytes(range(256)) * 1024
+        data = self.frame(seqid=7, args=args) + self.frame(seqid=8)
+        dec = frame.RequestDecoder(max_frame_bytes=1 << 20)
+        out = []
+        for i in range(0, len(data), 100):
+            out.extend(dec.feed(data[i : i + 100]))
+        self.assertEqual([(r.seqid, r.args == args) for r in out], [(7, True), (8, False)])
+        self.assertEqual(dec.buffered(), 0)
+
+    def test_stopping_early_keeps_the_rest(self):
+        """A caller that stops iterating feed_iter early finds the undecoded frames still held."""
+        dec = frame.RequestDecoder()
+        first, second = self.frame(seqid=1), self.frame(seqid=2)
+        it = dec.feed_iter(first + second + second[:10])
+        self.assertEqual(next(it).seqid, 1)
+        it.close()
+        self.assertEqual(dec.buffered(), len(second) + 10)
+        self.assertEqual([r.seqid for r in dec.feed(second[10:])], [2, 2])
+
+    def test_clear_drops_a_partial_frame(self):
+        """clear() forgets a held partial frame; the next frame decodes normally."""
+        dec = frame.RequestDecoder()
+        dec.feed(self.frame(seqid=1)[:30])
+        dec.clear()
+        self.assertEqual(dec.buffered(), 0)
+        self.assertEqual([r.seqid for r in dec.feed(self.frame(seqid=2))], [2])
+
 class V0RequestTests(_RequestCases, SynchronousTestCase):
     version = 0
 
@@ -213,3 +259,44 @@ class ReplyTests(SynchronousTestCase):
     def test_response_decoder_bad_length(self):
         """An impossible reply length is a framing error."""
         self.assertRaises(frame.FramingError, frame.ResponseDecoder().feed, b"\x00\x00\x00\x03")
+
+    def test_response_decoder_any_split(self):
+        """Replies cut at every possible point decode to the same responses."""
+        data = b"".join(frame.encode_reply("A_ACK", i, b"y" * (i * 50) or None) for i in range(4))
+        for cut in range(1, len(data)):
+            dec = frame.ResponseDecoder()
+            out = dec.feed(data[:cut]) + dec.feed(data[cut:])
+            self.assertEqual([r.seqid for r in out], [0, 1, 2, 3])
+            self.assertEqual(dec.buffered(), 0)
+
+    def test_oversized_reply_reported_and_skipped(self):
+        """
+        A reply over the limit is reported (with its seqid) as soon as its
+        first bytes arrive, its body is skipped without being held, and the
+        reply after it decodes normally.
+        """
+        big = frame.encode_reply("A_ACK", 5, b"z" * 50000)
+        after = frame.encode_reply("B_ACK", 6, b"ok")
+        dec = frame.ResponseDecoder(max_frame_bytes=4096)
+        [over] = dec.feed(big[:200])
+        self.assertEqual(over, frame.OversizedResponse("ERR_OK", "A_ACK", 5, len(big)))
+        self.assertEqual(dec.buffered(), 0)
+        for i in range(200, len(big), 1000):
+            self.assertEqual(dec.feed(big[i : i + 1000]), [])
+            self.assertEqual(dec.buffered(), 0)
+        [r] = dec.feed(after)
+        self.assertEqual((r.seqid, r.body), (6, b"ok"))
+
+    def test_oversized_reply_in_one_chunk(self):
+        """An oversized reply and the next one in the same chunk: one report, then the good reply."""
+        data = frame.encode_reply("A_ACK", 5, b"z" * 5000) + frame.encode_reply("B_ACK", 6, b"ok")
+        out = frame.ResponseDecoder(max_frame_bytes=4096).feed(data)
+        self.assertEqual([(type(r).__name__, r.seqid) for r in out], [("OversizedResponse", 5), ("Response", 6)])
+
+    def test_oversized_reply_waits_for_its_seqid(self):
+        """An oversized reply's first bytes are held (at most OVERSIZED_PREFIX) until its seqid is known."""
+        big = frame.encode_reply("A_ACK", 5, b"z" * 50000)
+        dec = frame.ResponseDecoder(max_frame_bytes=4096)
+        self.assertEqual(dec.feed(big[:10]), [])
+        self.assertLessEqual(dec.buffered(), frame.OVERSIZED_PREFIX)
+        self.assertEqual([r.seqid for r in dec.feed(big[10 : frame.OVERSIZED_PREFIX])], [5])

@@ -170,9 +170,74 @@ def _parse_message_begin(data, start, end):
     return text, mtype, seqid, r.pos
 
 
+class _Held:
+    """
+    The bytes a decoder holds between reads, as a list of the chunks
+    received, joined only once they add up to what the frame at their
+    start needs. A frame arriving in k pieces thus costs O(its size + k):
+    no piece is copied again on each read, and a growing buffer leaves no
+    trail of discarded copies (which PyPy's GC would keep until its next
+    major collection).
+
+    @ivar need: bytes needed before decoding is worth trying again (the
+        length of the frame at the start of the held bytes, or of the part
+        of its header that gives the length).
+    """
+
+    __slots__ = ("chunks", "size", "need")
+
+    def __init__(self):
+        self.chunks = []
+        self.size = 0
+        self.need = 0
+
+    def __len__(self):
+        return self.size
+
+    def join(self, data):
+        """
+        @return: the bytes to decode from offset 0: C{data} itself when
+            nothing is held, else the held bytes and C{data} joined; or
+            L{None} while they are still short of L{need} (C{data} is then
+            held).
+        """
+        if not self.size:
+            return data
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size < self.need:
+            return None
+        joined = b"".join(self.chunks)
+        self.chunks = []
+        self.size = 0
+        return joined
+
+    def keep(self, source, pos, need):
+        """
+        Hold C{source[pos:]} (what L{join} returned, from C{pos} on) until
+        at least C{need} bytes are held.
+        """
+        if pos >= len(source):
+            self.clear()
+            return
+        rest = source[pos:] if pos else source
+        self.chunks = [rest if isinstance(rest, bytes) else bytes(rest)]
+        self.size = len(rest)
+        self.need = need
+
+    def clear(self):
+        """Drop everything held."""
+        self.chunks = []
+        self.size = 0
+        self.need = 0
+
+
 class RequestDecoder:
     """
     Splits a client's byte stream into L{Request}s.
+
+    Decoding is linear: N bytes in k pieces cost O(N + k) (a partial frame
+    is held as the pieces received, joined once when complete).
 
     @ivar max_frame_bytes: the largest frame (header and body) accepted;
         a larger declared length is a L{FramingError} before anything is
@@ -181,11 +246,15 @@ class RequestDecoder:
 
     def __init__(self, max_frame_bytes=1 << 20):
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._held = _Held()
 
     def buffered(self):
         """@return: how many bytes of an incomplete frame are held."""
-        return len(self._buf)
+        return len(self._held)
+
+    def clear(self):
+        """Forget the incomplete frame held (the stream is being abandoned)."""
+        self._held.clear()
 
     def feed(self, data):
         """
@@ -204,19 +273,26 @@ class RequestDecoder:
         that requests before a broken frame are still answered.
 
         A bad magic or header version is detected from the first 8 bytes of
-        a frame, without waiting for a whole header.
+        a frame, without waiting for a whole header. A caller may stop
+        iterating early: the bytes not decoded yet stay held.
         """
-        buf = self._buf + data if self._buf else data
+        held = self._held
+        buf = held.join(data)
+        if buf is None:
+            return
         pos = 0
+        need = 8
         n = len(buf)
         limit = self.max_frame_bytes
         try:
             while n - pos >= 8:
+                need = 8
                 if buf[pos : pos + 4] != MAGIC:
                     raise FramingError(f"bad magic {bytes(buf[pos:pos + 4])!r}")
                 version = _I32.unpack_from(buf, pos + 4)[0]
                 if version == 0:
                     if n - pos < V0_HEADER_LENGTH:
+                        need = V0_HEADER_LENGTH
                         break
                     hlen, _, blen = _V0_LENGTHS.unpack_from(buf, pos + 8)
                     if hlen != V0_HEADER_LENGTH:
@@ -226,14 +302,16 @@ class RequestDecoder:
                     body_start = pos + V0_HEADER_LENGTH
                     end = body_start + blen
                     if end > n:
+                        need = end - pos
                         break
-                    key = buf[pos + 24 : body_start]
+                    key = bytes(buf[pos + 24 : body_start])
                     header = _V0_HEADERS.get(key)
                     if header is None:
                         header = RequestHeader(0, *_V0_ROUTING.unpack(key))
                         _remember(_V0_HEADERS, key, header)
                 elif version == 1:
                     if n - pos < V1_FIXED_LENGTH:
+                        need = V1_FIXED_LENGTH
                         break
                     mlen, blen = _V1_LENGTHS.unpack_from(buf, pos + 8)
                     if mlen < 0 or blen < 0 or V1_FIXED_LENGTH + mlen + blen > limit:
@@ -241,8 +319,9 @@ class RequestDecoder:
                     body_start = pos + V1_FIXED_LENGTH + mlen
                     end = body_start + blen
                     if end > n:
+                        need = end - pos
                         break
-                    key = buf[pos + V1_FIXED_LENGTH : body_start]
+                    key = bytes(buf[pos + V1_FIXED_LENGTH : body_start])
                     header = _V1_HEADERS.get(key)
                     if header is None:
                         try:
@@ -261,7 +340,7 @@ class RequestDecoder:
                     name_end = body_start + 8 + nlen
                     if nlen < 0 or name_end + 4 > end:
                         raise FramingError("bad thrift message begin: name overruns the frame")
-                    raw = buf[body_start + 8 : name_end]
+                    raw = bytes(buf[body_start + 8 : name_end])
                     name = _NAMES.get(raw)
                     if name is None:
                         try:
@@ -282,9 +361,12 @@ class RequestDecoder:
                 pos = end
                 yield Request(header, name, seqid, bytes(buf[args_start:end]), mtype == T_ONEWAY)
         except FramingError:
-            self._buf = b""
+            buf = None
+            held.clear()
             raise
-        self._buf = bytes(buf[pos:]) if pos < n else b""
+        finally:
+            if buf is not None:
+                held.keep(buf, pos, need)
 
 
 _V0_LENGTHS = struct.Struct(">iii")  # hdr_length, hdr_crc32, body_length
@@ -391,44 +473,116 @@ def encode_reply_for(request, reply):
     return encode_reply(ack_name(request.name), request.seqid, reply.body, reply.rpc_error)
 
 
+@attrs.frozen
+class OversizedResponse:
+    """
+    A reply whose declared length exceeds the decoder's limit: only its
+    first bytes were read (for the seqid); the rest is skipped unread.
+    """
+
+    rpc_error: str
+    name: str
+    seqid: int
+    length: int
+
+
+#: How much of an oversized reply is read to find its seqid (the rpc
+#: error and reply names before it are short).
+OVERSIZED_PREFIX = 1024
+
+
 class ResponseDecoder:
     """
     Splits a meta server's byte stream into L{Response}s (the client side).
+
+    Decoding is linear: N bytes in k pieces cost O(N + k). A reply
+    declaring more than C{max_frame_bytes} is never held: it is reported as
+    an L{OversizedResponse} as soon as its first bytes arrive, and its
+    remaining bytes are discarded as they come, so the stream stays usable.
     """
 
     def __init__(self, max_frame_bytes=64 << 20):
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._held = _Held()
+        self._skip = 0
+
+    def buffered(self):
+        """@return: how many bytes of an incomplete reply are held."""
+        return len(self._held)
 
     def feed(self, data):
         """
-        @return: a L{list} of complete L{Response}s.
+        @return: a L{list} of complete L{Response}s, and an
+            L{OversizedResponse} for each reply over the limit.
         @raise FramingError: the stream is broken; close the connection.
         """
-        buf = self._buf + data if self._buf else data
         out = []
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return out
+            data = data[skip:]
+            self._skip = 0
+        held = self._held
+        buf = held.join(data)
+        if buf is None:
+            return out
         pos = 0
+        need = 4
         n = len(buf)
-        while n - pos >= 4:
-            total = _I32.unpack_from(buf, pos)[0]
-            if total < 4 + 4 + 4 + 4 + 4 or total > self.max_frame_bytes:
-                self._buf = b""
-                raise FramingError(f"bad reply length {total}")
-            end = pos + total
-            if end > n:
-                break
-            try:
-                r = Reader(buf, pos + 4, end)
-                rpc_error = r.string()
-                begin = r.u32()
-                if (begin & 0xFFFF0000) != 0x80010000:
-                    raise DecodeError(f"bad reply message begin {begin:#x}")
-                name = r.string()
-                seqid = r.i32()
-            except DecodeError as e:
-                self._buf = b""
-                raise FramingError(f"bad reply: {e}") from None
-            out.append(Response(rpc_error, name, seqid, bytes(buf[r.pos : end])))
-            pos = end
-        self._buf = bytes(buf[pos:]) if pos < n else b""
+        limit = self.max_frame_bytes
+        try:
+            while n - pos >= 4:
+                need = 4
+                total = _I32.unpack_from(buf, pos)[0]
+                if total < 4 + 4 + 4 + 4 + 4:
+                    raise FramingError(f"bad reply length {total}")
+                end = pos + total
+                if total > limit:
+                    prefix_end = pos + min(total, OVERSIZED_PREFIX)
+                    try:
+                        rpc_error, name, seqid, _ = _reply_begin(buf, pos + 4, min(n, prefix_end))
+                    except FramingError:
+                        if n < prefix_end:
+                            need = prefix_end - pos
+                            break  # maybe just short: wait for more of the prefix
+                        raise
+                    out.append(OversizedResponse(rpc_error, name, seqid, total))
+                    if end > n:
+                        self._skip = end - n
+                        pos = n
+                        break
+                    pos = end
+                    continue
+                if end > n:
+                    need = total
+                    break
+                rpc_error, name, seqid, body_start = _reply_begin(buf, pos + 4, end)
+                out.append(Response(rpc_error, name, seqid, bytes(buf[body_start:end])))
+                pos = end
+        except FramingError:
+            held.clear()
+            self._skip = 0
+            raise
+        held.keep(buf, pos, need)
         return out
+
+
+def _reply_begin(buf, start, end):
+    """
+    @return: C{(rpc_error, name, seqid, body_start)} of the reply whose
+        bytes after the length are C{buf[start:end]}.
+    @raise FramingError: they do not parse.
+    """
+    try:
+        r = Reader(buf, start, end)
+        rpc_error = r.string()
+        begin = r.u32()
+        if (begin & 0xFFFF0000) != 0x80010000:
+            raise DecodeError(f"bad reply message begin {begin:#x}")
+        name = r.string()
+        seqid = r.i32()
+    except DecodeError as e:
+        raise FramingError(f"bad reply: {e}") from None
+    return rpc_error, name, seqid, r.pos
