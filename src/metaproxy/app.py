@@ -236,7 +236,10 @@ def build_service(config, reactor, fatal=None):
         frame_timeout=config.limits.frame_timeout,
         max_connections_per_peer=config.limits.max_connections_per_peer,
     )
-    metrics.watch_connections(lambda: factory.connection_count, limit=config.limits.max_connections)
+    metrics.watch_connections(
+        lambda: factory.connection_count, limit=config.limits.max_connections,
+        accepted=lambda: factory.counters.accepted,
+    )
     proxy = DrainingServerService(
         serverFromString(reactor, with_backlog(config.listen, config.limits.backlog)),
         factory,

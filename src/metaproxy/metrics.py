@@ -192,8 +192,9 @@ class _Collector:
             yield one(GaugeMetricFamily, "metaproxy_client_connections_limit",
                       "Client connections allowed at once (limits.max_connections; 0 = no limit).",
                       m._connection_limit)
+        accepted = m._accepted() if m._accepted is not None else m._opened
         yield one(CounterMetricFamily, "metaproxy_client_connections_accepted", "Client connections accepted.",
-                  m._opened)
+                  accepted)
         routes = m._route_table
         zk_reads = m._zk_requests + (getattr(routes, "zk_request_count", 0) or 0)
         yield one(CounterMetricFamily, "metaproxy_zk_requests",
@@ -332,6 +333,7 @@ class Metrics:
         self._route_table = None
         self._watched_counts = []
         self._opened = self._closed = self._zk_requests = 0
+        self._accepted = None
         self._outcomes = set()
         self._children = {}
         t = ("table",) if self.table_labels else ()
@@ -369,16 +371,22 @@ class Metrics:
 
     # ------------------------------------------------------------ wiring
 
-    def watch_connections(self, count, limit=None):
+    def watch_connections(self, count, limit=None, accepted=None):
         """
         Report C{count()} (read at collection time) as
         C{metaproxy_client_connections}, instead of the balance of
         L{connection_opened} and L{connection_closed}.
 
+        @param accepted: C{callable() -> int}, connections accepted so far,
+            reported as C{metaproxy_client_connections_accepted_total}
+            instead of the L{connection_opened} count.
+
         @param limit: the configured connection limit, reported as
             C{metaproxy_client_connections_limit} (not reported if L{None}).
         """
         self._connections = count
+        if accepted is not None:
+            self._accepted = accepted
         if limit is not None:
             self._connection_limit = limit
 

@@ -66,6 +66,7 @@ class ServerCounters:
 
     @ivar requests: requests by rpc name (at most 64 names; the rest are
         counted under C{"_other"}, so hostile names cannot grow it).
+    @ivar accepted: connections accepted (not refused) since start.
     @ivar framing_errors: connections closed for an unparsable stream.
     @ivar rejected_connections: connections refused, for any reason.
     @ivar refused: connections refused by reason: C{limit}
@@ -80,6 +81,7 @@ class ServerCounters:
     """
 
     requests: dict = attrs.Factory(dict)
+    accepted: int = 0
     framing_errors: int = 0
     rejected_connections: int = 0
     refused: dict = attrs.Factory(lambda: dict.fromkeys(REFUSED_REASONS, 0))
@@ -147,6 +149,7 @@ class PegasusServerProtocol(Protocol):
         self._counted = True
         self._decoder.local_address = _host(self.transport)
         factory.connection_count += 1
+        factory.counters.accepted += 1
         factory._connections.add(self)
         self._gate = ReadGate(self.transport)
         self._out = WriteBuffer(

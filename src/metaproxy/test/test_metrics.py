@@ -94,6 +94,14 @@ class ConnectionTests(SynchronousTestCase):
         count[0] = 12
         self.assertEqual(_value(m, "metaproxy_client_connections"), 12.0)
 
+    def test_accepted_connections_watched(self):
+        """The accepted-connections counter reads the server's own count when one is watched."""
+        m = Metrics()
+        accepted = [0]
+        m.watch_connections(lambda: 1, accepted=lambda: accepted[0])
+        accepted[0] = 41
+        self.assertEqual(_value(m, "metaproxy_client_connections_accepted_total"), 41.0)
+
 
 class TableLabelTests(SynchronousTestCase):
     def setUp(self):

@@ -309,6 +309,7 @@ class FactoryTests(_Base, SynchronousTestCase):
         _, transport = _connect(self.factory)
         self.assertFalse(transport.connected)
         self.assertEqual((self.factory.connection_count, self.factory.counters.rejected_connections), (1, 1))
+        self.assertEqual(self.factory.counters.accepted, 1)
 
     def test_idle_timeout(self):
         """A connection with no traffic and nothing pending is closed after idle_timeout."""
@@ -513,7 +514,7 @@ class PropertyTests(SynchronousTestCase):
         self.proto = proto
         return transport, frame.ResponseDecoder().feed(transport.value())
 
-    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=300), st.integers(1, 64))
     def test_arbitrary_bytes_never_escape(self, data, chunk):
         """Arbitrary bytes never raise; whatever is answered is well-formed."""

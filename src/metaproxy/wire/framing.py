@@ -77,6 +77,12 @@ class FramingSelector:
             return len(self._head)
         return self._decoder.buffered()
 
+    def clear(self):
+        """Forget the incomplete frame held (the stream is being abandoned)."""
+        self._head = b""
+        if self._decoder is not None:
+            self._decoder.clear()
+
     def feed(self, data):
         """@return: a L{list} of the requests decoded. @raise FramingError: see L{feed_iter}."""
         return list(self.feed_iter(data))

@@ -275,6 +275,11 @@ class _FrameSplitter:
         """@return: how many bytes of an incomplete frame are held."""
         return len(self._buf) - self._pos
 
+    def clear(self):
+        """Forget the incomplete frame held (the stream is being abandoned)."""
+        self._buf = bytearray()
+        self._pos = 0
+
     def feed(self, data):
         """
         Add bytes and decode every complete frame.
