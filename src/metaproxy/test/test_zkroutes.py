@@ -82,7 +82,7 @@ class _ZKBase(TestCase):
         routes = ZooKeeperRouteTable([self.server.hosts], self.root, reactor, **kw)
         routes.startService()
         self.addCleanup(routes.stopService)
-        yield wait_until(routes.is_ready)
+        yield wait_until(lambda: routes.is_ready() and routes._children is not None)
         return routes
 
     @defer.inlineCallbacks
@@ -113,11 +113,12 @@ class RouteTableTests(_ZKBase):
         """Many concurrent first queries for one table cost exactly one ZooKeeper read."""
         yield self.write("temp", node("c1", "10.0.0.1:34601"))
         routes = yield self.table()
+        listed = routes.zk_request_count
         results = yield defer.gatherResults([routes.lookup("temp") for _ in range(200)])
         self.assertEqual({r.cluster_name for r in results}, {"c1"})
-        self.assertEqual(routes.zk_request_count, 1)
+        self.assertEqual(routes.zk_request_count, listed + 1)
         yield routes.lookup("temp")
-        self.assertEqual(routes.zk_request_count, 1)
+        self.assertEqual(routes.zk_request_count, listed + 1)
 
     @defer.inlineCallbacks
     def test_change_is_seen(self):
@@ -141,14 +142,17 @@ class RouteTableTests(_ZKBase):
         yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
 
     @defer.inlineCallbacks
-    def test_missing_table_is_cached_negatively(self):
-        """Repeated queries for a missing table do not go to ZooKeeper again."""
+    def test_unknown_names_cost_no_read(self):
+        """Names not listed under the root are not found without a read or a watch; a creation is noticed."""
         routes = yield self.table()
-        for _ in range(5):
-            yield self.assertFailure(routes.lookup("ghost"), TableNotFound)
-        self.assertEqual(routes.zk_request_count, 2)  # one get, one exists (with watch)
-        yield self.write("ghost", node("c9", "10.0.0.9:34601"))
-        yield wait_until(lambda: self.cluster_of(routes, "ghost").addCallback(lambda c: c == "c9"))
+        yield self.assertFailure(routes.lookup("ghost0"), TableNotFound)
+        reads = routes.zk_request_count
+        for n in range(200):
+            yield self.assertFailure(routes.lookup(f"ghost{n}"), TableNotFound)
+        self.assertEqual(routes.zk_request_count, reads)
+        self.assertEqual((routes.describe(), routes.zk_watches), ([], 1))
+        yield self.write("ghost7", node("c9", "10.0.0.9:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "ghost7").addCallback(lambda c: c == "c9"))
 
     @defer.inlineCallbacks
     def test_bad_data_isolated(self):
@@ -171,9 +175,10 @@ class RouteTableTests(_ZKBase):
     def test_invalid_names_never_reach_zookeeper(self):
         """Names that are not one path component are not found, without a read."""
         routes = yield self.table()
+        listed = routes.zk_request_count
         for bad in ("", "..", "a/b"):
             yield self.assertFailure(routes.lookup(bad), TableNotFound)
-        self.assertEqual(routes.zk_request_count, 0)
+        self.assertEqual(routes.zk_request_count, listed)
 
     @defer.inlineCallbacks
     def test_capacity_eviction(self):
@@ -247,7 +252,8 @@ class OutageTests(_ZKBase):
         yield threads.deferToThread(self.server.wipe)
         self.admin = KazooClient(hosts=self.server.hosts)
         yield threads.deferToThread(self.admin.start, 15)
-        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c is None), timeout=40)
+        yield wait_until(lambda: not routes.is_ready(), timeout=40)
+        self.assertEqual(routes.unready_reason(), f"zookeeper.root {self.root} does not exist")
         yield threads.deferToThread(self.admin.ensure_path, self.root)
         yield self.write("temp", node("c3", "10.0.0.3:34601"))
         yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c3"))

@@ -86,7 +86,7 @@ class ZooKeeperServer:
                 f"clientPort={self.port}\n"
                 "clientPortAddress=127.0.0.1\n"
                 "admin.enableServer=false\n"
-                "4lw.commands.whitelist=ruok,srvr,stat,mntr\n"
+                "4lw.commands.whitelist=ruok,srvr,stat,mntr,wchs\n"
                 "maxClientCnxns=0\n"
             )
         return path
