@@ -298,7 +298,8 @@ class TxZooKeeper:
         self._reminder_call = None
         if self._stopping or self.state == CONNECTED:
             return
-        down = self._reactor.seconds() - (self._down_since or self._reactor.seconds())
+        now = self._reactor.seconds()
+        down = now - (now if self._down_since is None else self._down_since)
         log.warn(
             "zookeeper still {state} after {seconds}s: {why}",
             state=self.state, seconds=int(down), why=self.reason or "no answer",
