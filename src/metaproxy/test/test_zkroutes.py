@@ -270,3 +270,39 @@ class OutageTests(_ZKBase):
         yield threads.deferToThread(self.server.start)
         yield wait_until(routes.is_ready)
         yield self.assertFailure(routes.lookup("temp"), TableNotFound)
+
+
+class HealthTests(_ZKBase):
+    @defer.inlineCallbacks
+    def test_missing_root_makes_readyz_false_with_cause(self):
+        """A zookeeper.root that does not exist: /readyz 503 naming it, a retryable error; creating it heals."""
+        from metaproxy.admin import build_admin_root
+        from metaproxy.test.test_admin import _get
+
+        routes = ZooKeeperRouteTable([self.server.hosts], self.root + "/typo", reactor, read_timeout=3.0)
+        routes.startService()
+        self.addCleanup(routes.stopService)
+        yield wait_until(lambda: routes.unready_reason() == f"zookeeper.root {self.root}/typo does not exist")
+        code, body, _ = _get(build_admin_root(routes, {}), b"/readyz")
+        doc = json.loads(body)
+        self.assertEqual((code, doc["unmet"]), (503, ["route_source"]))
+        self.assertEqual(doc["causes"], {"route_source": f"zookeeper.root {self.root}/typo does not exist"})
+        yield self.assertFailure(routes.lookup("temp"), RouteUnavailable)
+        yield threads.deferToThread(self.admin.ensure_path, self.root + "/typo")
+        yield wait_until(routes.is_ready)
+        yield self.assertFailure(routes.lookup("temp"), TableNotFound)
+
+    @defer.inlineCallbacks
+    def test_last_known_good_survives_bad_write(self):
+        """A truncated write keeps the table's last good route (stale, reason by position); a fix replaces it."""
+        yield self.write("temp", node("c1", "10.0.0.1:34601"))
+        routes = yield self.table()
+        yield routes.lookup("temp")
+        yield self.write("temp", b'{"cluster_name": "c2", "meta_a')
+        yield wait_until(lambda: routes.describe()[0]["state"] == "stale")
+        [entry] = routes.describe()
+        self.assertTrue(entry["error"].startswith("invalid JSON at line 1 column"), entry["error"])
+        self.assertEqual((yield self.cluster_of(routes, "temp")), "c1")
+        yield self.write("temp", node("c2", "10.0.0.2:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
+        self.assertEqual(routes.describe()[0]["state"], "ok")
