@@ -18,7 +18,7 @@ request goes through a gate here:
    the connection goes away.
 
 What kazoo does not do, and callers must know (stack.md section 1):
- - it drops every watch on each new session and does not re-register them:
+ - it drops every watch on each disconnect and does not re-register them:
    listeners get C{CONNECTED} and must re-read what they watch;
  - against a server that lost its data ("has seen a newer zxid") it retries
    forever without reporting LOST: a watchdog here forces a fresh session

@@ -17,8 +17,8 @@ Go meta-proxy and of admin-cli's table migrator).
  - Reads go through L{TxZooKeeper}'s gate: never while the session is not
    connected (an uncached table then fails fast with L{RouteUnavailable})
    and at most C{max_reads_inflight} at once; cached tables never wait.
- - kazoo forgets watches on a new session, so every CONNECTED re-lists the
-   root and re-reads every cached table, spread with jitter; an unchanged
+ - kazoo forgets watches on every disconnect, so every CONNECTED re-lists
+   the root and re-reads every cached table, spread with jitter; an unchanged
    version changes nothing.
  - While ZooKeeper is unreachable the last known route is served and
    reported stale; only a confirmed NoNode removes a route.
@@ -475,6 +475,7 @@ class ZooKeeperRouteTable(Service):
 
     def _on_state(self, state, session):
         if state != CONNECTED:
+            self._watched.clear()  # kazoo forgets every watch on each disconnect
             why = f"ZooKeeper is {state}" + (f": {self._zk.reason}" if self._zk.reason else "")
             for entry in self._entries.values():
                 if entry.route is None and entry.state in (LOADING, ERROR):
@@ -487,8 +488,6 @@ class ZooKeeperRouteTable(Service):
         self._connected_since = self._reactor.seconds()
         new_session = session != self._session
         self._session = session
-        if new_session:
-            self._watched.clear()
         self._children = None
         self._listing = False
         self._list_root()

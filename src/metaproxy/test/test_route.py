@@ -20,8 +20,8 @@ class FromJsonTests(SynchronousTestCase):
 
     def test_positions_not_content(self):
         """Every parse error says where, never what the node holds."""
-        cases = {
-            b'{"cluster_name": "c", "token": "s3cr3t"': "invalid JSON at line 1 column 40",
+        cases = {  # json's column differs between CPython and PyPy
+            b'{"cluster_name": "c", "token": "s3cr3t"': "invalid JSON at line 1 column ",
             b"\xffs3cr3t": "not UTF-8 at byte 0",
             b'["s3cr3t"]': "expected a JSON object",
             b'{"cluster_name": "c", "meta_addrs": "1.1.1.1:1,s3cr3t"}': "meta_addrs: address 2 of 2 is not host:port",

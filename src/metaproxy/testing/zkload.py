@@ -15,6 +15,7 @@ Everything here measures and returns figures; callers decide what passes.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,13 +148,14 @@ class Processes:
             return f.read()
 
     def stop(self):
-        """Stop every process started here (by PID) and ZooKeeper."""
+        """Stop every process started here (by PID) and ZooKeeper; remove the temporary files."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
         if self.zk is not None:
             self.zk.destroy()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @defer.inlineCallbacks
