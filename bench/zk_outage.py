@@ -7,7 +7,7 @@ down, whatever names clients send.
 Starts a private ZooKeeper, C{twistd pegasus-sim} and C{twistd metaproxy}
 (routes from ZooKeeper) on 127.0.0.1. Warms the cache with table t000,
 stops ZooKeeper, then sends N distinct uncached names (Java 1.x framing,
-client timeout 1000 ms, 250 outstanding) while t000 is probed every 10 ms
+client timeout 1000 ms, 100 at a time, 0.1 s apart) while t000 is probed every 10 ms
 and /healthz every 100 ms; then SIGTERMs metaproxy. Prints the figures;
 asserts nothing. Every process it starts is stopped by PID.
 """
@@ -29,7 +29,7 @@ def main(reactor, args):
     procs = Processes(tables=2, drain_timeout=args.drain)
     try:
         yield threads.deferToThread(procs.start)
-        f = yield outage(reactor, procs, names=args.names, window=args.window)
+        f = yield outage(reactor, procs, names=args.names, window=args.window, pause=args.pause)
     finally:
         yield threads.deferToThread(procs.stop)
     probes, uncached, health = f["probes"], f["uncached"], f["health"]
@@ -51,6 +51,7 @@ def main(reactor, args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--names", type=int, default=5000)
-    parser.add_argument("--window", type=int, default=250)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--pause", type=float, default=0.1, help="seconds between windows (spreads the outage)")
     parser.add_argument("--drain", type=float, default=5.0)
     task.react(main, [parser.parse_args()])

@@ -347,3 +347,28 @@ class RouteTableFakeTests(SynchronousTestCase):
         states = {e["table"]: e["state"] for e in self.routes.describe()}
         self.assertEqual(states, {"t": "invalid", "u": "ok"})
         self.assertEqual(len([w for w in self.warnings() if "self-loop" in str(w.get("problem"))]), 1)
+
+    def test_metrics(self):
+        """The route cache's states (stale and error included), reads in flight and watches are exported."""
+        from metaproxy.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.watch_route_table(self.routes)
+        self.connect(["t", "u", "v"])
+        self.successResultOf(self.load("t", node("c1", "10.0.0.1:1")))
+        self.zk.watch(WatchedEvent(EventType.CHANGED, CONNECTED, "/pc/t"))
+        self.zk.answer("get", "/pc/t", (b"{", stat(2)))
+        d = self.routes.lookup("u")
+        self.zk.answer("get", "/pc/u", exc=ConnectionLoss())
+        self.failureResultOf(d, RouteUnavailable)
+        self.assertNoResult(self.routes.lookup("v"))
+        self.zk.inflight = 1
+
+        def value(name, **labels):
+            return metrics.registry.get_sample_value(name, labels)
+
+        states = {s: value("metaproxy_route_cache_entries", state=s)
+                  for s in ("ok", "stale", "missing", "invalid", "loading", "error")}
+        self.assertEqual(states, {"ok": 0, "stale": 1, "missing": 0, "invalid": 0, "loading": 1, "error": 1})
+        self.assertEqual(value("metaproxy_zk_reads_inflight"), 1.0)
+X

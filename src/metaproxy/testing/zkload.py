@@ -159,8 +159,11 @@ class Processes:
 
 
 @defer.inlineCallbacks
-def _burst(reactor, client, names, window, deadline):
-    """Query C{names} with at most C{window} outstanding; @return: list of (err, seconds)."""
+def _burst(reactor, client, names, window, deadline, pause=0.0):
+    """
+    Query C{names} with at most C{window} outstanding, C{pause} seconds
+    between windows; @return: list of (err, seconds).
+    """
     out = []
 
     def one(name):
@@ -176,6 +179,8 @@ def _burst(reactor, client, names, window, deadline):
         yield defer.gatherResults([one(n) for n in names[i:i + window]], consumeErrors=True)
         if time.monotonic() > deadline:
             break
+        if pause:
+            yield task.deferLater(reactor, pause, lambda: None)
     return out
 
 
@@ -202,10 +207,11 @@ def _health(reactor, procs, stop, pause=0.1):
 
 
 @defer.inlineCallbacks
-def outage(reactor, procs, names=5000, window=250, flavour="java1", max_seconds=120.0):
+def outage(reactor, procs, names=5000, window=250, flavour="java1", max_seconds=120.0, pause=0.0):
     """
-    Stop ZooKeeper, then query C{names} distinct uncached names while the
-    cached table C{t000} and C{/healthz} are probed; then SIGTERM metaproxy.
+    Stop ZooKeeper, then query C{names} distinct uncached names (C{window}
+    at a time, C{pause} seconds apart) while the cached table C{t000} and
+    C{/healthz} are probed; then SIGTERM metaproxy.
 
     @return: a L{dict} of figures: C{probes} and C{uncached} (lists of
         C{(err, seconds)}), C{health} (list of C{(status, seconds)}),
@@ -223,7 +229,9 @@ def outage(reactor, procs, names=5000, window=250, flavour="java1", max_seconds=
     probing = _probe(reactor, probe, "t000", stop, 0.01)
     health = _health(reactor, procs, stop)
     started = time.monotonic()
-    uncached = yield _burst(reactor, flood, (f"u{i:05d}" for i in range(names)), window, started + max_seconds)
+    uncached = yield _burst(
+        reactor, flood, (f"u{i:05d}" for i in range(names)), window, started + max_seconds, pause
+    )
     flood_seconds = time.monotonic() - started
     stop[0] = True
     probes = yield probing
