@@ -371,4 +371,4 @@ class RouteTableFakeTests(SynchronousTestCase):
                   for s in ("ok", "stale", "missing", "invalid", "loading", "error")}
         self.assertEqual(states, {"ok": 0, "stale": 1, "missing": 0, "invalid": 0, "loading": 1, "error": 1})
         self.assertEqual(value("metaproxy_zk_reads_inflight"), 1.0)
-X
+        self.assertEqual(value("metaproxy_zk_watches"), 2.0)  # the root, and t (re-armed by its last read)
