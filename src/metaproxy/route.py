@@ -200,11 +200,12 @@ class SelfAddresses:
         """
         Record one listening address.
 
-        @param interface: the bound IPv4 address; C{""} or C{"0.0.0.0"}
-            for all interfaces.
+        @param interface: the bound address; C{""}, C{"0.0.0.0"} or
+            C{"::"} for all interfaces.
         @param port: the bound port.
         """
-        self._listening.append((interface or "0.0.0.0", int(port)))
+        wildcard = interface in ("", "0.0.0.0", "::")
+        self._listening.append(("0.0.0.0" if wildcard else interface, int(port)))
         self._memo.clear()
 
     def _is_self(self, host, port):

@@ -51,6 +51,12 @@ class SelfAddressesTests(SynchronousTestCase):
         for addrs in ("10.1.1.1:34602", "10.0.0.1:34601", "meta.example:34601"):
             self.assertIsNone(guard.problem(MetaAddrs.parse(addrs)), addrs)
 
+    def test_ipv6_wildcard_listener(self):
+        """A listener on all IPv6 interfaces (which also takes IPv4) owns the port on local addresses."""
+        guard = SelfAddresses(is_local=lambda ip: ip == "127.0.0.1")
+        guard.add("::", 34601)
+        self.assertIsNotNone(guard.problem(MetaAddrs.parse("127.0.0.1:34601")))
+
     def test_specific_interface(self):
         """Bound to one address, only that address with that port is the proxy."""
         guard = SelfAddresses(is_local=lambda ip: True)

@@ -6,7 +6,6 @@ ZooKeeper server (Debian's jar on 127.0.0.1, a free port).
 import itertools
 import json
 
-from kazoo.client import KazooClient
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
@@ -16,7 +15,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
 from metaproxy.route import MetaAddrs, Route
-from metaproxy.testing.zookeeper import ZooKeeperServer, shared_server
+from metaproxy.testing.zookeeper import ZooKeeperServer, quiet_client, shared_server
 from metaproxy.zkroutes import ZooKeeperRouteTable, valid_table_name
 
 _roots = itertools.count()
@@ -54,7 +53,7 @@ class _ZKBase(TestCase):
     def setUp(self):
         self.server = self.make_server()
         self.root = f"/mp{next(_roots)}"
-        self.admin = KazooClient(hosts=self.server.hosts)
+        self.admin = quiet_client(self.server.hosts)
         self.admin.start(timeout=15)
         self.addCleanup(self.stop_admin)
         self.admin.ensure_path(self.root)
@@ -232,7 +231,7 @@ class OutageTests(_ZKBase):
         old = routes._zk.client.client_id
 
         def steal():
-            thief = KazooClient(hosts=self.server.hosts, client_id=old)
+            thief = quiet_client(self.server.hosts, client_id=old)
             thief.start(timeout=15)
             thief.stop()
             thief.close()
@@ -250,7 +249,7 @@ class OutageTests(_ZKBase):
         yield routes.lookup("temp")
         yield self.stop_admin()
         yield threads.deferToThread(self.server.wipe)
-        self.admin = KazooClient(hosts=self.server.hosts)
+        self.admin = quiet_client(self.server.hosts)
         yield threads.deferToThread(self.admin.start, 15)
         yield wait_until(lambda: not routes.is_ready(), timeout=40)
         self.assertEqual(routes.unready_reason(), f"zookeeper.root {self.root} does not exist")

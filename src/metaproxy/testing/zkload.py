@@ -29,7 +29,7 @@ from twisted.internet import defer, task, threads
 from metaproxy.route import Route, MetaAddrs
 from metaproxy.testing.net import free_port, wait_for_port
 from metaproxy.testing.pegasus_client import connect_client
-from metaproxy.testing.zookeeper import ZooKeeperServer, four_letter
+from metaproxy.testing.zookeeper import ZooKeeperServer, four_letter, quiet_client
 from metaproxy.wire import querycfg
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
@@ -81,11 +81,9 @@ class Processes:
         """Start everything; blocks until metaproxy is ready (call it from a thread in a reactor)."""
         self.zk = ZooKeeperServer()
         self.zk.start()
-        from kazoo.client import KazooClient
-
         sim_port = free_port()
         metas = f"127.0.0.1:{sim_port}"
-        admin = KazooClient(hosts=self.zk.hosts)
+        admin = quiet_client(self.zk.hosts)
         admin.start(timeout=15)
         try:
             admin.ensure_path(ROOT)

@@ -10,6 +10,7 @@ uses its own root path on the shared server.
 """
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -49,6 +50,20 @@ def four_letter(port, word, timeout=1.0):
             return b"".join(chunks)
     except OSError:
         return b""
+
+
+def quiet_client(hosts, **kw):
+    """
+    @return: a L{kazoo.client.KazooClient} for test set-up whose connection
+        chatter (two lines a second while a test holds ZooKeeper down) is
+        not printed; its errors still are.
+    """
+    from kazoo.client import KazooClient
+
+    logger = logging.Logger("kazoo.test-admin", logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler())
+    return KazooClient(hosts=hosts, logger=logger, **kw)
 
 
 class ZooKeeperServer:
