@@ -71,7 +71,7 @@ class ZooKeeperConfig:
     @ivar table_watcher_cache_capacity: tables cached and watched at once.
     @ivar read_timeout: seconds a table's first read may take.
     @ivar max_suspended: seconds disconnected before a new session is forced.
-    @ivar max_reads_inflight: ZooKeeper reads in flight at once (1..256);
+    @ivar max_reads_inflight: ZooKeeper reads in flight at once (1..128);
         more wait in metaproxy's own queue, never in kazoo's.
     """
 
@@ -387,7 +387,7 @@ def _check(config):
         need(zk.table_watcher_cache_capacity >= 1, "$.zookeeper.table_watcher_cache_capacity", "must be >= 1")
         need(zk.read_timeout > 0, "$.zookeeper.read_timeout", "must be > 0 (seconds)")
         need(zk.max_suspended > 0, "$.zookeeper.max_suspended", "must be > 0 (seconds)")
-        need(1 <= zk.max_reads_inflight <= 256, "$.zookeeper.max_reads_inflight", "must be 1..256")
+        need(1 <= zk.max_reads_inflight <= 128, "$.zookeeper.max_reads_inflight", "must be 1..128")
         need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
         if config.routes:
             errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))
