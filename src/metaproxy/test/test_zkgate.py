@@ -372,3 +372,14 @@ class RouteTableFakeTests(SynchronousTestCase):
         self.assertEqual(states, {"ok": 0, "stale": 1, "missing": 0, "invalid": 0, "loading": 1, "error": 1})
         self.assertEqual(value("metaproxy_zk_reads_inflight"), 1.0)
         self.assertEqual(value("metaproxy_zk_watches"), 2.0)  # the root, and t (re-armed by its last read)
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_max_reads_inflight(self):
+        """zookeeper.max_reads_inflight defaults to 32 and is refused, located, outside 1..128."""
+        from metaproxy.config import ConfigError, parse_config
+
+        base = "zookeeper:\n  address: [127.0.0.1:2181]\n"
+        self.assertEqual(parse_config(base).zookeeper.max_reads_inflight, 32)
+        e = self.assertRaises(ConfigError, parse_config, base + "  max_reads_inflight: 500\n", "c.yaml")
+        self.assertIn("c.yaml:3:23: must be 1..128 @ $.zookeeper.max_reads_inflight", str(e))
