@@ -43,7 +43,8 @@ from zope.interface import implementer
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
 from metaproxy.route import Route
-from metaproxy.zk import CONNECTED, TxZooKeeper, ZooKeeperUnavailable, failure_reason
+from metaproxy.zk import CONNECTED, TxZooKeeper, failure_reason
+from metaproxy.zklisting import RootListing
 
 log = Logger()
 
@@ -68,6 +69,67 @@ def route_changes(old, new):
 
 
 @attrs.define(eq=False)
+class _Waiter:
+    key: object
+    deferred: defer.Deferred = None
+    timer: object = None
+
+
+class Waiters:
+    """
+    Callers waiting for one answer (a table's read, the root's listing).
+    Each may be cancelled (its request's deadline) or time out on its own;
+    neither affects the others or the read they wait for.
+    """
+
+    def __init__(self):
+        self._items = []
+
+    def __len__(self):
+        return len(self._items)
+
+    def add(self, reactor, timeout, expired, key=None):
+        """
+        @param timeout: seconds before the waiter fails with C{expired()}.
+        @param key: kept with the waiter and given back by L{take}.
+        @return: a L{Deferred} for the answer.
+        """
+        item = _Waiter(key)
+
+        def cancel(d):
+            self._drop(item)
+
+        item.deferred = defer.Deferred(cancel)
+        item.timer = reactor.callLater(timeout, self._expire, item, expired)
+        self._items.append(item)
+        return item.deferred
+
+    def _drop(self, item):
+        if item in self._items:
+            self._items.remove(item)
+        if item.timer.active():
+            item.timer.cancel()
+
+    def _expire(self, item, expired):
+        if item in self._items:
+            self._items.remove(item)
+            item.deferred.errback(expired())
+
+    def take(self):
+        """@return: every waiter as C{(key, deferred)}, removing them (their timers are stopped)."""
+        items, self._items = self._items, []
+        for item in items:
+            if item.timer.active():
+                item.timer.cancel()
+        return [(item.key, item.deferred) for item in items]
+
+    def fail(self, exc):
+        """Fail every waiter with C{exc}."""
+        for _, d in self.take():
+            d.errback(exc)
+
+
+@attrs.define(eq=False)
 class _Entry:
     table: str
     state: str = LOADING
@@ -76,7 +138,7 @@ class _Entry:
     version: object = None
     confirmed: Optional[float] = None
     reading: bool = False
-    waiters: list = attrs.Factory(list)
+    waiters: Waiters = attrs.Factory(Waiters)
 
 
 @implementer(IRouteTable)
@@ -129,40 +191,44 @@ class ZooKeeperRouteTable(Service):
         self._zk = zk or TxZooKeeper(hosts, reactor, session_timeout, max_suspended, max_inflight=max_reads_inflight)
         self._zk.add_state_listener(self._on_state)
         self._watch = self._zk.watcher(self._on_event)
-        self._entries = OrderedDict()
-        self._children = None
-        self._root_missing = False
-        self._listing = False
-        self._listing_waiters = []
-        self._relist_call = None
         self._watched = set()
+        self._listing = RootListing(self._zk, self.root, reactor, self._watch, self._listed, self._watched)
+        self._listing_waiters = Waiters()
+        self._entries = OrderedDict()
         self._ever_connected = False
         self._connected_since = None
         self._session = None
         self._rearm_calls = []
-        self.zk_request_count = 0
+        self._reads = 0
 
     # -- service
 
     def startService(self):
         """Start connecting in the background; never blocks on ZooKeeper."""
         super().startService()
+        self._listing.start()
         self._zk.start()
 
     def stopService(self):
         """@return: a L{Deferred} firing once the ZooKeeper client is closed."""
         super().stopService()
-        for call in self._rearm_calls + [self._relist_call]:
-            if call is not None and call.active():
+        for call in self._rearm_calls:
+            if call.active():
                 call.cancel()
-        self._rearm_calls, self._relist_call = [], None
+        self._rearm_calls = []
+        self._listing.stop()
         stopping = RouteUnavailable("metaproxy is stopping")
         for entry in self._entries.values():
-            self._fail_waiters(entry.waiters, stopping)
-        self._fail_waiters(self._listing_waiters, stopping)
+            entry.waiters.fail(stopping)
+        self._listing_waiters.fail(stopping)
         return self._zk.stop()
 
     # -- state for health and metrics
+
+    @property
+    def zk_request_count(self):
+        """@return: reads sent to ZooKeeper so far (tables and the root's listing)."""
+        return self._reads + self._listing.requests
 
     @property
     def zk_state(self):
@@ -181,12 +247,12 @@ class ZooKeeperRouteTable(Service):
 
     def is_ready(self):
         """@return: L{True} once a ZooKeeper session was established, unless C{root} is missing."""
-        return self._ever_connected and not self._root_missing
+        return self._ever_connected and not self._listing.missing
 
     def unready_reason(self):
         """@return: why L{is_ready} is false (a L{str}), or L{None}."""
-        if self._root_missing:
-            return self._root_missing_text()
+        if self._listing.missing:
+            return self._listing.missing_text()
         if not self._ever_connected:
             why = f": {self._zk.reason}" if self._zk.reason else ""
             return f"no ZooKeeper session yet ({self._zk.state}{why})"
@@ -219,11 +285,12 @@ class ZooKeeperRouteTable(Service):
             return self._wait(entry.waiters, table)
         if self._zk.state != CONNECTED:
             return defer.fail(self._unavailable(table))
-        if self._children is None:
-            if self._root_missing:
-                return defer.fail(RouteUnavailable(self._root_missing_text()))
+        names = self._listing.names
+        if names is None:
+            if self._listing.missing:
+                return defer.fail(RouteUnavailable(self._listing.missing_text()))
             return self._wait_listing(table)
-        if table not in self._children:
+        if table not in names:
             return defer.fail(TableNotFound(table))
         entry = _Entry(table)
         self._entries[table] = entry
@@ -260,9 +327,6 @@ class ZooKeeperRouteTable(Service):
     def _path(self, table):
         return f"{self.root}/{table}"
 
-    def _root_missing_text(self):
-        return f"zookeeper.root {self.root} does not exist"
-
     def _unavailable(self, table):
         why = f": {self._zk.reason}" if self._zk.reason else ""
         return RouteUnavailable(f"{table} is not cached and ZooKeeper is {self._zk.state}{why}")
@@ -287,46 +351,18 @@ class ZooKeeperRouteTable(Service):
     def _evict(self):
         while len(self._entries) > self.capacity:
             table, entry = self._entries.popitem(last=False)
-            self._fail_waiters(entry.waiters, RouteUnavailable(f"{table} was evicted from the route cache"))
+            entry.waiters.fail(RouteUnavailable(f"{table} was evicted from the route cache"))
 
-    def _wait(self, waiters, table, item=None):
-        """@return: a L{Deferred} in C{waiters} (as C{item} or itself); cancelling it leaves the read running."""
-
-        def cancel(d):
-            if (item or d) in waiters:
-                waiters.remove(item or d)
-
-        d = defer.Deferred(cancel)
-        if item is None:
-            waiters.append(d)
-        else:
-            item = (item, d)
-            waiters.append(item)
-        timer = self._reactor.callLater(self.read_timeout, self._timed_out, waiters, item or d, table)
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return d.addBoth(done)
-
-    def _timed_out(self, waiters, item, table):
-        if item in waiters:
-            waiters.remove(item)
-            d = item[1] if isinstance(item, tuple) else item
-            d.errback(RouteUnavailable(f"ZooKeeper did not answer for {self._path(table)} in time"))
-
-    @staticmethod
-    def _fail_waiters(waiters, exc):
-        items = list(waiters)
-        del waiters[:]
-        for item in items:
-            (item[1] if isinstance(item, tuple) else item).errback(exc)
+    def _wait(self, waiters, table, key=None):
+        """@return: a L{Deferred} in C{waiters}; cancelling it leaves the read running for the others."""
+        path = self._path(table)
+        return waiters.add(
+            self._reactor, self.read_timeout, lambda: RouteUnavailable(f"ZooKeeper did not answer for {path} in time"),
+            key,
+        )
 
     def _settle_waiters(self, entry):
-        waiters, entry.waiters = entry.waiters, []
-        for d in waiters:
+        for _, d in entry.waiters.take():
             if entry.route is not None:
                 self._serve(entry).chainDeferred(d)
             else:
@@ -340,58 +376,16 @@ class ZooKeeperRouteTable(Service):
     def _wait_listing(self, table):
         if len(self._listing_waiters) >= self.max_waiting:
             return defer.fail(RouteUnavailable(f"{len(self._listing_waiters)} lookups already wait for ZooKeeper"))
-        self._list_root()
-        return self._wait(self._listing_waiters, table, item=table)
+        self._listing.refresh()
+        return self._wait(self._listing_waiters, table, key=table)
 
-    def _list_root(self):
-        if self._listing:
+    def _listed(self, problem):
+        """The listing is known again (C{problem} L{None}) or cannot be had: answer who waited for it."""
+        if problem is not None:
+            self._listing_waiters.fail(RouteUnavailable(problem))
             return
-        self._listing = True
-        self.zk_request_count += 1
-        d = self._zk.get_children(self.root, self._watch)
-        d.addCallbacks(self._listed, self._list_failed)
-        d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
-
-    def _listed(self, names):
-        self._listing = False
-        self._watched.add(self.root)
-        self._children = set(names)
-        if self._root_missing:
-            log.info("zookeeper.root {root} exists now ({count} tables)", root=self.root, count=len(names))
-        self._root_missing = False
-        waiting, self._listing_waiters = self._listing_waiters, []
-        for table, d in waiting:
+        for table, d in self._listing_waiters.take():
             self.lookup(table).chainDeferred(d)
-
-    def _list_failed(self, failure):
-        self._listing = False
-        self._children = None
-        if failure.check(NoNodeError):
-            if not self._root_missing:
-                log.warn(
-                    "zookeeper.root {root} does not exist: not ready, and tables not cached get a retryable "
-                    "error until it is created (check zookeeper.root)",
-                    root=self.root,
-                )
-            self._root_missing = True
-            self._fail_waiters(self._listing_waiters, RouteUnavailable(self._root_missing_text()))
-            self.zk_request_count += 1
-            d = self._zk.exists(self.root, self._watch)
-            d.addCallback(self._root_exists)
-            d.addErrback(lambda f: log.info("watching for {root} failed: {why}", root=self.root,
-                                            why=failure_reason(f)))
-            return
-        why = failure_reason(failure)
-        log.info("listing {root} failed: {why}", root=self.root, why=why)
-        self._fail_waiters(self._listing_waiters, RouteUnavailable(f"listing {self.root} failed: {why}"))
-        if not failure.check(ZooKeeperUnavailable) and self._zk.state == CONNECTED:
-            if self._relist_call is None or not self._relist_call.active():
-                self._relist_call = self._reactor.callLater(1.0, self._list_root)
-
-    def _root_exists(self, stat):
-        self._watched.add(self.root)
-        if stat is not None:
-            self._list_root()
 
     # -- reading one table
 
@@ -400,7 +394,7 @@ class ZooKeeperRouteTable(Service):
         if entry.reading or not self._current(entry):
             return
         entry.reading = True
-        self.zk_request_count += 1
+        self._reads += 1
         path = self._path(entry.table)
         d = self._zk.get(path, self._watch)
         d.addCallbacks(self._got_data, self._get_failed, (entry,), None, (entry,))
@@ -446,19 +440,18 @@ class ZooKeeperRouteTable(Service):
         entry.reading = False
         path = self._path(entry.table)
         if failure.check(NoNodeError):
-            if self._children is not None:
-                self._children.discard(entry.table)
+            self._listing.discard(entry.table)
             if self._current(entry):
                 del self._entries[entry.table]
             if entry.route is not None:
                 log.info("table {table} deleted from {node}", table=entry.table, node=path)
-            self._fail_waiters(entry.waiters, TableNotFound(entry.table))
+            entry.waiters.fail(TableNotFound(entry.table))
             return
         why = f"reading {path} failed: {failure_reason(failure)}"
         log.info("{why}", why=why)
         if entry.route is None and self._current(entry):
             entry.state, entry.error = ERROR, why
-        self._fail_waiters(entry.waiters, RouteUnavailable(why))
+        entry.waiters.fail(RouteUnavailable(why))
 
     # -- events and states
 
@@ -466,7 +459,7 @@ class ZooKeeperRouteTable(Service):
         path = event.path
         self._watched.discard(path)
         if path == self.root:
-            self._list_root()
+            self._listing.refresh()
             return
         if path.startswith(self.root + "/"):
             entry = self._entries.get(path[len(self.root) + 1:])
@@ -480,17 +473,16 @@ class ZooKeeperRouteTable(Service):
             for entry in self._entries.values():
                 if entry.route is None and entry.state in (LOADING, ERROR):
                     entry.state, entry.error = ERROR, why
-                    self._fail_waiters(entry.waiters, RouteUnavailable(f"{entry.table} is not cached and {why}"))
-            self._fail_waiters(self._listing_waiters, RouteUnavailable(why))
+                    entry.waiters.fail(RouteUnavailable(f"{entry.table} is not cached and {why}"))
+            self._listing_waiters.fail(RouteUnavailable(why))
             return
         first = not self._ever_connected
         self._ever_connected = True
         self._connected_since = self._reactor.seconds()
         new_session = session != self._session
         self._session = session
-        self._children = None
-        self._listing = False
-        self._list_root()
+        self._listing.forget()
+        self._listing.refresh()
         entries = list(self._entries.values())
         if first:
             for entry in entries:

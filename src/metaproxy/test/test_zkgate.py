@@ -280,6 +280,20 @@ class RouteTableFakeTests(SynchronousTestCase):
         self.zk.answer("get", "/pc/t", (node("c1", "10.0.0.1:1"), stat(1)))
         self.assertEqual(self.successResultOf(d2).cluster_name, "c1")
 
+    def test_first_read_times_out_alone(self):
+        """A waiter past read_timeout fails retryably; the read goes on and serves later lookups."""
+        self.connect()
+        d1 = self.routes.lookup("t")
+        self.clock.advance(4)
+        d2 = self.routes.lookup("t")
+        self.clock.advance(1)
+        f = self.failureResultOf(d1, RouteUnavailable)
+        self.assertEqual(str(f.value), "ZooKeeper did not answer for /pc/t in time")
+        self.assertNoResult(d2)
+        self.zk.answer("get", "/pc/t", (node("c1", "10.0.0.1:1"), stat(1)))
+        self.assertEqual(self.successResultOf(d2).cluster_name, "c1")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_missing_node_not_found_quickly(self):
         """A listed table whose node is gone is not found as soon as ZooKeeper says NoNode."""
         self.connect()

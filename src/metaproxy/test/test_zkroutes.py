@@ -81,14 +81,14 @@ class _ZKBase(TestCase):
         routes = ZooKeeperRouteTable([self.server.hosts], self.root, reactor, **kw)
         routes.startService()
         self.addCleanup(routes.stopService)
-        yield wait_until(lambda: routes.is_ready() and routes._children is not None)
+        yield wait_until(lambda: routes.is_ready() and routes._listing.names is not None)
         return routes
 
     @defer.inlineCallbacks
     def cluster_of(self, routes, table):
         try:
             route = yield routes.lookup(table)
-        except (TableNotFound, InvalidRoute):
+        except (TableNotFound, InvalidRoute, RouteUnavailable):
             return None
         return route.cluster_name
 
