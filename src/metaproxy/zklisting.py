@@ -49,6 +49,7 @@ class RootListing:
         self._watched = watched
         self._retry_delay = retry_delay
         self._listing = False
+        self._again = False
         self._retry = None
         self._stopped = False
 
@@ -57,19 +58,31 @@ class RootListing:
         return f"zookeeper.root {self.root} does not exist"
 
     def refresh(self):
-        """List the root again (with its child watch) unless a listing is under way."""
-        if self._listing or self._stopped:
+        """
+        List the root again (with its child watch); while a listing runs,
+        list once more after it (a watch event may overtake the answer it
+        makes stale: kazoo delivers them from two threads).
+        """
+        if self._stopped:
             return
-        self._listing = True
+        if self._listing:
+            self._again = True
+            return
+        self._listing, self._again = True, False
         self.requests += 1
         d = self._zk.get_children(self.root, self._watch)
         d.addCallbacks(self._listed, self._failed)
         d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
+        d.addCallback(self._done)
+
+    def _done(self, _):
+        if self._again and self._zk.state == CONNECTED:
+            self.refresh()
 
     def forget(self):
         """The session changed: the names are unknown until listed again."""
         self.names = None
-        self._listing = False
+        self._listing = self._again = False
 
     def discard(self, name):
         """ZooKeeper confirmed that C{name} is gone (its node read said NoNode)."""

@@ -13,7 +13,10 @@ Go meta-proxy and of admin-cli's table migrator).
  - A listed table is read on its first query (concurrent first queries
    share one read) and data-watched with one watcher function for all
    nodes; every event re-reads and re-arms. Watches stay bounded by the
-   tables that exist, not by the names clients send.
+   tables that exist, not by the names clients send. (A persistent
+   recursive watch, ZooKeeper 3.6's C{addWatch}, would save the per-table
+   watches too, but kazoo 2.11.0 has no API for it; the child watch works
+   on every ZooKeeper version.)
  - Reads go through L{TxZooKeeper}'s gate: never while the session is not
    connected (an uncached table then fails fast with L{RouteUnavailable})
    and at most C{max_reads_inflight} at once; cached tables never wait.
@@ -28,10 +31,9 @@ Go meta-proxy and of admin-cli's table migrator).
  - At most C{capacity} tables are cached (least recently used out).
 """
 
-from typing import Optional
 import random
-
 from collections import OrderedDict
+from typing import Optional
 
 import attrs
 from kazoo.exceptions import NoNodeError
@@ -138,6 +140,7 @@ class _Entry:
     version: object = None
     confirmed: Optional[float] = None
     reading: bool = False
+    again: bool = False
     waiters: Waiters = attrs.Factory(Waiters)
 
 
@@ -390,15 +393,29 @@ class ZooKeeperRouteTable(Service):
     # -- reading one table
 
     def _read(self, entry):
-        """Read (and watch) the table's node; one read per table at a time."""
-        if entry.reading or not self._current(entry):
+        """
+        Read (and watch) the table's node; one read per table at a time. A
+        request for another read while one runs is kept and done after it:
+        kazoo hands results and watch events to the reactor from two
+        threads, so an event may arrive before the answer to a read that
+        ZooKeeper served before the change.
+        """
+        if not self._current(entry):
             return
-        entry.reading = True
+        if entry.reading:
+            entry.again = True
+            return
+        entry.reading, entry.again = True, False
         self._reads += 1
         path = self._path(entry.table)
         d = self._zk.get(path, self._watch)
         d.addCallbacks(self._got_data, self._get_failed, (entry,), None, (entry,))
         d.addErrback(lambda f: log.failure("reading {node} failed unexpectedly", f, node=path))
+        d.addCallback(self._read_done, entry)
+
+    def _read_done(self, _, entry):
+        if entry.again and self._zk.state == CONNECTED:
+            self._read(entry)
 
     def _got_data(self, result, entry):
         entry.reading = False

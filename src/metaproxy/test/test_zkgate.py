@@ -294,6 +294,29 @@ class RouteTableFakeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d2).cluster_name, "c1")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_event_overtaking_a_read_is_not_lost(self):
+        """A change event that arrives before the answer to a running read causes one more read."""
+        self.connect()
+        self.successResultOf(self.load("t", node("c1", "10.0.0.1:1")))
+        self.zk.watch(WatchedEvent(EventType.CHANGED, CONNECTED, "/pc/t"))
+        self.zk.watch(WatchedEvent(EventType.CHANGED, CONNECTED, "/pc/t"))  # overtakes the answer
+        self.assertEqual([(o, p) for o, p, _ in self.zk.reads], [("get", "/pc/t")])
+        self.zk.answer("get", "/pc/t", (node("c1", "10.0.0.1:1"), stat(1)))
+        self.zk.answer("get", "/pc/t", (node("c2", "10.0.0.2:1"), stat(2)))
+        self.assertEqual(self.successResultOf(self.routes.lookup("t")).cluster_name, "c2")
+        self.assertEqual(self.zk.reads, [])
+
+    def test_child_event_overtaking_a_listing_is_not_lost(self):
+        """A child event that arrives before the answer to a running listing causes one more listing."""
+        self.connect(["t"])
+        self.zk.watch(WatchedEvent(EventType.CHILD, CONNECTED, "/pc"))
+        self.zk.watch(WatchedEvent(EventType.CHILD, CONNECTED, "/pc"))
+        self.zk.answer("ls", "/pc", ["t"])
+        self.zk.answer("ls", "/pc", ["t", "new"])
+        d = self.routes.lookup("new")
+        self.zk.answer("get", "/pc/new", (node("c3", "10.0.0.3:1"), stat(1)))
+        self.assertEqual(self.successResultOf(d).cluster_name, "c3")
+
     def test_missing_node_not_found_quickly(self):
         """A listed table whose node is gone is not found as soon as ZooKeeper says NoNode."""
         self.connect()

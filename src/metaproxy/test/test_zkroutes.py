@@ -5,6 +5,9 @@ ZooKeeper server (Debian's jar on 127.0.0.1, a free port).
 
 import itertools
 import json
+import time
+
+from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogLevel, globalLogPublisher
@@ -64,14 +67,27 @@ class _ZKBase(TestCase):
     def stop_admin(self):
         return threads.deferToThread(lambda: (self.admin.stop(), self.admin.close()))
 
+    def _admin(self, f):
+        """Run C{f} with the set-up client in a thread, retried while its own session recovers from an outage."""
+
+        def attempt():
+            for _ in range(100):
+                try:
+                    return f()
+                except (ConnectionLoss, SessionExpiredError):
+                    time.sleep(0.1)
+            return f()
+
+        return threads.deferToThread(attempt)
+
     def write(self, table, data):
         path = f"{self.root}/{table}"
-        return threads.deferToThread(
+        return self._admin(
             lambda: self.admin.set(path, data) if self.admin.exists(path) else self.admin.create(path, data)
         )
 
     def delete(self, table):
-        return threads.deferToThread(self.admin.delete, f"{self.root}/{table}")
+        return self._admin(lambda: self.admin.delete(f"{self.root}/{table}"))
 
     @defer.inlineCallbacks
     def table(self, **kw):
