@@ -62,6 +62,50 @@ def failure_reason(failure_or_exc):
     return text or f"{type(exc).__name__}()"
 
 
+class OneAtATime:
+    """
+    Runs one read at a time; a request made while it runs runs it once
+    more afterwards. kazoo hands results and watch events to the reactor
+    from two threads, so a change event may arrive before the answer to a
+    read that ZooKeeper served before the change: that event must not be
+    lost.
+    """
+
+    def __init__(self, start, may_rerun):
+        """
+        @param start: C{start()} begins the read and returns a L{Deferred}
+            that fires (never fails) once its answer was handled.
+        @param may_rerun: C{may_rerun()}: whether a pending request may run
+            now (e.g. the session is connected).
+        """
+        self._start = start
+        self._may_rerun = may_rerun
+        self.running = False
+        self._again = False
+        self._generation = 0
+
+    def request(self):
+        """Run now, or once more after the running read."""
+        if self.running:
+            self._again = True
+            return
+        self.running, self._again = True, False
+        self._generation += 1
+        self._start().addBoth(self._done, self._generation)
+
+    def _done(self, _, generation):
+        if generation != self._generation:
+            return  # forgotten by reset(); a newer read runs or may run
+        self.running = False
+        if self._again and self._may_rerun():
+            self.request()
+
+    def reset(self):
+        """Forget the running read (its session is gone: it does not block the next one)."""
+        self._generation += 1
+        self.running = self._again = False
+
+
 class _KazooChatter(logging.Handler):
     """
     Keeps kazoo's last log line as the connection's reason; forwards only

@@ -12,7 +12,7 @@ the owner is told so it can report itself not ready.
 from kazoo.exceptions import NoNodeError
 from twisted.logger import Logger
 
-from metaproxy.zk import CONNECTED, ZooKeeperUnavailable, failure_reason
+from metaproxy.zk import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
 
 log = Logger()
 
@@ -48,8 +48,7 @@ class RootListing:
         self._on_change = on_change
         self._watched = watched
         self._retry_delay = retry_delay
-        self._listing = False
-        self._again = False
+        self._listing = OneAtATime(self._list, lambda: zk.state == CONNECTED)
         self._retry = None
         self._stopped = False
 
@@ -58,31 +57,20 @@ class RootListing:
         return f"zookeeper.root {self.root} does not exist"
 
     def refresh(self):
-        """
-        List the root again (with its child watch); while a listing runs,
-        list once more after it (a watch event may overtake the answer it
-        makes stale: kazoo delivers them from two threads).
-        """
-        if self._stopped:
-            return
-        if self._listing:
-            self._again = True
-            return
-        self._listing, self._again = True, False
+        """List the root again (with its child watch); while a listing runs, once more after it."""
+        if not self._stopped:
+            self._listing.request()
+
+    def _list(self):
         self.requests += 1
         d = self._zk.get_children(self.root, self._watch)
         d.addCallbacks(self._listed, self._failed)
-        d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
-        d.addCallback(self._done)
-
-    def _done(self, _):
-        if self._again and self._zk.state == CONNECTED:
-            self.refresh()
+        return d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
 
     def forget(self):
         """The session changed: the names are unknown until listed again."""
         self.names = None
-        self._listing = self._again = False
+        self._listing.reset()
 
     def discard(self, name):
         """ZooKeeper confirmed that C{name} is gone (its node read said NoNode)."""
@@ -101,7 +89,6 @@ class RootListing:
         self._retry = None
 
     def _listed(self, names):
-        self._listing = False
         self._watched.add(self.root)
         self.names = set(names)
         if self.missing:
@@ -110,7 +97,6 @@ class RootListing:
         self._on_change(None)
 
     def _failed(self, failure):
-        self._listing = False
         self.names = None
         if failure.check(NoNodeError):
             if not self.missing:

@@ -45,7 +45,7 @@ from zope.interface import implementer
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
 from metaproxy.route import Route
-from metaproxy.zk import CONNECTED, TxZooKeeper, failure_reason
+from metaproxy.zk import CONNECTED, OneAtATime, TxZooKeeper, failure_reason
 from metaproxy.zklisting import RootListing
 
 log = Logger()
@@ -139,8 +139,7 @@ class _Entry:
     error: Optional[str] = None
     version: object = None
     confirmed: Optional[float] = None
-    reading: bool = False
-    again: bool = False
+    reader: Optional[OneAtATime] = None
     waiters: Waiters = attrs.Factory(Waiters)
 
 
@@ -393,32 +392,21 @@ class ZooKeeperRouteTable(Service):
     # -- reading one table
 
     def _read(self, entry):
-        """
-        Read (and watch) the table's node; one read per table at a time. A
-        request for another read while one runs is kept and done after it:
-        kazoo hands results and watch events to the reactor from two
-        threads, so an event may arrive before the answer to a read that
-        ZooKeeper served before the change.
-        """
+        """Read (and watch) the table's node; one read per table at a time (see L{OneAtATime})."""
         if not self._current(entry):
             return
-        if entry.reading:
-            entry.again = True
-            return
-        entry.reading, entry.again = True, False
+        if entry.reader is None:
+            entry.reader = OneAtATime(lambda: self._send_read(entry), lambda: self._zk.state == CONNECTED)
+        entry.reader.request()
+
+    def _send_read(self, entry):
         self._reads += 1
         path = self._path(entry.table)
         d = self._zk.get(path, self._watch)
         d.addCallbacks(self._got_data, self._get_failed, (entry,), None, (entry,))
-        d.addErrback(lambda f: log.failure("reading {node} failed unexpectedly", f, node=path))
-        d.addCallback(self._read_done, entry)
-
-    def _read_done(self, _, entry):
-        if entry.again and self._zk.state == CONNECTED:
-            self._read(entry)
+        return d.addErrback(lambda f: log.failure("reading {node} failed unexpectedly", f, node=path))
 
     def _got_data(self, result, entry):
-        entry.reading = False
         data, stat = result
         path = self._path(entry.table)
         self._watched.add(path)
@@ -454,7 +442,6 @@ class ZooKeeperRouteTable(Service):
         self._settle_waiters(entry)
 
     def _get_failed(self, failure, entry):
-        entry.reading = False
         path = self._path(entry.table)
         if failure.check(NoNodeError):
             self._listing.discard(entry.table)
@@ -513,6 +500,7 @@ class ZooKeeperRouteTable(Service):
         spread = min(self.rearm_spread, 0.001 * len(entries))
         self._rearm_calls = [c for c in self._rearm_calls if c.active()]
         for entry in entries:
-            entry.reading = False
+            if entry.reader is not None:
+                entry.reader.reset()
             delay = self._random() * spread
             self._rearm_calls.append(self._reactor.callLater(delay, self._read, entry))

@@ -19,7 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.route import MetaAddrs, Route, SelfAddresses
-from metaproxy.zk import CONNECTED, LOST, SUSPENDED, TxZooKeeper, ZooKeeperUnavailable, failure_reason
+from metaproxy.zk import (
+    CONNECTED, LOST, SUSPENDED, OneAtATime, TxZooKeeper, ZooKeeperUnavailable, failure_reason,
+)
 from metaproxy.zkroutes import ZooKeeperRouteTable, route_changes
 
 
@@ -148,6 +150,49 @@ class GateTests(SynchronousTestCase):
         """An exception without a message is named by its type."""
         self.assertEqual(failure_reason(ConnectionLoss()), "ConnectionLoss()")
         self.assertEqual(failure_reason(ValueError("bad\nmore")), "bad")
+
+
+class OneAtATimeTests(SynchronousTestCase):
+    def setUp(self):
+        self.started = []
+        self.allowed = True
+        self.one = OneAtATime(self.start, lambda: self.allowed)
+
+    def start(self):
+        d = defer.Deferred()
+        self.started.append(d)
+        return d
+
+    def test_requests_while_running_run_once_more(self):
+        """Any number of requests during a read cause exactly one more read after it."""
+        self.one.request()
+        self.one.request()
+        self.one.request()
+        self.assertEqual(len(self.started), 1)
+        self.started[0].callback(None)
+        self.assertEqual(len(self.started), 2)
+        self.started[1].callback(None)
+        self.assertEqual((len(self.started), self.one.running), (2, False))
+
+    def test_no_rerun_when_not_allowed(self):
+        """A pending request waits while may_rerun says no (the owner re-reads on reconnect)."""
+        self.one.request()
+        self.one.request()
+        self.allowed = False
+        self.started[0].callback(None)
+        self.assertEqual((len(self.started), self.one.running), (1, False))
+
+    def test_reset_forgets_the_running_read(self):
+        """After reset a new read starts at once; the old read's late answer does not disturb it."""
+        self.one.request()
+        self.one.reset()
+        self.one.request()
+        self.assertEqual(len(self.started), 2)
+        self.started[0].callback(None)
+        self.one.request()
+        self.assertEqual(len(self.started), 2)  # the second read still runs
+        self.started[1].callback(None)
+        self.assertEqual(len(self.started), 3)
 
 
 class _FakeZK:
