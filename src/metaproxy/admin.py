@@ -5,7 +5,8 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
   - C{/healthz}: 200 C{ok} while the reactor runs (it answers at all) and
     every extra health check passes; else 503 naming the failing ones.
   - C{/readyz}: 200 when every readiness condition holds, else 503; the
-    JSON body gives each condition and lists the unmet ones.
+    JSON body gives each condition and lists the unmet ones, with the
+    route source's cause when it has one (e.g. a missing zookeeper.root).
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader metaproxy believes in, age, staleness and last
     error. C{/routes?table=NAME} (repeatable) shows only those tables, or
@@ -183,7 +184,11 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
     def readyz(request):
         results = _run_checks(conditions, "readiness")
         unmet = sorted(name for name, ok in results.items() if not ok)
-        return _json(request, 503 if unmet else 200, {"ready": not unmet, "checks": results, "unmet": unmet})
+        doc = {"ready": not unmet, "checks": results, "unmet": unmet}
+        cause = _route_source_cause(route_table) if "route_source" in unmet else None
+        if cause:
+            doc["causes"] = {"route_source": cause}
+        return _json(request, 503 if unmet else 200, doc)
 
     def routes(request):
         wanted = _wanted_tables(request)
@@ -239,6 +244,18 @@ def _not_cached(missing):
                  "/routes lists the cached ones)",
         "missing": shown,
     }
+
+
+def _route_source_cause(route_table):
+    """@return: the route source's C{unready_reason()} (if it has one), or L{None}."""
+    reason = getattr(route_table, "unready_reason", None)
+    if reason is None:
+        return None
+    try:
+        return reason()
+    except Exception:
+        log.failure("asking the route source why it is not ready failed")
+        return None
 
 
 def _leader(leaders, meta_addrs):

@@ -16,7 +16,7 @@ from metaproxy.lifecycle import DrainingServerService, GuardedService, OrderedMu
 from metaproxy.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.resolver import QueryConfigResolver
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.route import MetaAddrs, Route, SelfAddresses
 from metaproxy.sdnotify import NotifyService
 from metaproxy.server import PegasusServerFactory
 from metaproxy.wire.querycfg import QUERY_CFG
@@ -58,8 +58,10 @@ class _StartupLine(Service):
             log.info(STARTUP_LINE, **self._fields)
 
 
-def build_route_table(config, reactor):
+def build_route_table(config, reactor, self_addresses=None):
     """
+    @param self_addresses: a L{SelfAddresses} the route source refuses
+        routes to (the proxy's own listeners).
     @return: the route source the config asks for: a ZooKeeper registry
         when C{zookeeper:} is given, else the static C{routes:} map.
     """
@@ -75,6 +77,8 @@ def build_route_table(config, reactor):
             session_timeout=zk.timeout / 1000.0,
             read_timeout=zk.read_timeout,
             max_suspended=zk.max_suspended,
+            max_reads_inflight=zk.max_reads_inflight,
+            self_addresses=self_addresses,
         )
     from metaproxy.staticroutes import StaticRouteTable
 
@@ -82,7 +86,8 @@ def build_route_table(config, reactor):
         {
             table: Route(r.cluster_name, MetaAddrs.parse(r.meta_addrs))
             for table, r in config.routes.items()
-        }
+        },
+        self_addresses=self_addresses,
     )
 
 
@@ -186,7 +191,8 @@ def build_service(config, reactor, fatal=None):
 
         return failed
 
-    routes = build_route_table(config, reactor)
+    self_addresses = SelfAddresses()
+    routes = build_route_table(config, reactor, self_addresses)
     routes.setName("routes")
     routes.setServiceParent(top)
 
@@ -247,6 +253,13 @@ def build_service(config, reactor, fatal=None):
         on_bind_failure=cannot_listen("clients", config.listen),
     )
     watch_server_limits(metrics, factory)
+
+    def listening(port):
+        host = port.getHost()
+        self_addresses.add(getattr(host, "host", ""), getattr(host, "port", 0))
+        return port
+
+    proxy.when_listening().addCallbacks(listening, lambda f: None)  # a bind failure is reported by fatal
 
     def ready():
         return proxy.listening and routes.is_ready()

@@ -76,6 +76,8 @@ class ZooKeeperConfig:
     @ivar table_watcher_cache_capacity: tables cached and watched at once.
     @ivar read_timeout: seconds a table's first read may take.
     @ivar max_suspended: seconds disconnected before a new session is forced.
+    @ivar max_reads_inflight: ZooKeeper reads in flight at once (1..128);
+        more wait in metaproxy's own queue, never in kazoo's.
     """
 
     address: HostList
@@ -84,6 +86,7 @@ class ZooKeeperConfig:
     table_watcher_cache_capacity: int = 1024
     read_timeout: float = 5.0
     max_suspended: float = 30.0
+    max_reads_inflight: int = 32
 
 
 @attrs.frozen
@@ -408,6 +411,7 @@ def _check(config):
         need(zk.table_watcher_cache_capacity >= 1, "$.zookeeper.table_watcher_cache_capacity", "must be >= 1")
         need(zk.read_timeout > 0, "$.zookeeper.read_timeout", "must be > 0 (seconds)")
         need(zk.max_suspended > 0, "$.zookeeper.max_suspended", "must be > 0 (seconds)")
+        need(1 <= zk.max_reads_inflight <= 128, "$.zookeeper.max_reads_inflight", "must be 1..128")
         need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
         if config.routes:
             errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))

@@ -50,7 +50,9 @@ class IRouteTable(Interface):
         """
         @return: a L{list} of L{dict}, one per cached table, JSON-ready:
             C{table}, C{cluster_name}, C{meta_addrs} (list of str), C{state}
-            (C{"ok"}, C{"missing"}, C{"invalid"}, C{"loading"}), C{age}
+            (C{"ok"}, C{"stale"} (bad data, the last good route is served),
+            C{"missing"}, C{"invalid"}, C{"loading"}, C{"error"} (the first
+            read failed; C{error} says why)), C{age}
             (seconds since last confirmed from the source), C{stale} (bool),
             C{error} (str or None).
         """

@@ -49,6 +49,11 @@ RESERVED_LABELS = frozenset({"table", "err", "cluster", "outcome", "state", "le"
 #: LAN; hedging starts at 1 s and deadlines reach 30 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: The route cache states always exported by C{metaproxy_route_cache_entries}
+#: (C{stale}: bad node data, the last good route is served; C{error}: the
+#: first read failed).
+ROUTE_STATES = ("ok", "stale", "missing", "invalid", "loading", "error")
+
 #: The ZooKeeper states always exported by C{metaproxy_zk_state}.
 ZK_STATES = ("CONNECTED", "SUSPENDED", "LOST", "STOPPED")
 
@@ -221,7 +226,7 @@ class _Collector:
                   max((e.get("age") or 0.0 for e in entries), default=0.0))
         by_state = GaugeMetricFamily("metaproxy_route_cache_entries", "Cached routes by state.",
                                      labels=names + ("state",))
-        counts = {"ok": 0, "missing": 0, "invalid": 0, "loading": 0}
+        counts = {state: 0 for state in ROUTE_STATES}
         for e in entries:
             state = e.get("state") or "ok"
             counts[state] = counts.get(state, 0) + 1
@@ -237,6 +242,13 @@ class _Collector:
         zk_state = str(zk_state)
         yield one(GaugeMetricFamily, "metaproxy_zk_connected", "1 while the ZooKeeper session is connected.",
                   1.0 if zk_state == "CONNECTED" else 0.0)
+        for attr, name, doc in (
+            ("zk_reads_inflight", "metaproxy_zk_reads_inflight", "ZooKeeper reads sent and not answered yet."),
+            ("zk_watches", "metaproxy_zk_watches", "ZooKeeper nodes watched by the route cache (root included)."),
+        ):
+            value = getattr(routes, attr, None)
+            if value is not None:
+                yield one(GaugeMetricFamily, name, doc, value)
         state = GaugeMetricFamily("metaproxy_zk_state", "The ZooKeeper connection state (1 = current).",
                                   labels=names + ("state",))
         for name in ZK_STATES + (() if zk_state in ZK_STATES else (zk_state,)):

@@ -8,6 +8,7 @@ filter on twistd's own observer, SIGHUP survival, and a metrics scrape.
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,9 +289,12 @@ class TwistdProcessTests(SynchronousTestCase):
             scrape = response.read().decode()
         for name in ("process_resident_memory_bytes", "python_info{", f'metaproxy_build_info{{runtime="',
                      f'version="{__version__}"', "metaproxy_client_connections ",
-                     "metaproxy_client_connections_limit 77.0", "metaproxy_client_queries_total{",
-                     "metaproxy_client_connections_accepted_total 0.0"):
+                     "metaproxy_client_connections_limit 77.0", "metaproxy_client_queries_total{"):
             self.assertIn(name, scrape)
+        # wait_for_port connected to the proxy port: that connection was accepted and counted.
+        accepted = re.search(r"^metaproxy_client_connections_accepted_total (\S+)$", scrape, re.M)
+        self.assertIsNotNone(accepted)
+        self.assertGreaterEqual(float(accepted.group(1)), 1.0)
         for old in ("client_connection_count", "client_query_config_count", "zk_request_count"):
             self.assertNotIn(old, scrape)
         _wait_for(lambda: "proxy listening on" in _read(logfile), proc, "listening line in the log file")

@@ -5,8 +5,10 @@ ZooKeeper server (Debian's jar on 127.0.0.1, a free port).
 
 import itertools
 import json
+import time
 
-from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss, SessionExpiredError
+
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
@@ -16,7 +18,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
 from metaproxy.route import MetaAddrs, Route
-from metaproxy.testing.zookeeper import ZooKeeperServer, shared_server
+from metaproxy.testing.zookeeper import ZooKeeperServer, quiet_client, shared_server
 from metaproxy.zkroutes import ZooKeeperRouteTable, valid_table_name
 
 _roots = itertools.count()
@@ -54,7 +56,7 @@ class _ZKBase(TestCase):
     def setUp(self):
         self.server = self.make_server()
         self.root = f"/mp{next(_roots)}"
-        self.admin = KazooClient(hosts=self.server.hosts)
+        self.admin = quiet_client(self.server.hosts)
         self.admin.start(timeout=15)
         self.addCleanup(self.stop_admin)
         self.admin.ensure_path(self.root)
@@ -65,14 +67,27 @@ class _ZKBase(TestCase):
     def stop_admin(self):
         return threads.deferToThread(lambda: (self.admin.stop(), self.admin.close()))
 
+    def _admin(self, f):
+        """Run C{f} with the set-up client in a thread, retried while its own session recovers from an outage."""
+
+        def attempt():
+            for _ in range(100):
+                try:
+                    return f()
+                except (ConnectionLoss, SessionExpiredError):
+                    time.sleep(0.1)
+            return f()
+
+        return threads.deferToThread(attempt)
+
     def write(self, table, data):
         path = f"{self.root}/{table}"
-        return threads.deferToThread(
+        return self._admin(
             lambda: self.admin.set(path, data) if self.admin.exists(path) else self.admin.create(path, data)
         )
 
     def delete(self, table):
-        return threads.deferToThread(self.admin.delete, f"{self.root}/{table}")
+        return self._admin(lambda: self.admin.delete(f"{self.root}/{table}"))
 
     @defer.inlineCallbacks
     def table(self, **kw):
@@ -82,14 +97,14 @@ class _ZKBase(TestCase):
         routes = ZooKeeperRouteTable([self.server.hosts], self.root, reactor, **kw)
         routes.startService()
         self.addCleanup(routes.stopService)
-        yield wait_until(routes.is_ready)
+        yield wait_until(lambda: routes.is_ready() and routes._listing.names is not None)
         return routes
 
     @defer.inlineCallbacks
     def cluster_of(self, routes, table):
         try:
             route = yield routes.lookup(table)
-        except (TableNotFound, InvalidRoute):
+        except (TableNotFound, InvalidRoute, RouteUnavailable):
             return None
         return route.cluster_name
 
@@ -113,11 +128,12 @@ class RouteTableTests(_ZKBase):
         """Many concurrent first queries for one table cost exactly one ZooKeeper read."""
         yield self.write("temp", node("c1", "10.0.0.1:34601"))
         routes = yield self.table()
+        listed = routes.zk_request_count
         results = yield defer.gatherResults([routes.lookup("temp") for _ in range(200)])
         self.assertEqual({r.cluster_name for r in results}, {"c1"})
-        self.assertEqual(routes.zk_request_count, 1)
+        self.assertEqual(routes.zk_request_count, listed + 1)
         yield routes.lookup("temp")
-        self.assertEqual(routes.zk_request_count, 1)
+        self.assertEqual(routes.zk_request_count, listed + 1)
 
     @defer.inlineCallbacks
     def test_change_is_seen(self):
@@ -141,14 +157,17 @@ class RouteTableTests(_ZKBase):
         yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
 
     @defer.inlineCallbacks
-    def test_missing_table_is_cached_negatively(self):
-        """Repeated queries for a missing table do not go to ZooKeeper again."""
+    def test_unknown_names_cost_no_read(self):
+        """Names not listed under the root are not found without a read or a watch; a creation is noticed."""
         routes = yield self.table()
-        for _ in range(5):
-            yield self.assertFailure(routes.lookup("ghost"), TableNotFound)
-        self.assertEqual(routes.zk_request_count, 2)  # one get, one exists (with watch)
-        yield self.write("ghost", node("c9", "10.0.0.9:34601"))
-        yield wait_until(lambda: self.cluster_of(routes, "ghost").addCallback(lambda c: c == "c9"))
+        yield self.assertFailure(routes.lookup("ghost0"), TableNotFound)
+        reads = routes.zk_request_count
+        for n in range(200):
+            yield self.assertFailure(routes.lookup(f"ghost{n}"), TableNotFound)
+        self.assertEqual(routes.zk_request_count, reads)
+        self.assertEqual((routes.describe(), routes.zk_watches), ([], 1))
+        yield self.write("ghost7", node("c9", "10.0.0.9:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "ghost7").addCallback(lambda c: c == "c9"))
 
     @defer.inlineCallbacks
     def test_bad_data_isolated(self):
@@ -171,9 +190,10 @@ class RouteTableTests(_ZKBase):
     def test_invalid_names_never_reach_zookeeper(self):
         """Names that are not one path component are not found, without a read."""
         routes = yield self.table()
+        listed = routes.zk_request_count
         for bad in ("", "..", "a/b"):
             yield self.assertFailure(routes.lookup(bad), TableNotFound)
-        self.assertEqual(routes.zk_request_count, 0)
+        self.assertEqual(routes.zk_request_count, listed)
 
     @defer.inlineCallbacks
     def test_capacity_eviction(self):
@@ -227,7 +247,7 @@ class OutageTests(_ZKBase):
         old = routes._zk.client.client_id
 
         def steal():
-            thief = KazooClient(hosts=self.server.hosts, client_id=old)
+            thief = quiet_client(self.server.hosts, client_id=old)
             thief.start(timeout=15)
             thief.stop()
             thief.close()
@@ -245,9 +265,10 @@ class OutageTests(_ZKBase):
         yield routes.lookup("temp")
         yield self.stop_admin()
         yield threads.deferToThread(self.server.wipe)
-        self.admin = KazooClient(hosts=self.server.hosts)
+        self.admin = quiet_client(self.server.hosts)
         yield threads.deferToThread(self.admin.start, 15)
-        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c is None), timeout=40)
+        yield wait_until(lambda: not routes.is_ready(), timeout=40)
+        self.assertEqual(routes.unready_reason(), f"zookeeper.root {self.root} does not exist")
         yield threads.deferToThread(self.admin.ensure_path, self.root)
         yield self.write("temp", node("c3", "10.0.0.3:34601"))
         yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c3"))
@@ -264,3 +285,39 @@ class OutageTests(_ZKBase):
         yield threads.deferToThread(self.server.start)
         yield wait_until(routes.is_ready)
         yield self.assertFailure(routes.lookup("temp"), TableNotFound)
+
+
+class HealthTests(_ZKBase):
+    @defer.inlineCallbacks
+    def test_missing_root_makes_readyz_false_with_cause(self):
+        """A zookeeper.root that does not exist: /readyz 503 naming it, a retryable error; creating it heals."""
+        from metaproxy.admin import build_admin_root
+        from metaproxy.test.test_admin import _get
+
+        routes = ZooKeeperRouteTable([self.server.hosts], self.root + "/typo", reactor, read_timeout=3.0)
+        routes.startService()
+        self.addCleanup(routes.stopService)
+        yield wait_until(lambda: routes.unready_reason() == f"zookeeper.root {self.root}/typo does not exist")
+        code, body, _ = _get(build_admin_root(routes, {}), b"/readyz")
+        doc = json.loads(body)
+        self.assertEqual((code, doc["unmet"]), (503, ["route_source"]))
+        self.assertEqual(doc["causes"], {"route_source": f"zookeeper.root {self.root}/typo does not exist"})
+        yield self.assertFailure(routes.lookup("temp"), RouteUnavailable)
+        yield threads.deferToThread(self.admin.ensure_path, self.root + "/typo")
+        yield wait_until(routes.is_ready)
+        yield self.assertFailure(routes.lookup("temp"), TableNotFound)
+
+    @defer.inlineCallbacks
+    def test_last_known_good_survives_bad_write(self):
+        """A truncated write keeps the table's last good route (stale, reason by position); a fix replaces it."""
+        yield self.write("temp", node("c1", "10.0.0.1:34601"))
+        routes = yield self.table()
+        yield routes.lookup("temp")
+        yield self.write("temp", b'{"cluster_name": "c2", "meta_a')
+        yield wait_until(lambda: routes.describe()[0]["state"] == "stale")
+        [entry] = routes.describe()
+        self.assertTrue(entry["error"].startswith("invalid JSON at line 1 column"), entry["error"])
+        self.assertEqual((yield self.cluster_of(routes, "temp")), "c1")
+        yield self.write("temp", node("c2", "10.0.0.2:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
+        self.assertEqual(routes.describe()[0]["state"], "ok")

@@ -10,6 +10,7 @@ uses its own root path on the shared server.
 """
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -51,6 +52,20 @@ def four_letter(port, word, timeout=1.0):
         return b""
 
 
+def quiet_client(hosts, **kw):
+    """
+    @return: a L{kazoo.client.KazooClient} for test set-up whose connection
+        chatter (two lines a second while a test holds ZooKeeper down) is
+        not printed; its errors still are.
+    """
+    from kazoo.client import KazooClient
+
+    logger = logging.Logger("kazoo.test-admin", logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler())
+    return KazooClient(hosts=hosts, logger=logger, **kw)
+
+
 class ZooKeeperServer:
     """
     One standalone ZooKeeper process.
@@ -86,7 +101,7 @@ class ZooKeeperServer:
                 f"clientPort={self.port}\n"
                 "clientPortAddress=127.0.0.1\n"
                 "admin.enableServer=false\n"
-                "4lw.commands.whitelist=ruok,srvr,stat,mntr\n"
+                "4lw.commands.whitelist=ruok,srvr,stat,mntr,wchs\n"
                 "maxClientCnxns=0\n"
             )
         return path
