@@ -296,6 +296,7 @@ def run(reactor, args, sim, proxies):
         (f"d) storm: {args.storm} connections, one query each for one table at once", workload_storm(args.storm)),
     ]
 
+    workloads = [(t, w) for t, w in workloads if t[0] in args.only]
     # The same warm-up for every proxy: PyPy's JIT compiles what it runs here.
     warm = 0
     start = time.perf_counter()
@@ -318,12 +319,13 @@ def run(reactor, args, sim, proxies):
         report(title, sim.pid, results)
         summary.append((title.split(")")[0], results))
 
-    print(f"\n(e) burst accept: {args.burst} connections opened at once, then idle (proxies listen with "
-          f"backlog={BACKLOG}; the simulator with Twisted's default 50, and its time is the clients' connect time)")
-    for target in [sim] + proxies:
-        elapsed, accepted, before, after = yield burst_accept(reactor, target, args.burst)
-        print(f"  {target.label:<22} {accepted} accepted in {elapsed:6.2f} s   RSS {before / 1024:7.1f} -> "
-              f"{after / 1024:7.1f} MiB   {(after - before) / args.burst:6.2f} KiB per idle connection")
+    if "e" in args.only:
+        print(f"\n(e) burst accept: {args.burst} connections opened at once, then idle (proxies listen with "
+              f"backlog={BACKLOG}; the simulator with Twisted's default 50, and its time is the clients' connect time)")
+        for target in [sim] + proxies:
+            elapsed, accepted, before, after = yield burst_accept(reactor, target, args.burst)
+            print(f"  {target.label:<22} {accepted} accepted in {elapsed:6.2f} s   RSS {before / 1024:7.1f} -> "
+                  f"{after / 1024:7.1f} MiB   {(after - before) / args.burst:6.2f} KiB per idle connection")
 
     print("\nsummary: CPU ms per 1k queries (qps) of the proxy; in the direct column, of the simulator")
     print(f"  {'workload':<10}" + "".join(f" {t.label:>24}" for t in [sim] + proxies))
@@ -363,6 +365,9 @@ def main():
     parser.add_argument("--storm", type=int, default=1000, help="d) connections")
     parser.add_argument("--burst", type=int, default=10000, help="e) connections")
     parser.add_argument("--warmup-rounds", type=int, default=2, help="rounds of every workload before measuring")
+    parser.add_argument("--only", default="abcde", help="the workloads to run, e.g. 'b' or 'ae'")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run the CPython proxy under cProfile (twistd --profiler), stats in DIR/proxy-0.prof")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.per_conn, args.per_client, args.storm, args.burst = 2000, 20, 20, 200, 1000
@@ -412,7 +417,10 @@ def main():
                 f.write("routes:\n")
                 for t in tables:
                     f.write(f"  {t}: {{cluster_name: sim, meta_addrs: '{meta_list}'}}\n")
-            p = start(f"proxy-{i}", [python] + twistd + ["metaproxy", f"--config={config}"])
+            profile = []
+            if args.profile and runtime_label(python).startswith("CPython"):
+                profile = [f"--profile={os.path.abspath(args.profile)}/proxy-{i}.prof", "--profiler=cprofile", "--savestats"]
+            p = start(f"proxy-{i}", [python] + twistd + profile + ["metaproxy", f"--config={config}"])
             proxies.append(Target(f"proxy {runtime_label(python)}", port, p.pid, admin))
         wait_for_port(metas[0], sim_proc, timeout=60)
         for target, p in zip(proxies, procs[1:]):
