@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from metaproxy.sendnow import send_now
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply, RequestDecoder, ack_name, encode_reply
@@ -241,7 +242,7 @@ class PegasusServerProtocol(Protocol):
             self.factory.counters.handler_errors += 1
             log.failure("handler for {rpc} gave an unusable reply {reply!r}", rpc=request.name, reply=reply)
             data = encode_reply(ack_name(request.name), request.seqid, None, codes.ERR_TIMEOUT)
-        self.transport.write(data)
+        send_now(self.transport, data)
 
     def _close_when_answered(self):
         self._closing = True
