@@ -22,11 +22,13 @@ Workloads, each against the simulator directly and through each proxy:
     to coalesce: pure forwarding);
  c) 64 connections on one table, each sequential (coalescing);
  d) one-table storm: 1000 connections each send one query at once;
- e) burst accept: 10 000 connections opened at once; time until the
-    server has accepted them all, and RSS per idle connection.
+ e) burst accept (first, on the fresh processes): 10 000 connections
+    opened at once; time until the server has accepted them all, and
+    RSS per idle connection.
 
 For a)-d) it prints queries per second, p50/p99 latency, the CPU each server
-process spent per 1000 queries (utime+stime from /proc/<pid>/stat), the
+process spent per 1000 queries (utime+stime from /proc/<pid>/stat, and
+for the proxies also split into user/system), the
 proxy's RSS (VmRSS from /proc/<pid>/status) after the workload, and for the
 proxies the upstream queries per client query. It measures; it asserts
 nothing.
@@ -61,9 +63,9 @@ _OPEN = ("metaproxy_client_connections", "client_connection_count")
 
 
 def cpu_seconds(pid):
-    """utime + stime of C{pid}, in seconds."""
+    """(utime, stime) of C{pid}, in seconds."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def rss_kib(pid):
@@ -117,8 +119,10 @@ class Result:
     def qps(self):
         return self.n / self.elapsed if self.elapsed else float("nan")
 
-    def cpu_per_1k(self, pid):
-        return self.cpu[pid] * 1000.0 / self.n * 1000.0  # ms per 1k queries
+    def cpu_per_1k(self, pid, part=None):
+        """ms of CPU per 1k queries: user + system, or only C{part} (0 user, 1 system)."""
+        cpu = sum(self.cpu[pid]) if part is None else self.cpu[pid][part]
+        return cpu * 1000.0 / self.n * 1000.0
 
 
 @defer.inlineCallbacks
@@ -160,7 +164,7 @@ def measured(target, pids, n_of, body):
     start = time.perf_counter()
     clients = yield body()
     elapsed = time.perf_counter() - start
-    cpu = {p: cpu_seconds(p) - before[p] for p in pids}
+    cpu = {p: tuple(a - b for a, b in zip(cpu_seconds(p), before[p])) for p in pids}
     n = n_of(clients)
     rss = rss_kib(target.pid)
     upstream = None
@@ -267,14 +271,16 @@ def fmt_ms(s):
 def report(title, sim_pid, results):
     print(f"\n({title})")
     print(f"  {'path':<22} {'queries':>8} {'qps':>8} {'p50 ms':>8} {'p99 ms':>8} {'sim CPU':>8}"
-          f" {'proxy CPU':>10} {'proxy RSS':>10} {'upstream':>9}")
-    print(f"  {'':<22} {'':>8} {'':>8} {'':>8} {'':>8} {'ms/1k':>8} {'ms/1k':>10} {'MiB':>10} {'per query':>9}")
+          f" {'proxy CPU':>10} {'user/sys':>11} {'proxy RSS':>10} {'upstream':>9}")
+    print(f"  {'':<22} {'':>8} {'':>8} {'':>8} {'':>8} {'ms/1k':>8} {'ms/1k':>10} {'ms/1k':>11} {'MiB':>10} {'per query':>9}")
     for target, r in results:
         proxy = target.admin is not None
         print(
             f"  {target.label:<22} {r.n:>8} {r.qps:>8.0f} {fmt_ms(pct(r.latencies, 50))} {fmt_ms(pct(r.latencies, 99))}"
             f" {r.cpu_per_1k(sim_pid):>8.1f}"
-            + (f" {r.cpu_per_1k(target.pid):>10.1f} {r.rss / 1024:>10.1f} {r.upstream:>9.4f}" if proxy else "")
+            + (f" {r.cpu_per_1k(target.pid):>10.1f}"
+               f" {f'{r.cpu_per_1k(target.pid, 0):.0f}/{r.cpu_per_1k(target.pid, 1):.0f}':>11}"
+               f" {r.rss / 1024:>10.1f} {r.upstream:>9.4f}" if proxy else "")
         )
 
 
@@ -296,7 +302,17 @@ def run(reactor, args, sim, proxies):
         (f"d) storm: {args.storm} connections, one query each for one table at once", workload_storm(args.storm)),
     ]
 
+    if "e" in args.only:
+        print(f"\n(e) burst accept: {args.burst} connections opened at once, then idle; on the fresh processes, "
+              f"before any warm-up.\n    The proxies listen with backlog={BACKLOG}; the simulator with Twisted's "
+              f"default 50, and its time is the clients' connect time.")
+        for target in [sim] + proxies:
+            elapsed, accepted, before, after = yield burst_accept(reactor, target, args.burst)
+            print(f"  {target.label:<22} {accepted} accepted in {elapsed:6.2f} s   RSS {before / 1024:7.1f} -> "
+                  f"{after / 1024:7.1f} MiB   {(after - before) / args.burst:6.2f} KiB per idle connection")
+
     workloads = [(t, w) for t, w in workloads if t[0] in args.only]
+    print()
     # The same warm-up for every proxy: PyPy's JIT compiles what it runs here.
     warm = 0
     start = time.perf_counter()
@@ -318,14 +334,6 @@ def run(reactor, args, sim, proxies):
             results.append((target, (yield w(reactor, target, pids))))
         report(title, sim.pid, results)
         summary.append((title.split(")")[0], results))
-
-    if "e" in args.only:
-        print(f"\n(e) burst accept: {args.burst} connections opened at once, then idle (proxies listen with "
-              f"backlog={BACKLOG}; the simulator with Twisted's default 50, and its time is the clients' connect time)")
-        for target in [sim] + proxies:
-            elapsed, accepted, before, after = yield burst_accept(reactor, target, args.burst)
-            print(f"  {target.label:<22} {accepted} accepted in {elapsed:6.2f} s   RSS {before / 1024:7.1f} -> "
-                  f"{after / 1024:7.1f} MiB   {(after - before) / args.burst:6.2f} KiB per idle connection")
 
     print("\nsummary: CPU ms per 1k queries (qps) of the proxy; in the direct column, of the simulator")
     print(f"  {'workload':<10}" + "".join(f" {t.label:>24}" for t in [sim] + proxies))
