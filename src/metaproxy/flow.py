@@ -20,6 +20,8 @@ and all clients together, can make metaproxy hold.
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from metaproxy.sendnow import send_now
+
 #: Reasons a connection is not read.
 PENDING = "pending"  # too many of its requests are unanswered
 OUT = "out"  # too many of its reply bytes are unsent
@@ -189,7 +191,7 @@ class WriteBuffer:
             if self._queued + self._held > self.limit:
                 self._gate.pause(OUT)
         else:
-            self._transport.write(data)
+            send_now(self._transport, data)
 
     def pauseProducing(self):
         """The transport's buffer is full: queue replies from now on."""

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from metaproxy.sendnow import send_now
 from metaproxy.wire import frame
 
 log = Logger()
@@ -151,9 +152,7 @@ class MetaClientProtocol(Protocol):
         if timeout is not None:
             entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
         pending[seqid] = entry
-        self.transport.write(
-            frame.encode_request(name, seqid, args, client_timeout=max(0, int(client_timeout_ms)))
-        )
+        send_now(self.transport, frame.encode_request(name, seqid, args, client_timeout=max(0, int(client_timeout_ms))))
         return d
 
     def _expire(self, seqid, timeout):
