@@ -318,7 +318,7 @@ class HostileInputTests(SynchronousTestCase):
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
         msg = self.error(ROUTES + f"logging: {{file: '{path}'}}\n")
-        self.assertIn(f"bad.yaml:3:17: '{path}' is a directory", msg)
+        self.assertRegex(msg, r"^bad\.yaml:3:17: '/.*' is a directory; give a file path")
 
     def test_log_file_in_missing_directory(self):
         """logging.file whose directory does not exist (or is a file) is located."""
