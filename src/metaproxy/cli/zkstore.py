@@ -21,6 +21,19 @@ from metaproxy.route import Route
 from metaproxy.zkroutes import valid_table_name
 
 
+def quiet_logger():
+    """
+    @return: a stdlib logger that drops everything, for kazoo: its
+        reconnect chatter would bury the command's own one-line messages
+        (which say what failed).
+    """
+    logger = logging.getLogger("metaproxy.cli.kazoo")
+    if logger.propagate:
+        logger.propagate = False
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
 class Conflict(CommandError):
     """The node changed since it was read: nothing was written."""
 
@@ -87,13 +100,13 @@ class RouteStore:
         self.hosts = ",".join(zk_config.address)
         self.timeout = timeout
         self.client = client or KazooClient(
-            hosts=self.hosts, timeout=zk_config.timeout / 1000.0, connection_retry={"max_tries": -1, "max_delay": 1.0}
+            hosts=self.hosts,
+            timeout=zk_config.timeout / 1000.0,
+            connection_retry={"max_tries": -1, "max_delay": 1.0},
+            logger=quiet_logger(),
         )
 
     def __enter__(self):
-        quiet = logging.getLogger("kazoo")
-        quiet.propagate = False
-        quiet.addHandler(logging.NullHandler())
         try:
             self.client.start(timeout=self.timeout)
         except (KazooTimeoutError, KazooException) as e:
