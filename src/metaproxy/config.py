@@ -404,7 +404,7 @@ def _endpoint_ok(description):
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:
-        return f"not a valid Twisted endpoint ({short(str(e), 120)})"
+        return f"not a valid Twisted endpoint ({str(e)[:120]})"
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         return f"port {port} is out of range 0..65535"
@@ -429,7 +429,7 @@ def _log_file_problem(path):
         elif not os.access(parent, os.W_OK | os.X_OK):
             return f"cannot create files in {short(parent, 100)}"
     except (OSError, ValueError) as e:
-        return f"cannot use this path ({short(str(e), 100)})"
+        return f"cannot use this path ({str(e)[:100]})"
     return None
 
 
