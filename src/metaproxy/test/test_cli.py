@@ -168,3 +168,25 @@ class ResolveTests(SynchronousTestCase):
         result = run_cli("resolve", "temp", "--via", "nocolon")
         self.assertEqual(result.returncode, 2)
         self.assertIn("--via: 'nocolon' is not host:port", result.stderr)
+
+
+class HeaderVersionTests(SynchronousTestCase):
+    """resolve --v1 reaches the wire: the meta client can send the v1 header."""
+
+    def test_v1_frames(self):
+        """A connection built with header_version=1 sends v1 requests; the default stays v0."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from metaproxy.backend.connection import _ProtocolFactory
+        from metaproxy.wire.frame import RequestDecoder
+
+        versions = []
+        for kw in ({"header_version": 1}, {}):
+            proto = _ProtocolFactory(Clock(), 1 << 20, None, **kw).buildProtocol(None)
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.call(querycfg.QUERY_CFG, querycfg.encode_args("temp"), None, 2000)
+            (request,) = RequestDecoder().feed(transport.value())
+            versions.append((request.header.version, request.header.client_timeout, request.name))
+        self.assertEqual(versions, [(1, 2000, querycfg.QUERY_CFG), (0, 2000, querycfg.QUERY_CFG)])
