@@ -181,17 +181,10 @@ class RouteStore:
         """
         path = self.path(table)
         data = route.to_json()
-        try:
-            if version is None:
-                self._wait(self.client.create_async(path, data, makepath=True), f"creating {path}")
-            else:
-                self._wait(self.client.set_async(path, data, version=version), f"writing {path}")
-        except NodeExistsError:
-            raise Conflict(f"{path} was created by someone else since it was read; nothing written") from None
-        except BadVersionError:
-            raise Conflict(f"{path} changed since it was read (version {version}); nothing written") from None
-        except NoNodeError:
-            raise Conflict(f"{path} was deleted since it was read; nothing written") from None
+        if version is None:
+            self._conditional(self.client.create_async(path, data, makepath=True), path, version, "written")
+        else:
+            self._conditional(self.client.set_async(path, data, version=version), path, version, "written")
         return self.get(table)
 
     def delete(self, table, version):
@@ -201,11 +194,27 @@ class RouteStore:
         @raise Conflict: the node changed or went away since it was read.
         """
         path = self.path(table)
+        self._conditional(self.client.delete_async(path, version=version), path, version, "deleted")
+
+    def _conditional(self, async_result, path, version, done):
+        """
+        Wait for a write made on condition of C{version}.
+
+        @raise Conflict: the node changed, appeared or went away meanwhile.
+        @raise CommandError: ZooKeeper refused it for another reason (or the
+            connection was lost, when the outcome is unknown).
+        """
         try:
-            self._wait(self.client.delete_async(path, version=version), f"deleting {path}")
+            self._wait(async_result, f"for {path}")
+        except NodeExistsError:
+            raise Conflict(f"{path} was created by someone else since it was read; nothing {done}") from None
         except BadVersionError:
-            raise Conflict(f"{path} changed since it was read (version {version}); nothing deleted") from None
+            raise Conflict(f"{path} changed since it was read (version {version}); nothing {done}") from None
         except NoNodeError:
-            raise Conflict(f"{path} was deleted by someone else since it was read") from None
+            raise Conflict(f"{path} was deleted by someone else since it was read; nothing {done}") from None
         except NotEmptyError:
-            raise CommandError(f"{path} has child nodes; it is not a route node; nothing deleted") from None
+            raise CommandError(f"{path} has child nodes, so it is no route node; nothing {done}") from None
+        except KazooException as e:
+            raise CommandError(
+                f"ZooKeeper failed on {path} ({type(e).__name__}); the outcome is unknown: check with routes get"
+            ) from None

@@ -190,3 +190,20 @@ class HeaderVersionTests(SynchronousTestCase):
             (request,) = RequestDecoder().feed(transport.value())
             versions.append((request.header.version, request.header.client_timeout, request.name))
         self.assertEqual(versions, [(1, 2000, querycfg.QUERY_CFG), (0, 2000, querycfg.QUERY_CFG)])
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_zookeeper_summary(self):
+        """The check summary names the ZooKeeper servers and root, the listeners and the reporter."""
+        from metaproxy.cli.check import summary
+        from metaproxy.config import parse_config
+
+        config = parse_config(
+            "zookeeper: {address: ['127.0.0.1:2181', '127.0.0.2:2181'], root: pegasus}\n"
+            "listen: tcp:1234\nmetric: {type: falcon}\nlogging: {level: warning}\n"
+        )
+        self.assertEqual(
+            summary(config),
+            "routes from ZooKeeper 127.0.0.1:2181,127.0.0.2:2181 under /pegasus; clients on tcp:1234; "
+            "admin on tcp:9091:interface=127.0.0.1; metrics: falcon; log level warn",
+        )
