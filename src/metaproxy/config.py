@@ -21,6 +21,7 @@ from typing import Optional
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -376,8 +377,29 @@ def _tags(v, _):
     raise _Bad(f"expected a mapping or a list of key=value, got {_type_name(v)}")
 
 
+def _mapping_first(converter):
+    """
+    @return: a structure hook factory for attrs classes that refuses a value
+        that is not a mapping with a plain message (cattrs' own hook fails
+        with whatever the value's type raises, e.g. on null).
+    """
+
+    def factory(cl):
+        structure = make_dict_structure_fn(cl, converter)
+
+        def hook(value, type_):
+            if not isinstance(value, dict):
+                raise _Bad(f"expected a mapping, got {_type_name(value)}")
+            return structure(value, type_)
+
+        return hook
+
+    return factory
+
+
 def _converter():
     c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    c.register_structure_hook_factory(attrs.has, _mapping_first(c))
     c.register_structure_hook(str, _str)
     c.register_structure_hook(int, _int)
     c.register_structure_hook(float, _float)
@@ -560,28 +582,38 @@ _TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'
 
 
 def _locate(doc, path, key=None):
-    """@return: C{(line, col)}, 1-based, of C{path} in the ruamel document."""
+    """
+    @return: C{(line, col)}, 1-based, of C{path} in the ruamel document: the
+        deepest part of the path that has a position (C{1:1} at worst).
+    """
     node, where = doc, (0, 0)
     for m in _TOKEN.finditer(path[1:] if path.startswith("$") else path):
         name, index = m.group(1) or m.group(3) or m.group(4), m.group(2)
         try:
             if index is not None:
-                where = node.lc.item(int(index))
+                found = node.lc.item(int(index))
                 node = node[int(index)]
             else:
                 if name not in node:
                     break
                 # A null value has no position of its own: point at its key.
-                where = node.lc.key(name) if node[name] is None else node.lc.value(name)
+                found = node.lc.key(name) if node[name] is None else node.lc.value(name)
                 node = node[name]
         except (AttributeError, KeyError, IndexError, TypeError):
             break
+        if found is not None:
+            where = found
     if key is not None:
         try:
-            where = node.lc.key(key)
+            found = node.lc.key(key)
         except (AttributeError, KeyError, TypeError):
-            pass
-    return where[0] + 1, where[1] + 1
+            found = None
+        if found is not None:
+            where = found
+    try:
+        return int(where[0]) + 1, int(where[1]) + 1
+    except (TypeError, ValueError, IndexError):
+        return 1, 1
 
 
 def _did_you_mean(key, cl):

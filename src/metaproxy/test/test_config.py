@@ -373,3 +373,19 @@ class HostileInputTests(SynchronousTestCase):
     def test_invalid_date(self):
         """A value the YAML reader itself cannot build (a date that does not exist) is located, not a traceback."""
         self.assertRegex(self.error(ROUTES + "listen: 2001-13-45\n"), _LOCATED)
+
+    def test_null_or_list_where_a_mapping_belongs(self):
+        """A null or a list where one route or cluster belongs says 'expected a mapping', located."""
+        msg = self.error("routes:\n  t:\n  u: [1]\nsimulator:\n  clusters:\n    -\n")
+        self.assertEqual(
+            msg.splitlines(),
+            [
+                "bad.yaml:2:3: expected a mapping, got null @ $.routes['t']",
+                "bad.yaml:3:6: expected a mapping, got list @ $.routes['u']",
+                "bad.yaml:6:6: expected a mapping, got null @ $.simulator.clusters[0]",
+            ],
+        )
+
+    def test_positionless_nodes(self):
+        """Nodes ruamel keeps no position for (an !!omap) still get a located message, not a traceback."""
+        self.assertIn("bad.yaml:1:9: expected a mapping, got integer", self.error("routes: !!omap [a: 1]\n"))
