@@ -287,6 +287,12 @@ class HostileInputTests(SynchronousTestCase):
     def error(self, text):
         return str(self.assertRaises(ConfigError, parse_config, text, "bad.yaml"))
 
+    def one(self, text):
+        """@return: the only line of the ConfigError for C{text} (failing if there are more)."""
+        lines = self.error(text).splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        return lines[0]
+
     def test_alias_bomb_in_tags_is_bounded(self):
         """YAML aliases that expand to a huge structure give a short message, fast."""
         lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
@@ -317,17 +323,17 @@ class HostileInputTests(SynchronousTestCase):
 
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
-        msg = self.error(ROUTES + f"logging: {{file: '{path}'}}\n")
+        msg = self.one(ROUTES + f"logging: {{file: '{path}'}}\n")
         self.assertRegex(msg, r"^bad\.yaml:3:17: '/.*' is a directory; give a file path")
 
     def test_log_file_in_missing_directory(self):
         """logging.file whose directory does not exist (or is a file) is located."""
-        msg = self.error(ROUTES + "logging:\n  file: /nonexistent-dir/metaproxy.log\n")
+        msg = self.one(ROUTES + "logging:\n  file: /nonexistent-dir/metaproxy.log\n")
         self.assertIn("bad.yaml:4:9: directory '/nonexistent-dir' does not exist", msg)
 
     def test_zookeeper_timeout_range(self):
         """zookeeper.timeout beyond what kazoo can send is refused before it kills kazoo's thread."""
-        msg = self.error("zookeeper:\n  address: 'a:1'\n  timeout: 3000000000\n")
+        msg = self.one("zookeeper:\n  address: 'a:1'\n  timeout: 3000000000\n")
         self.assertIn("bad.yaml:3:12: must be 1..86400000 (milliseconds)", msg)
 
     def test_port_ranges(self):
@@ -338,7 +344,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_huge_integer(self):
         """An integer beyond 64 bits is out of range, not a crash later."""
-        msg = self.error(ROUTES + "limits: {max_connections: 1" + "0" * 40 + "}\n")
+        msg = self.one(ROUTES + "limits: {max_connections: 1" + "0" * 40 + "}\n")
         self.assertIn("bad.yaml:3:27: integer", msg)
         self.assertIn("is out of range", msg)
 
