@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import __version__
 from metaproxy.cli.metaquery import as_json
+from metaproxy.config import AdminConfig
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
 from metaproxy.testing.net import free_port
 from metaproxy.testing.processes import run_cli, start_simulator, stop_at_exit
@@ -89,7 +90,7 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(
             result.stdout.strip(),
-            f"{path}: ok: 1 static routes; clients on tcp:34601; admin on tcp:9091:interface=127.0.0.1; "
+            f"{path}: ok: 1 static routes; clients on tcp:34601; admin on {AdminConfig().listen}; "
             "metrics: none; log level info",
         )
 
@@ -205,5 +206,5 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(
             summary(config),
             "routes from ZooKeeper 127.0.0.1:2181,127.0.0.2:2181 under /pegasus; clients on tcp:1234; "
-            "admin on tcp:9091:interface=127.0.0.1; metrics: falcon; log level warn",
+            f"admin on {AdminConfig().listen}; metrics: falcon; log level warn",
         )
