@@ -17,7 +17,7 @@ from metaproxy.cli.metaquery import as_json
 from metaproxy.config import AdminConfig
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
 from metaproxy.testing.net import free_port
-from metaproxy.testing.processes import run_cli, start_simulator, stop_at_exit
+from metaproxy.testing.commandline import run_cli, start_simulator, stop_at_exit
 from metaproxy.wire import querycfg
 
 _SIM = {}

@@ -24,7 +24,7 @@ from metaproxy.config import parse_config
 from metaproxy.route import MetaAddrs, Route
 from metaproxy.test.test_cli import simulator
 from metaproxy.testing.net import free_port
-from metaproxy.testing.processes import cli_argv, run_cli, start_metaproxy, start_simulator, stop_at_exit
+from metaproxy.testing.commandline import cli_argv, run_cli, start_metaproxy, start_simulator, stop_at_exit
 from metaproxy.testing.zookeeper import shared_server
 
 _BETA = {}
