@@ -95,6 +95,16 @@ class ListGetTests(RoutesTestCase):
         got = self.cli("routes", "get", "temp", "--json")
         self.assertEqual((got.returncode, json.loads(got.stdout)[0]["cluster_name"]), (0, "alpha"))
 
+    def test_bad_node_data(self):
+        """A node that holds no route is listed with its error (JSON) or a warning (text); get exits 1."""
+        self.zk.create(f"{self.root}/temp", b"not json", makepath=True)
+        rows = json.loads(self.cli("routes", "list", "--json").stdout)
+        self.assertEqual((rows[0]["table"], rows[0]["cluster_name"]), ("temp", None))
+        self.assertIn("not JSON", rows[0]["error"])
+        result = self.cli("routes", "get", "temp")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("warning: temp: bad route data: not JSON", result.stdout)
+
     def test_get_missing_table(self):
         """get of a table without a node exits 1 naming the node."""
         self.put("temp", "alpha", "127.0.0.1:1")
