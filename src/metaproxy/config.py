@@ -11,14 +11,19 @@ Durations of metaproxy's own keys are seconds (floats); the Go-compatible
 C{zookeeper.timeout} is milliseconds, as it was there.
 """
 
+import difflib
 import math
+import os
 import re
 import sys
+import typing
 from typing import Optional
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
@@ -273,38 +278,86 @@ class Config:
 
 # ------------------------------------------------------------ strict hooks
 
+#: Longest message text for one problem; longer ones are cut (a value is
+#: never shown in full: a YAML alias can make it gigabytes).
+MAX_MESSAGE_CHARS = 300
+
+#: Most problems listed; the rest are counted.
+MAX_PROBLEMS = 100
+
+#: Deepest nesting accepted; metaproxy's schema needs 6 levels.
+MAX_DEPTH = 32
+
+#: Largest integer any key accepts (a 64-bit signed value).
+_INT_MAX = 2**63 - 1
+
 
 class _Bad(ValueError):
     pass
 
 
 def _type_name(v):
-    return "null" if v is None else type(v).__name__
+    """@return: a short, user-facing name for the type of C{v}."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, dict):
+        return "mapping"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    return type(v).__name__
+
+
+def short(v, limit=40):
+    """
+    @return: a bounded repr of C{v}: scalars quoted and cut at C{limit}
+        characters, containers named by type only (never walked).
+    """
+    if v is None or isinstance(v, (bool, int, float)):
+        text = repr(v)
+    elif isinstance(v, str):
+        text = repr(v if len(v) <= limit else v[:limit] + "...")
+    else:
+        return f"<{_type_name(v)}>"
+    return text if len(text) <= limit + 5 else text[:limit] + "..."
 
 
 def _str(v, _):
     if not isinstance(v, str):
-        raise _Bad(f"expected a string, got {_type_name(v)} {v!r}")
+        raise _Bad(f"expected a string, got {_type_name(v)} {short(v)}")
     return str(v)
 
 
 def _int(v, _):
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad(f"expected an integer, got {_type_name(v)} {v!r}")
+        raise _Bad(f"expected an integer, got {_type_name(v)} {short(v)}")
+    if not -_INT_MAX <= v <= _INT_MAX:
+        raise _Bad(f"integer {short(v)} is out of range")
     return int(v)
 
 
 def _float(v, _):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _Bad(f"expected a number, got {_type_name(v)} {v!r}")
+        raise _Bad(f"expected a number, got {_type_name(v)} {short(v)}")
+    try:
+        v = float(v)
+    except OverflowError:
+        raise _Bad("number is out of range") from None
     if not math.isfinite(v):
         raise _Bad(f"expected a finite number, got {v!r}")
-    return float(v)
+    return v
 
 
 def _bool(v, _):
     if not isinstance(v, bool):
-        raise _Bad(f"expected true or false, got {_type_name(v)} {v!r}")
+        raise _Bad(f"expected true or false, got {_type_name(v)} {short(v)}")
     return v
 
 
@@ -318,6 +371,8 @@ def _host_list(v, _):
     if not items:
         raise _Bad("no address given")
     for item in items:
+        if len(item) > 255:
+            raise _Bad(f"{short(item)}: address too long")
         parse_host_port(item)  # ValueError says what is wrong
     return HostList(items)
 
@@ -329,26 +384,49 @@ def _addr_string(v, _):
 
 
 def _tags(v, _):
+    if v is None:
+        return Tags()
     if isinstance(v, dict):
         out = {}
         for k, val in v.items():
             if not isinstance(k, str) or isinstance(val, bool) or not isinstance(val, (str, int, float)):
-                raise _Bad(f"tag {k!r}: expected a string or number value")
+                raise _Bad(f"tag {short(k)}: expected a string or number value")
             out[k] = str(val)
         return Tags(out)
     if isinstance(v, list):
         out = {}
         for item in v:
             if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
-                raise _Bad(f"tag {item!r}: expected key=value")
+                raise _Bad(f"tag {short(item)}: expected key=value")
             k, val = item.split("=", 1)
             out[k.strip()] = val.strip()
         return Tags(out)
     raise _Bad(f"expected a mapping or a list of key=value, got {_type_name(v)}")
 
 
+def _mapping_first(converter):
+    """
+    @return: a structure hook factory for attrs classes that refuses a value
+        that is not a mapping with a plain message (cattrs' own hook fails
+        with whatever the value's type raises, e.g. on null).
+    """
+
+    def factory(cl):
+        structure = make_dict_structure_fn(cl, converter)
+
+        def hook(value, type_):
+            if not isinstance(value, dict):
+                raise _Bad(f"expected a mapping, got {_type_name(value)}")
+            return structure(value, type_)
+
+        return hook
+
+    return factory
+
+
 def _converter():
     c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    c.register_structure_hook_factory(attrs.has, _mapping_first(c))
     c.register_structure_hook(str, _str)
     c.register_structure_hook(int, _int)
     c.register_structure_hook(float, _float)
@@ -364,11 +442,43 @@ _CONVERTER = _converter()
 # --------------------------------------------------------------- semantics
 
 
+#: Seconds no duration may exceed (a day): larger values are typos.
+_MAX_SECONDS = 86400.0
+
+
 def _endpoint_ok(description):
+    """@return: why C{description} is no usable server endpoint, or L{None}."""
+    if len(description) > 1024:
+        return "not a valid Twisted endpoint (too long)"
     try:
-        serverFromString(MemoryReactor(), description)
+        endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:
-        return f"not a valid Twisted endpoint ({e})"
+        return f"not a valid Twisted endpoint ({str(e)[:120]})"
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is out of range 0..65535"
+    return None
+
+
+def _log_file_problem(path):
+    """@return: why metaproxy could not write its log to C{path}, or L{None}."""
+    if not path.strip():
+        return "must not be empty (leave the key out to log to stdout only)"
+    if "\0" in path:
+        return "must not contain a NUL character"
+    try:
+        if os.path.isdir(path):
+            return f"{short(path, 100)} is a directory; give a file path"
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return f"directory {short(parent, 100)} does not exist"
+        if os.path.exists(path):
+            if not os.access(path, os.W_OK):
+                return f"{short(path, 100)} is not writable"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot create files in {short(parent, 100)}"
+    except (OSError, ValueError) as e:
+        return f"cannot use this path ({str(e)[:100]})"
     return None
 
 
@@ -407,10 +517,14 @@ def _check(config):
         need(problem is None, path, problem)
     zk = config.zookeeper
     if zk is not None:
-        need(zk.timeout >= 1, "$.zookeeper.timeout", "must be >= 1 (milliseconds)")
-        need(zk.table_watcher_cache_capacity >= 1, "$.zookeeper.table_watcher_cache_capacity", "must be >= 1")
-        need(zk.read_timeout > 0, "$.zookeeper.read_timeout", "must be > 0 (seconds)")
-        need(zk.max_suspended > 0, "$.zookeeper.max_suspended", "must be > 0 (seconds)")
+        need(1 <= zk.timeout <= 86_400_000, "$.zookeeper.timeout", "must be 1..86400000 (milliseconds)")
+        need(
+            1 <= zk.table_watcher_cache_capacity <= 10_000_000,
+            "$.zookeeper.table_watcher_cache_capacity",
+            "must be 1..10000000",
+        )
+        need(0 < zk.read_timeout <= _MAX_SECONDS, "$.zookeeper.read_timeout", "must be > 0 and <= 86400 (seconds)")
+        need(0 < zk.max_suspended <= _MAX_SECONDS, "$.zookeeper.max_suspended", "must be > 0 and <= 86400 (seconds)")
         need(1 <= zk.max_reads_inflight <= 128, "$.zookeeper.max_reads_inflight", "must be 1..128")
         need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
         if config.routes:
@@ -431,9 +545,14 @@ def _check(config):
                 )
             for table, spec in cluster.tables.items():
                 need(
-                    _is_power_of_two(spec.partition_count),
+                    _is_power_of_two(spec.partition_count) and spec.partition_count <= 65536,
                     f"$.simulator.clusters[{i}].tables['{table}'].partition_count",
-                    "must be a power of two",
+                    "must be a power of two, at most 65536",
+                )
+                need(
+                    spec.app_id is None or 1 <= spec.app_id <= 2**31 - 1,
+                    f"$.simulator.clusters[{i}].tables['{table}'].app_id",
+                    "must be 1..2147483647",
                 )
     if config.metric.type != "none":
         problem = _reporter_problem(config.metric.type)
@@ -442,37 +561,53 @@ def _check(config):
 
     tag_problem = const_label_problem(config.metric.tags)
     need(tag_problem is None, "$.metric.tags", tag_problem)
-    need(config.metric.falcon.step >= 1, "$.metric.falcon.step", "must be >= 1 (seconds)")
-    need(config.metric.falcon.timeout > 0, "$.metric.falcon.timeout", "must be > 0 (seconds)")
+    need(1 <= config.metric.falcon.step <= 86400, "$.metric.falcon.step", "must be 1..86400 (seconds)")
+    need(0 < config.metric.falcon.timeout <= _MAX_SECONDS, "$.metric.falcon.timeout", "must be > 0 and <= 86400 (seconds)")
     t = config.timeouts
     for name in ("client_default", "client_max", "hedge_delay", "connect"):
-        need(getattr(t, name) > 0, f"$.timeouts.{name}", "must be > 0 (seconds)")
+        need(0 < getattr(t, name) <= _MAX_SECONDS, f"$.timeouts.{name}", "must be > 0 and <= 86400 (seconds)")
     need(t.client_default <= t.client_max, "$.timeouts.client_default", "must not exceed timeouts.client_max")
     lim = config.limits
-    need(lim.max_frame_bytes >= 1024, "$.limits.max_frame_bytes", "must be >= 1024")
-    need(lim.max_connections >= 0, "$.limits.max_connections", "must be >= 0 (0: no limit)")
-    need(lim.idle_timeout >= 0, "$.limits.idle_timeout", "must be >= 0 (0: never)")
-    need(lim.max_pending_per_connection >= 1, "$.limits.max_pending_per_connection", "must be >= 1")
-    need(lim.max_buffered_bytes_per_connection >= 65536, "$.limits.max_buffered_bytes_per_connection",
-         "must be >= 65536")
-    need(lim.max_buffered_bytes_total == 0 or lim.max_buffered_bytes_total >= lim.max_buffered_bytes_per_connection,
+    need(1024 <= lim.max_frame_bytes <= 2**31 - 1, "$.limits.max_frame_bytes", "must be 1024..2147483647")
+    need(0 <= lim.max_connections <= 10_000_000, "$.limits.max_connections", "must be 0..10000000 (0: no limit)")
+    need(0 <= lim.idle_timeout <= _MAX_SECONDS, "$.limits.idle_timeout", "must be 0..86400 (0: never)")
+    need(
+        1 <= lim.max_pending_per_connection <= 1_000_000, "$.limits.max_pending_per_connection", "must be 1..1000000"
+    )
+    need(65536 <= lim.max_buffered_bytes_per_connection <= 2**40, "$.limits.max_buffered_bytes_per_connection",
+         "must be 65536..1099511627776")
+    need(lim.max_buffered_bytes_total == 0
+         or lim.max_buffered_bytes_per_connection <= lim.max_buffered_bytes_total <= 2**50,
          "$.limits.max_buffered_bytes_total", "must be 0 (no limit) or >= limits.max_buffered_bytes_per_connection")
-    need(lim.frame_timeout >= 0, "$.limits.frame_timeout", "must be >= 0 (0: never)")
-    need(lim.max_connections_per_peer >= 0, "$.limits.max_connections_per_peer", "must be >= 0 (0: no limit)")
-    need(lim.max_reply_bytes >= 65536, "$.limits.max_reply_bytes", "must be >= 65536")
-    need(lim.backlog >= 1, "$.limits.backlog", "must be >= 1")
-    need(config.admin.max_connections >= 0, "$.admin.max_connections", "must be >= 0 (0: no limit)")
-    need(config.admin.idle_timeout > 0, "$.admin.idle_timeout", "must be > 0 (seconds)")
-    need(config.drain_timeout >= 0, "$.drain_timeout", "must be >= 0 (seconds)")
+    need(0 <= lim.frame_timeout <= _MAX_SECONDS, "$.limits.frame_timeout", "must be 0..86400 (0: never)")
+    need(0 <= lim.max_connections_per_peer <= 10_000_000, "$.limits.max_connections_per_peer",
+         "must be 0..10000000 (0: no limit)")
+    need(65536 <= lim.max_reply_bytes <= 2**31 - 1, "$.limits.max_reply_bytes", "must be 65536..2147483647")
+    need(1 <= lim.backlog <= 65535, "$.limits.backlog", "must be 1..65535")
+    need(0 <= config.admin.max_connections <= 1_000_000, "$.admin.max_connections", "must be 0..1000000 (0: no limit)")
+    need(0 < config.admin.idle_timeout <= _MAX_SECONDS, "$.admin.idle_timeout", "must be > 0 and <= 86400 (seconds)")
+    need(0 <= config.drain_timeout <= _MAX_SECONDS, "$.drain_timeout", "must be 0..86400 (seconds)")
     log = config.logging
-    need(log.level in ("debug", "info", "warn", "error", "critical"), "$.logging.level",
-         "must be one of debug, info, warn, error, critical")
-    need(log.max_bytes >= 1024, "$.logging.max_bytes", "must be >= 1024")
-    need(log.backups >= 0, "$.logging.backups", "must be >= 0")
+    need(log.level in LOG_LEVELS, "$.logging.level",
+         "must be one of debug, info, warn (or warning), error, critical")
+    need(1024 <= log.max_bytes <= 2**62, "$.logging.max_bytes", "must be >= 1024")
+    need(0 <= log.backups <= 10000, "$.logging.backups", "must be 0..10000")
+    if log.file is not None:
+        problem = _log_file_problem(log.file)
+        need(problem is None, "$.logging.file", problem)
     return errs
 
 
+#: The accepted C{logging.level} names (C{warning} is loaded as C{warn}).
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+_LEVEL_ALIASES = {"warning": "warn"}
+
+
 def _normalise(config):
+    level = _LEVEL_ALIASES.get(config.logging.level)
+    if level is not None:
+        config = attrs.evolve(config, logging=attrs.evolve(config.logging, level=level))
     zk = config.zookeeper
     if zk is not None:
         root = "/" + zk.root.strip().strip("/")
@@ -487,50 +622,70 @@ _TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'
 
 
 def _locate(doc, path, key=None):
-    """@return: C{(line, col)}, 1-based, of C{path} in the ruamel document."""
+    """
+    @return: C{(line, col)}, 1-based, of C{path} in the ruamel document: the
+        deepest part of the path that has a position (C{1:1} at worst).
+    """
     node, where = doc, (0, 0)
     for m in _TOKEN.finditer(path[1:] if path.startswith("$") else path):
         name, index = m.group(1) or m.group(3) or m.group(4), m.group(2)
         try:
             if index is not None:
-                where = node.lc.item(int(index))
+                found = node.lc.item(int(index))
                 node = node[int(index)]
             else:
                 if name not in node:
                     break
-                where = node.lc.value(name)
+                # A null value has no position of its own: point at its key.
+                found = node.lc.key(name) if node[name] is None else node.lc.value(name)
                 node = node[name]
         except (AttributeError, KeyError, IndexError, TypeError):
             break
+        if found is not None:
+            where = found
     if key is not None:
         try:
-            where = node.lc.key(key)
+            found = node.lc.key(key)
         except (AttributeError, KeyError, TypeError):
-            pass
-    return where[0] + 1, where[1] + 1
+            found = None
+        if found is not None:
+            where = found
+    try:
+        return int(where[0]) + 1, int(where[1]) + 1
+    except (TypeError, ValueError, IndexError):
+        return 1, 1
 
 
-def _messages(exc):
+def _did_you_mean(key, cl):
+    """@return: C{" (did you mean 'x'?)"} for the closest field of C{cl}, or C{""}."""
+    if not isinstance(key, str) or len(key) > 100 or not attrs.has(cl):
+        return ""
+    close = difflib.get_close_matches(key, [f.name for f in attrs.fields(cl)], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _messages(exc, path="$"):
     """@return: C{(path, message, extra_key)} for each error in a cattrs exception."""
     out = []
 
     def walk(e, path):
         if isinstance(e, cattrs.errors.ForbiddenExtraKeysError):
             for k in sorted(e.extra_fields, key=str):
-                out.append((path, f"unknown key {k!r}", k))
+                out.append((path, f"unknown key {short(k)}{_did_you_mean(k, e.cl)}", k))
         elif isinstance(e, (_ExceptionGroup, cattrs.errors.BaseValidationError)):
             for sub in e.exceptions:
                 walk(sub, path + _note_path(sub))
         elif isinstance(e, AttributeError):
             out.append((path, "expected a mapping", None))
         elif isinstance(e, KeyError):
-            out.append((path, f"required key {e.args[0]!r} is missing" if e.args else "required key missing", None))
+            name = short(e.args[0]) if e.args else ""
+            out.append((path, f"required key {name} is missing" if name else "required key missing", None))
         elif isinstance(e, (ValueError, TypeError)):
             out.append((path, str(e) if str(e) else type(e).__name__, None))
         else:
             out.append((path, f"{type(e).__name__}: {e}", None))
 
-    walk(exc, "$")
+    walk(exc, path)
     return out
 
 
@@ -553,20 +708,207 @@ def _note_path(e):
     return ""
 
 
-def _located(doc, exc):
-    """
-    @return: C{((line, col), message)} for each problem in a cattrs error;
-        never raises (a message it cannot place goes to 1:1).
-    """
+# ------------------------------------------------------------- the document
+
+_STANDARD_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _tag_of(node):
+    """@return: the explicit YAML tag of a ruamel node, or L{None}."""
+    return getattr(getattr(node, "tag", None), "value", None)
+
+
+def _child_location(parent, key, value):
     try:
-        return [(_locate(doc, path, key), f"{msg} @ {path}") for path, msg, key in _messages(exc)]
-    except Exception:
-        return [((1, 1), f"invalid configuration: {type(exc).__name__}: {exc}")]
+        if isinstance(parent, dict):
+            where = parent.lc.key(key) if value is None else parent.lc.value(key)
+        else:
+            where = parent.lc.item(key)
+        return where[0] + 1, where[1] + 1
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return 1, 1
+
+
+def _scan(doc):
+    """
+    Walk the document once (each node once, also when aliases repeat it),
+    without recursion: refuse nesting deeper than L{MAX_DEPTH} and explicit
+    tags other than C{!!str} (whose scalars are replaced by their string).
+
+    @return: a list of C{((line, col), message)}.
+    """
+    problems = []
+    seen = set()
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, child in children:
+            tag = _tag_of(child)
+            if isinstance(child, TaggedScalar):
+                if tag == _STANDARD_STR_TAG and isinstance(child.value, str):
+                    node[key] = str(child.value)
+                    continue
+                problems.append((_child_location(node, key, child), f"unsupported YAML tag {short(tag)}"))
+            elif isinstance(child, (dict, list)):
+                if tag:
+                    problems.append((_child_location(node, key, child), f"unsupported YAML tag {short(tag)}"))
+                elif depth >= MAX_DEPTH:
+                    problems.append(
+                        (_child_location(node, key, child), f"nested deeper than {MAX_DEPTH} levels")
+                    )
+                else:
+                    stack.append((child, depth + 1))
+    return problems
+
+
+def _unoptional(tp):
+    """@return: C{X} for C{Optional[X]}, else C{tp}."""
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_section(tp):
+    """@return: whether a key of type C{tp} holds a section (a mapping or list of settings)."""
+    return attrs.has(tp) or tp is Tags or typing.get_origin(tp) in (dict, tuple)
+
+
+def _drop_null_sections(node, cl):
+    """
+    Remove every key whose value is null and whose field is a section with
+    a default, in C{node} and the sections below it: an empty section
+    (all its keys commented out) means its defaults.
+    """
+    if not isinstance(node, dict):
+        return
+    for f in attrs.fields(cl):
+        if f.name not in node:
+            continue
+        value, tp = node[f.name], _unoptional(f.type)
+        if value is None:
+            if f.default is not attrs.NOTHING and _is_section(tp):
+                del node[f.name]
+            continue
+        args = typing.get_args(tp)
+        if attrs.has(tp):
+            _drop_null_sections(value, tp)
+        elif typing.get_origin(tp) is tuple and args and attrs.has(args[0]) and isinstance(value, list):
+            for item in value:
+                _drop_null_sections(item, args[0])
+        elif typing.get_origin(tp) is dict and len(args) == 2 and attrs.has(args[1]) and isinstance(value, dict):
+            for item in value.values():
+                _drop_null_sections(item, args[1])
+
+
+def _structure(doc):
+    """
+    Build each top-level section on its own, so that one bad section does
+    not hide the problems of the others.
+
+    @return: C{(values, problems, failed)}: the built sections by name,
+        C{(path, message, key)} for each problem, and the names of the
+        sections that could not be built.
+    """
+    fields = {f.name: f for f in attrs.fields(Config)}
+    values, problems, failed = {}, [], set()
+    for key in doc:
+        f = fields.get(key) if isinstance(key, str) else None
+        if f is None:
+            problems.append(("$", f"unknown key {short(key)}{_did_you_mean(key, Config)}", key))
+            continue
+        try:
+            values[key] = _CONVERTER.structure(doc[key], f.type)
+        except Exception as exc:
+            failed.add(key)
+            problems.extend(_messages(exc, f"$.{key}"))
+    return values, problems, failed
+
+
+def _top_name(path):
+    m = re.match(r"\$\.([A-Za-z_]+)", path)
+    return m.group(1) if m else None
+
+
+def _semantic_problems(values, failed):
+    """
+    @return: the C{(path, message)} of L{_check} on the sections that were
+        built (a failed section is left at its default and not judged), and
+        the normalised L{Config}.
+    """
+    config = _normalise(Config(**values))
+    out = []
+    for path, msg in _check(config):
+        top = _top_name(path)
+        if top in failed or (top is None and failed & {"zookeeper", "routes"}):
+            continue
+        out.append((path, msg))
+    return config, out
+
+
+def _deep_position(text):
+    """@return: C{(line, col)} where flow nesting first exceeds L{MAX_DEPTH}, or C{(1, 1)}."""
+    depth, line, col = 0, 1, 0
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line, col
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return 1, 1
+
+
+def _format(filename, items):
+    """@return: the L{ConfigError} text: sorted, one bounded line per problem."""
+    seen, unique = set(), []
+    for (line, col), msg in items:
+        if (line, col) in seen:
+            continue  # one message per place: the first (most basic) one
+        seen.add((line, col))
+        unique.append(((line, col), msg))
+    unique.sort(key=lambda item: item[0])
+    lines = []
+    for (line, col), msg in unique[:MAX_PROBLEMS]:
+        msg = " ".join(str(msg).split())
+        if len(msg) > MAX_MESSAGE_CHARS:
+            msg = msg[: MAX_MESSAGE_CHARS - 3] + "..."
+        lines.append(f"{filename}:{line}:{col}: {msg}")
+    if len(unique) > MAX_PROBLEMS:
+        (line, col), _ = unique[MAX_PROBLEMS]
+        lines.append(f"{filename}:{line}:{col}: ... and {len(unique) - MAX_PROBLEMS} more problems")
+    return "\n".join(lines)
 
 
 def _fail(filename, items):
-    lines = [f"{filename}:{line}:{col}: {msg}" for (line, col), msg in items]
-    raise ConfigError("\n".join(lines))
+    raise ConfigError(_format(filename, items))
+
+
+def _load_yaml(text, filename):
+    """@return: the ruamel document. @raise ConfigError: located, for any YAML problem."""
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(p for p in (e.context, e.problem) if p)
+        _fail(filename, [((line, col), problem or "YAML syntax error")])
+    except RecursionError:
+        _fail(filename, [(_deep_position(text), f"nested deeper than {MAX_DEPTH} levels")])
+    except YAMLError as e:
+        _fail(filename, [((1, 1), str(e).splitlines()[0] if str(e) else "YAML error")])
+    except Exception as e:  # e.g. a date that does not exist
+        _fail(filename, [((1, 1), f"cannot read the YAML: {type(e).__name__}: {short(str(e), 200)}")])
 
 
 def parse_config(text, filename="<config>"):
@@ -574,31 +916,28 @@ def parse_config(text, filename="<config>"):
     @param text: YAML.
     @param filename: what messages call the file.
     @return: a L{Config}.
-    @raise ConfigError: with every problem, each as C{file:line:col: what}.
+    @raise ConfigError: with every problem, each as C{file:line:col: what}
+        (in line order, at most L{MAX_PROBLEMS}, each bounded in size); only
+        a YAML syntax error stops the search for more.
     """
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(p for p in (e.context, e.problem) if p)
-        _fail(filename, [((line, col), problem or "YAML syntax error")])
-    except YAMLError as e:
-        _fail(filename, [((1, 1), str(e).splitlines()[0] if str(e) else "YAML error")])
+    doc = _load_yaml(text, filename)
     if doc is None:
         _fail(filename, [((1, 1), "the file is empty; give at least routes: or zookeeper:")])
     if not isinstance(doc, dict):
         _fail(filename, [((1, 1), "expected a mapping of settings at the top level")])
+    problems = _scan(doc)
     try:
-        config = _CONVERTER.structure(doc, Config)
-    except Exception as exc:
-        _fail(filename, _located(doc, exc))
-    config = _normalise(config)
-    problems = _check(config)
+        _drop_null_sections(doc, Config)
+        values, structural, failed = _structure(doc)
+        problems += [(_locate(doc, path, key), f"{msg} @ {path}") for path, msg, key in structural]
+        config, semantic = _semantic_problems(values, failed)
+        problems += [(_locate(doc, path), f"{msg} @ {path}") for path, msg in semantic]
+    except ConfigError:
+        raise
+    except Exception as e:  # a bug here must still not be a traceback
+        problems.append(((1, 1), f"invalid configuration: {type(e).__name__}: {short(str(e), 200)}"))
     if problems:
-        _fail(filename, [(_locate(doc, path), f"{msg} @ {path}") for path, msg in problems])
+        _fail(filename, problems)
     return config
 
 

@@ -5,6 +5,8 @@ C{twistd metaproxy --config=PATH}: command-line options and the service.
 The twistd plugin (C{twisted/plugins/metaproxy_plugin.py}) points here.
 """
 
+import sys
+
 from twisted.python import usage
 
 from metaproxy.config import ConfigError, load_config
@@ -23,10 +25,22 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path of the YAML configuration (see etc/metaproxy.yaml)."],
     ]
+    optFlags = [
+        ["check", None, "Check the configuration, print what would run, and exit (as `metaproxy check`)."],
+    ]
+
+    def opt_version(self):
+        """Print metaproxy's version and exit."""
+        from metaproxy import __version__
+
+        print(f"metaproxy {__version__}")
+        sys.exit(0)
 
     def postOptions(self):
         """
-        Load the configuration into C{self["loaded"]}.
+        Load the configuration into C{self["loaded"]}; with C{--check},
+        print the one-line summary (exit 0) or every problem (exit 2)
+        instead of serving.
 
         @raise usage.UsageError: no C{--config}, or the file is unusable
             (the message says where and what).
@@ -34,6 +48,16 @@ class Options(usage.Options):
         path = self["config"]
         if not path:
             raise usage.UsageError("--config=PATH is required (see etc/metaproxy.yaml)")
+        if self["check"]:
+            from metaproxy.cli.check import check_file
+            from metaproxy.cli.common import CommandError
+
+            try:
+                print(check_file(path))
+            except CommandError as e:
+                print(e, file=sys.stderr)
+                sys.exit(e.status)
+            sys.exit(0)
         try:
             self["loaded"] = load_config(path)
         except ConfigError as e:

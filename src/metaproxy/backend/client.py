@@ -82,11 +82,14 @@ class MetaClientProtocol(Protocol):
     @ivar on_lost: called with this protocol once the connection is gone
         (after every pending call has failed), or L{None}.
     @ivar stray_replies: how many replies matched no pending call.
+    @ivar header_version: the THFT request header version, 0 (as metaproxy
+        and most clients send) or 1 (as Java 2.x sends).
     """
 
     clock: object
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     on_lost: object = None
+    header_version: int = 0
     stray_replies: int = attrs.field(init=False, default=0)
     _seqid: int = attrs.field(init=False, default=0)
     _pending: dict = attrs.field(init=False, factory=dict)
@@ -152,7 +155,12 @@ class MetaClientProtocol(Protocol):
         if timeout is not None:
             entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
         pending[seqid] = entry
-        send_now(self.transport, frame.encode_request(name, seqid, args, client_timeout=max(0, int(client_timeout_ms))))
+        send_now(
+            self.transport,
+            frame.encode_request(
+                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms))
+            ),
+        )
         return d
 
     def _expire(self, seqid, timeout):

@@ -79,9 +79,10 @@ class _ProtocolFactory(Factory):
     clock: object
     max_frame_bytes: int
     on_lost: object
+    header_version: int = 0
 
     def buildProtocol(self, addr):
-        proto = MetaClientProtocol(self.clock, self.max_frame_bytes, self.on_lost)
+        proto = MetaClientProtocol(self.clock, self.max_frame_bytes, self.on_lost, self.header_version)
         proto.factory = self
         return proto
 
@@ -101,6 +102,7 @@ class MetaConnection:
         seconds); L{default_retry_policy} when L{None}.
     @ivar endpoint: the client endpoint; L{default_endpoint} when L{None}.
     @ivar max_frame_bytes: the largest reply accepted.
+    @ivar header_version: the THFT request header version sent (0 or 1).
     """
 
     reactor: object
@@ -110,6 +112,7 @@ class MetaConnection:
     retry_policy: object = None
     endpoint: object = None
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    header_version: int = 0
     state: str = attrs.field(init=False, default=STOPPED)
     _protocol: object = attrs.field(init=False, default=None)
     _waiters: list = attrs.field(init=False, factory=list)
@@ -131,7 +134,7 @@ class MetaConnection:
         policy = self.retry_policy if self.retry_policy is not None else default_retry_policy()
         self._service = ClientService(
             _TrackingEndpoint(endpoint, self._attempt_started, self._attempt_failed),
-            _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost),
+            _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost, self.header_version),
             retryPolicy=policy,
             clock=self.reactor,
             prepareConnection=self._connected,

@@ -41,7 +41,7 @@ class ConfigTests(SynchronousTestCase):
         for key in ("limits.frame_timeout", "limits.max_reply_bytes", "limits.backlog",
                     "limits.max_buffered_bytes_per_connection", "admin.idle_timeout"):
             self.assertIn(f"@ $.{key}", text)
-        self.assertRegex(text, r"l\.yaml:5:\d+: must be >= 0")
+        self.assertRegex(text, r"l\.yaml:5:\d+: must be 0\.\.86400")
 
 
 class WiringTests(SynchronousTestCase):

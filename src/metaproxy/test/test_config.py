@@ -103,7 +103,7 @@ class ErrorTests(SynchronousTestCase):
         """Well-typed but wrong values (endpoint, limits) are located."""
         msg = self.error(ROUTES + "listen: 'foo:bar'\nlimits: {max_frame_bytes: 10}\n")
         self.assertIn("bad.yaml:3:9: not a valid Twisted endpoint", msg)
-        self.assertIn("bad.yaml:4:27: must be >= 1024", msg)
+        self.assertIn("bad.yaml:4:27: must be 1024..2147483647", msg)
 
     def test_zookeeper_and_routes_exclusive(self):
         """zookeeper: and routes: together are refused; neither is refused too."""
@@ -164,9 +164,9 @@ class ErrorTests(SynchronousTestCase):
         self.assertIn("bad.yaml:2:1: unknown key 'b'", msg)
 
     def test_null_required_key(self):
-        """A required key given as null is a type error at its value."""
+        """A required key given as null is a type error, located at its key."""
         self.assertIn(
-            "bad.yaml:1:21: expected a list of host:port",
+            "bad.yaml:1:13: expected a list of host:port",
             self.error("zookeeper: {address: }\n"),
         )
 
@@ -225,3 +225,173 @@ class TagNameTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, parse_config, ROUTES + "metric:\n  tags: {service-name: x}\n", "t.yaml")
         self.assertIn("t.yaml:4:", str(e))
         self.assertIn("'service-name' is not a valid label name", str(e))
+
+
+class OneRoundTests(SynchronousTestCase):
+    """Every problem of a file comes in one round, in line order (issue 14)."""
+
+    def error(self, text):
+        return str(self.assertRaises(ConfigError, parse_config, text, "bad.yaml"))
+
+    def test_type_unknown_and_semantic_problems_together(self):
+        """A type error, an unknown key and a semantic error are all reported at once, sorted by line."""
+        msg = self.error(
+            ROUTES
+            + "listen: 'foo:bar'\n"  # line 3: semantic
+            + "limits: {max_connections: '5'}\n"  # line 4: type
+            + "lgging: {level: info}\n"  # line 5: unknown key
+            + "drain_timeout: -1\n"  # line 6: semantic
+        )
+        lines = msg.splitlines()
+        self.assertEqual([line.split(":")[1] for line in lines], ["3", "4", "5", "6"])
+        self.assertIn("not a valid Twisted endpoint", lines[0])
+        self.assertIn("expected an integer", lines[1])
+        self.assertIn("unknown key 'lgging' (did you mean 'logging'?)", lines[2])
+        self.assertIn("must be 0..86400", lines[3])
+
+    def test_did_you_mean_nested(self):
+        """An unknown key inside a section suggests the closest key of that section."""
+        msg = self.error(ROUTES + "zookeeper_x: 1\nlimits:\n  max_conections: 5\n")
+        self.assertIn("bad.yaml:5:3: unknown key 'max_conections' (did you mean 'max_connections'?)", msg)
+
+    def test_failed_section_hides_no_other_problem(self):
+        """A section that cannot be built still lets the other sections be judged."""
+        msg = self.error("zookeeper: {address: 5}\nlimits: {max_frame_bytes: 1}\n")
+        self.assertIn("bad.yaml:1:22: expected a list of host:port", msg)
+        self.assertIn("bad.yaml:2:27: must be 1024..2147483647", msg)
+        self.assertNotIn("give either", msg)
+
+
+class NullSectionTests(SynchronousTestCase):
+    def test_empty_sections_mean_defaults(self):
+        """A section whose keys are all commented out (null) loads as its defaults."""
+        c = parse_config(
+            ROUTES + "admin:\n  # listen: tcp:1\nlimits:\nmetric:\n  falcon:\n  tags:\nlogging:\nsimulator:\n",
+            "n.yaml",
+        )
+        self.assertEqual(c.admin.listen, "tcp:24601:interface=127.0.0.1")
+        self.assertEqual(c.limits.max_frame_bytes, 1048576)
+        self.assertEqual(c.metric.falcon.step, 60)
+        self.assertEqual(dict(c.metric.tags), {})
+        self.assertIsNone(c.simulator)
+
+    def test_null_scalar_is_still_an_error(self):
+        """A null where a value is needed (listen) is still an error, at its key."""
+        e = self.assertRaises(ConfigError, parse_config, ROUTES + "listen:\n", "n.yaml")
+        self.assertIn("n.yaml:3:1: expected a string, got null", str(e))
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Inputs that broke the loader: each gets one located message (issue 14)."""
+
+    def error(self, text):
+        return str(self.assertRaises(ConfigError, parse_config, text, "bad.yaml"))
+
+    def one(self, text):
+        """@return: the only line of the ConfigError for C{text} (failing if there are more)."""
+        lines = self.error(text).splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        return lines[0]
+
+    def test_alias_bomb_in_tags_is_bounded(self):
+        """YAML aliases that expand to a huge structure give a short message, fast."""
+        lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+        for i in range(1, 10):
+            prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+            lines.append(f"{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+        text = ROUTES + "x_anchors:\n" + "".join(f"  {line}\n" for line in lines) + "metric:\n  tags: [*j, *j]\n"
+        msg = self.error(text)
+        self.assertLess(len(msg), 2000)
+        self.assertIn("unknown key 'x_anchors'", msg)
+        self.assertIn("bad.yaml:15:9: tag <list>: expected key=value", msg)
+
+    def test_deep_nesting_is_located(self):
+        """20 000-deep nesting is one located message, not a RecursionError."""
+        msg = self.error(ROUTES + "admin: " + "[" * 20000 + "]" * 20000 + "\n")
+        self.assertEqual(len(msg.splitlines()), 1)
+        self.assertRegex(msg, r"^bad\.yaml:3:\d+: nested deeper than 32 levels")
+
+    def test_moderate_nesting_is_located(self):
+        """Nesting the YAML parser survives but the schema never needs is refused at its place."""
+        msg = self.error(ROUTES + "admin: " + "[" * 40 + "]" * 40 + "\n")
+        self.assertIn("bad.yaml:3:", msg)
+        self.assertIn("nested deeper than 32 levels", msg)
+
+    def test_log_file_is_a_directory(self):
+        """logging.file naming a directory is located."""
+        import os
+
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        msg = self.one(ROUTES + f"logging: {{file: '{path}'}}\n")
+        self.assertRegex(msg, r"^bad\.yaml:3:17: '/.*' is a directory; give a file path")
+
+    def test_log_file_in_missing_directory(self):
+        """logging.file whose directory does not exist (or is a file) is located."""
+        msg = self.one(ROUTES + "logging:\n  file: /nonexistent-dir/metaproxy.log\n")
+        self.assertIn("bad.yaml:4:9: directory '/nonexistent-dir' does not exist", msg)
+
+    def test_zookeeper_timeout_range(self):
+        """zookeeper.timeout beyond what kazoo can send is refused before it kills kazoo's thread."""
+        msg = self.one("zookeeper:\n  address: 'a:1'\n  timeout: 3000000000\n")
+        self.assertIn("bad.yaml:3:12: must be 1..86400000 (milliseconds)", msg)
+
+    def test_port_ranges(self):
+        """Listener and meta ports out of range are located."""
+        msg = self.error("routes:\n  t: {cluster_name: c, meta_addrs: 'a:70000'}\nlisten: tcp:99999\n")
+        self.assertIn("bad.yaml:2:36: 'a:70000': port must be 1..65535", msg)
+        self.assertIn("bad.yaml:3:9: port 99999 is out of range 0..65535", msg)
+
+    def test_huge_integer(self):
+        """An integer beyond 64 bits is out of range, not a crash later."""
+        msg = self.one(ROUTES + "limits: {max_connections: 1" + "0" * 40 + "}\n")
+        self.assertIn("bad.yaml:3:27: integer", msg)
+        self.assertIn("is out of range", msg)
+
+    def test_unknown_tags_refused(self):
+        """An unknown tag such as !Foo is refused, on a scalar and on a mapping."""
+        msg = self.error(ROUTES + "listen: !Foo tcp:1\nadmin: !Bar {listen: 'tcp:2'}\n")
+        self.assertEqual(len(msg.splitlines()), 2)
+        self.assertIn("bad.yaml:3:9: unsupported YAML tag '!Foo'", msg)
+        self.assertIn("bad.yaml:4:8: unsupported YAML tag '!Bar'", msg)
+
+    def test_str_tag_accepted(self):
+        """The standard !!str tag is allowed and gives a string."""
+        c = parse_config(ROUTES + "metric: {tags: {build: !!str 123}}\n", "ok.yaml")
+        self.assertEqual(dict(c.metric.tags), {"build": "123"})
+
+    def test_warning_is_warn(self):
+        """logging.level: warning is accepted and means warn (as the Go proxy and Python do)."""
+        c = parse_config(ROUTES + "logging: {level: warning}\n", "ok.yaml")
+        self.assertEqual(c.logging.level, "warn")
+        self.assertIn("bad.yaml:3:18: must be one of", self.error(ROUTES + "logging: {level: loud}\n"))
+
+    def test_many_problems_are_capped(self):
+        """More than MAX_PROBLEMS problems list that many lines plus a count of the rest."""
+        from metaproxy.config import MAX_PROBLEMS
+
+        text = ROUTES + "".join(f"k{i}: 1\n" for i in range(MAX_PROBLEMS + 20))
+        lines = self.error(text).splitlines()
+        self.assertEqual(len(lines), MAX_PROBLEMS + 1)
+        self.assertIn("... and 20 more problems", lines[-1])
+        self.assertRegex(lines[-1], _LOCATED)
+
+    def test_invalid_date(self):
+        """A value the YAML reader itself cannot build (a date that does not exist) is located, not a traceback."""
+        self.assertRegex(self.error(ROUTES + "listen: 2001-13-45\n"), _LOCATED)
+
+    def test_null_or_list_where_a_mapping_belongs(self):
+        """A null or a list where one route or cluster belongs says 'expected a mapping', located."""
+        msg = self.error("routes:\n  t:\n  u: [1]\nsimulator:\n  clusters:\n    -\n")
+        self.assertEqual(
+            msg.splitlines(),
+            [
+                "bad.yaml:2:3: expected a mapping, got null @ $.routes['t']",
+                "bad.yaml:3:6: expected a mapping, got list @ $.routes['u']",
+                "bad.yaml:6:6: expected a mapping, got null @ $.simulator.clusters[0]",
+            ],
+        )
+
+    def test_positionless_nodes(self):
+        """Nodes ruamel keeps no position for (an !!omap) still get a located message, not a traceback."""
+        self.assertIn("bad.yaml:1:9: expected a mapping, got integer", self.error("routes: !!omap [a: 1]\n"))
