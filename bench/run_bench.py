@@ -37,7 +37,6 @@ nothing.
 import argparse
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import urllib.request
 
 from twisted.internet import defer, task, threads
 
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for_port
 from metaproxy.testing.pegasus_client import PegasusTestClient
 from metaproxy.wire import querycfg
 
@@ -397,8 +396,7 @@ def main():
     metas = [free_port() for _ in range(3)]
     meta_list = ",".join(f"127.0.0.1:{p}" for p in metas)
     tables = [f"t{i:03d}" for i in range(args.tables)] + ["temp"]
-    twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-    sim_cmd = [sim_python] + twistd + ["pegasus-sim", "--metas", meta_list]
+    sim_cmd = twistd_argv(sim_python) + ["pegasus-sim", "--metas", meta_list]
     for t in tables:
         sim_cmd += ["--table", f"{t}:8"]
 
@@ -429,7 +427,7 @@ def main():
             profile = []
             if args.profile and runtime_label(python).startswith("CPython"):
                 profile = [f"--profile={os.path.abspath(args.profile)}/proxy-{i}.prof", "--profiler=cprofile", "--savestats"]
-            p = start(f"proxy-{i}", [python] + twistd + profile + ["metaproxy", f"--config={config}"])
+            p = start(f"proxy-{i}", twistd_argv(python) + profile + ["metaproxy", f"--config={config}"])
             proxies.append(Target(f"proxy {runtime_label(python)}", port, p.pid, admin))
         wait_for_port(metas[0], sim_proc, timeout=60)
         for target, p in zip(proxies, procs[1:]):
@@ -441,12 +439,7 @@ def main():
         task.react(lambda reactor: run(reactor, args, sim, proxies))
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p)
         print(f"\nlogs: {tmp}")
 
 

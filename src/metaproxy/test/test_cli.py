@@ -8,7 +8,6 @@ is one) against simulated clusters run by C{twistd pegasus-sim}.
 import json
 import os
 import subprocess
-import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,7 +15,7 @@ from metaproxy import __version__
 from metaproxy.cli.metaquery import as_json
 from metaproxy.config import AdminConfig
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
-from metaproxy.testing.net import free_port
+from metaproxy.testing.net import free_port, twistd_argv
 from metaproxy.testing.commandline import run_cli, start_simulator, stop_at_exit
 from metaproxy.wire import querycfg
 
@@ -48,7 +47,7 @@ class VersionTests(SynchronousTestCase):
     def test_twistd_version(self):
         """`twistd metaproxy --version` prints metaproxy's version, not Twisted's."""
         result = subprocess.run(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "metaproxy", "--version"],
+            twistd_argv(nodaemon=False) + ["metaproxy", "--version"],
             capture_output=True, text=True, timeout=60,
         )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, f"metaproxy {__version__}"))
@@ -96,7 +95,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_twistd_check(self):
         """`twistd metaproxy --check` does what `metaproxy check` does, without serving."""
-        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "metaproxy", "--check"]
+        twistd = twistd_argv(nodaemon=False) + ["metaproxy", "--check"]
         good = subprocess.run(twistd + ["--config", _write(self, GOOD)], capture_output=True, text=True, timeout=60)
         self.assertEqual(good.returncode, 0, good.stderr)
         self.assertIn(": ok: 1 static routes", good.stdout)

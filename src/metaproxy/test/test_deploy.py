@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from metaproxy.testing import zookeeper
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for_port
 from metaproxy.testing.pegasus_client import connect_client
 from metaproxy.wire import codes, querycfg
 
@@ -370,21 +369,11 @@ class ScrapeTests(TestCase):
         self.log = open(os.path.join(workdir, "twistd.out"), "w+b")
         self.addCleanup(self.log.close)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "metaproxy", f"--config={path}"],
+            twistd_argv() + ["metaproxy", f"--config={path}"],
             cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
-        def stop():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        self.addCleanup(stop)
+        self.addCleanup(stop_process, proc, 20)
         try:
             wait_for_port(self.port, proc)
             wait_for_port(self.admin, proc)

@@ -7,11 +7,9 @@ the harness (the C++ client's framing against simulated metas).
 """
 
 import os
-import signal
 import socket
 import struct
 import subprocess
-import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +27,7 @@ from metaproxy.staticroutes import StaticRouteTable
 from metaproxy.test.test_resolver import _Pools, _Routes, _table_response
 from metaproxy.test.test_wire_rdsn import VECTOR, VECTOR_NOT_FOUND_REPLY
 from metaproxy.testing.harness import ProxyHarness, start_cluster, stop_all
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for_port
 from metaproxy.testing.rdsn_client import connect_rdsn_client, query_cfg_body
 from metaproxy.wire import binary, codes, frame, querycfg, rdsn
 from metaproxy.wire.negotiation import NEGOTIATION, SASL_AUTH_DISABLE
@@ -508,18 +506,12 @@ class TwistdLoopbackTests(SynchronousTestCase):
 
     def spawn(self, args, port, cwd):
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="] + args,
+            twistd_argv() + args,
             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
 
         def stop():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 20)
             proc.stdout.close()
 
         self.addCleanup(stop)

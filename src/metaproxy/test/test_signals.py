@@ -24,7 +24,7 @@ from metaproxy import logs
 from metaproxy.config import load_config
 from metaproxy.signals import HangupService, LogReloader
 from metaproxy.test.test_logs import keep_logging_state
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 
 
 def _now(f, *args):
@@ -226,7 +226,7 @@ def _twistd(case, config_text, logger=None):
         f.write(config_text)
     workdir = os.path.abspath(case.mktemp())
     os.makedirs(workdir)
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+    argv = twistd_argv()
     if logger:
         argv.append(f"--logger={logger}")
     proc = subprocess.Popen(argv + ["metaproxy", f"--config={path}"], cwd=workdir,
@@ -287,7 +287,7 @@ class TwistdProcessTests(SynchronousTestCase):
         wait_for_port(port, proc)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
             scrape = response.read().decode()
-        for name in ("process_resident_memory_bytes", "python_info{", f'metaproxy_build_info{{runtime="',
+        for name in ("process_resident_memory_bytes", "python_info{", "metaproxy_build_info{runtime=\"",
                      f'version="{__version__}"', "metaproxy_client_connections ",
                      "metaproxy_client_connections_limit 77.0", "metaproxy_client_queries_total{"):
             self.assertIn(name, scrape)

@@ -22,6 +22,7 @@ from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IClusterPools, IMetaCluster
 from metaproxy.route import MetaAddrs
 from metaproxy.sim import tap
+from metaproxy.testing.net import twistd_argv
 from metaproxy.sim.model import SimModel, select_partitions
 from metaproxy.sim.server import SimulatedCluster, build_simulator_service
 from metaproxy.testing import fakemeta
@@ -497,10 +498,7 @@ class TwistdSmokeTests(TestCase):
         """C{twistd -n pegasus-sim} serves the tables it was given and stops on SIGTERM."""
         port = _free_port()
         proc = _Ended()
-        argv = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "pegasus-sim", "--metas", f"127.0.0.1:{port}", "--table", "temp:8",
-        ]
+        argv = twistd_argv() + ["pegasus-sim", "--metas", f"127.0.0.1:{port}", "--table", "temp:8"]
         transport = reactor.spawnProcess(proc, sys.executable, argv, env=os.environ)
         pools = ClusterPools(reactor, connect_timeout=1.0)
         try:

@@ -6,14 +6,13 @@ Tests for L{metaproxy.tap}: options, the service tree, and one twistd run.
 import os
 import signal
 import subprocess
-import sys
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import tap
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 
 
 def _write(case, text):
@@ -154,7 +153,7 @@ class TwistdSmokeTests(SynchronousTestCase):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "metaproxy", f"--config={path}"],
+            twistd_argv() + ["metaproxy", f"--config={path}"],
             cwd=workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

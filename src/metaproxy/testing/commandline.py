@@ -8,15 +8,14 @@ every process started here is ended by its PID.
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 
 import attrs
 
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for_port
 
-_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+_TWISTD = twistd_argv()
 
 
 def cli_argv():
@@ -52,13 +51,7 @@ class Process:
 
     def stop(self):
         """End the process (SIGTERM, then SIGKILL) if it still runs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+        stop_process(self.proc)
 
     def output(self):
         """@return: what the process printed so far (its log file)."""

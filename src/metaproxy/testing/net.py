@@ -3,7 +3,10 @@
 Loopback helpers for tests and benchmarks that start real processes.
 """
 
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 
@@ -37,3 +40,33 @@ def wait_for_port(port, proc=None, timeout=30.0):
             if time.monotonic() > end:
                 raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
             time.sleep(0.05)
+
+
+def twistd_argv(python=None, nodaemon=True):
+    """
+    @param python: the interpreter to run twistd with (default: this one).
+    @param nodaemon: add C{-n --pidfile=} (run in the foreground, no pid file).
+    @return: the argv prefix that runs twistd with C{python}; append the
+        plugin name and its options.
+    """
+    argv = [python or sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    return argv + ["-n", "--pidfile="] if nodaemon else argv
+
+
+def stop_process(proc, timeout=15.0):
+    """
+    End a process this test or benchmark started: SIGTERM (so it drains as
+    in production), then SIGKILL if it has not exited after C{timeout}
+    seconds. Does nothing if it already exited.
+
+    @param proc: a L{subprocess.Popen}.
+    @return: its exit status.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -7,17 +7,15 @@ from C{/proc}.
 """
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import attrs
 
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for_port
 from metaproxy.wire import frame, querycfg
 
 #: The simulated table every config written here routes.
@@ -92,8 +90,7 @@ class ProxyProcess:
         log_path = os.path.join(tmp, "metaproxy.log")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                 "-n", "--pidfile=", "metaproxy", f"--config={config}"],
+                twistd_argv() + ["metaproxy", f"--config={config}"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
             )
         self = cls(proc, port, admin, log_path)
@@ -145,13 +142,7 @@ class ProxyProcess:
 
     def stop(self):
         """SIGTERM the process and wait for it (SIGKILL after 15 s)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def request_bytes(seqid, table=TABLE):

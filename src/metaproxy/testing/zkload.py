@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -27,12 +26,12 @@ import urllib.request
 from twisted.internet import defer, task, threads
 
 from metaproxy.route import Route, MetaAddrs
-from metaproxy.testing.net import free_port, wait_for_port
+from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 from metaproxy.testing.pegasus_client import connect_client
 from metaproxy.testing.zookeeper import ZooKeeperServer, four_letter, quiet_client
 from metaproxy.wire import querycfg
 
-_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+_TWISTD = twistd_argv()
 ROOT = "/mp"
 
 
