@@ -182,6 +182,14 @@ class _Collector:
             for value, count in read().items():
                 family.add_metric(values + [str(value)], float(count))
             yield family
+        for name, doc, label, read in m._watched_gauges:
+            if label is None:
+                yield one(GaugeMetricFamily, name, doc, read())
+                continue
+            family = GaugeMetricFamily(name, doc, labels=names + (label,))
+            for value, number in read().items():
+                family.add_metric(values + [str(value)], float(number))
+            yield family
         if routes is not None:
             yield from self._routes(routes, names, values, one)
 
@@ -269,6 +277,7 @@ class Metrics:
         self._connections = None
         self._route_table = None
         self._watched_counts = []
+        self._watched_gauges = []
         self._opened = self._closed = self._zk_requests = 0
         self._outcomes = set()
         self._children = {}
@@ -285,7 +294,7 @@ class Metrics:
         )
         self._backend_errors = _Counts(
             "metaproxy_backend_errors", "Meta server calls that gave no usable answer, by outcome.",
-            ("cluster", "outcome"),
+            ("cluster_name", "outcome"),
         )
         self._all_counts = (self._queries, self._answers, self._coalesced, self._upstream, self._backend_errors)
         if self.table_labels:
@@ -296,7 +305,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self._backend_latency = Histogram(
-            "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster",),
+            "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster_name",),
             buckets=LATENCY_BUCKETS, registry=r,
         )
         r.register(_Collector(self))
@@ -330,6 +339,17 @@ class Metrics:
         @param read: C{callable() -> {label value: count}}.
         """
         self._watched_counts.append((name, documentation, label, read))
+
+    def watch_gauge(self, name, documentation, label, read):
+        """
+        Add a gauge read at collection time.
+
+        @param label: the one label that tells the series apart, or L{None}
+            for a single series.
+        @param read: C{callable() -> number} without a label, else
+            C{callable() -> {label value: number}}.
+        """
+        self._watched_gauges.append((name, documentation, label, read))
 
     # ---------------------------------------------------------- hot path
 
@@ -384,7 +404,8 @@ class Metrics:
         """
         Record one call to one meta server.
 
-        @param cluster: the cluster's meta address set as a string.
+        @param cluster: the route's C{cluster_name} (never an address list:
+            replacing metas must not create new series).
         @param meta: the meta's C{"host:port"} (kept out of labels: it
             changes as metas are replaced).
         @param outcome: C{"ERR_OK"}, or the error name or exception kind;

@@ -3,6 +3,7 @@ Tests for L{metaproxy.resolver}: routing, error mapping, relay, coalescing.
 """
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -69,8 +70,11 @@ class _Pools:
     def __init__(self):
         self.clusters = {}
 
-    def get(self, meta_addrs):
-        return self.clusters.setdefault(meta_addrs, _Cluster(meta_addrs))
+    def get(self, meta_addrs, cluster_name=None):
+        cluster = self.clusters.setdefault(meta_addrs, _Cluster(meta_addrs))
+        if cluster_name is not None:
+            cluster.cluster_name = cluster_name
+        return cluster
 
     def close(self):
         return defer.succeed(None)
@@ -136,8 +140,9 @@ class ResolverTestsMixin:
         )
         self.pools = _Pools()
         self.metrics = _Metrics()
+        self.clock = Clock()
         self.resolver = QueryConfigResolver(
-            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics
+            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics, clock=self.clock
         )
 
     def cluster(self, meta=META1):
@@ -228,11 +233,12 @@ class ResolverErrorTests(ResolverTestsMixin, SynchronousTestCase):
 
 class ResolverRelayTests(ResolverTestsMixin, SynchronousTestCase):
     def test_routes_to_owning_cluster(self):
-        """A query goes to the cluster its route names, with table, indices and deadline."""
+        """A query goes to the cluster its route names, with table, indices and the answer budget (1500 ms - 10 %)."""
         self.resolver.handle(_request("other", (1,), client_timeout=1500), None)
         self.assertEqual(self.cluster(META1).calls, [])
         [(table, indices, timeout, _)] = self.cluster(META2).calls
-        self.assertEqual((table, indices, timeout), ("other", (1,), 1.5))
+        self.assertEqual((table, indices, round(timeout, 6)), ("other", (1,), 1.35))
+        self.assertEqual(self.cluster(META2).cluster_name, "c2")
 
     def test_answer_relayed(self):
         """The backend's answer reaches the client without hp_* fields."""
@@ -289,7 +295,7 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
         self.resolver.handle(_request("temp", client_timeout=3000), None)
         calls = self.cluster().calls
         self.answer(calls[0], _ok())
-        self.assertEqual(calls[1][2], 3.0)
+        self.assertAlmostEqual(calls[1][2], 2.7)
 
     def test_disconnected_client_does_not_cancel_others(self):
         """One waiter cancelling leaves the shared query running for the rest."""
