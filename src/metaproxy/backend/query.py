@@ -16,8 +16,9 @@ loop still runs, so a meta that fails synchronously (its link is down)
 cannot end the round before the others were asked, whatever the address
 order. Another round, asking every meta again, follows after
 C{retry_delay} while the deadline allows (an election may be running). While
-attempts hang (a silent meta), the metas that are not busy are asked again
-every C{hedge_delay}: they may know a new leader by then. At the deadline
+attempts hang (a silent meta), every meta is asked again every
+C{hedge_delay} (beside its attempt still in flight, if any): the followers may
+know a new leader by then, and a hung meta may be back. At the deadline
 the caller gets L{BackendUnavailable}.
 """
 
@@ -69,7 +70,7 @@ class Query:
     def _round(self):
         self.rounds += 1
         self.retry_timer = None
-        self.asked = set(self.attempts)
+        self.asked = self._busy()
         self.hedged = False
         cluster = self.cluster
         if self.rounds > 1:
@@ -92,10 +93,11 @@ class Query:
         """Send to each key not busy; outcomes that fire at once wait for L{_settle}."""
         self._sending += 1
         try:
+            busy = self._busy()
             for key in keys:
                 if self.done:
                     return
-                if key not in self.attempts:
+                if key not in busy:
                     self._send(key)
         finally:
             self._sending -= 1
@@ -110,13 +112,16 @@ class Query:
             d.addCallbacks(self._answered, self._failed, (key, started, None), errbackArgs=(key, started, None))
             return
         token = object()
-        self.attempts[key] = (d, token)
+        self.attempts[token] = (key, d, started)
         d.addCallbacks(self._answered, self._failed, (key, started, token), errbackArgs=(key, started, token))
 
     def _pop(self, key, token):
-        entry = self.attempts.get(key)
-        if token is not None and entry is not None and entry[1] is token:
-            del self.attempts[key]
+        if token is not None:
+            self.attempts.pop(token, None)
+
+    def _busy(self):
+        """@return: the keys with an attempt in flight."""
+        return {key for key, _, _ in self.attempts.values()}
 
     def _answered(self, response, key, started, token):
         self._pop(key, token)
@@ -147,7 +152,7 @@ class Query:
             self._note_failure(key, "forward without a leader")
             return
         leader_key = cluster._key_for(*target)
-        if leader_key in self.attempts:
+        if leader_key in self._busy():
             return  # already waiting for that leader
         if leader_key in self.asked:
             # The named leader was asked in this round and did not answer:
@@ -183,13 +188,28 @@ class Query:
         self._settle()
 
     def _poll(self):
-        """Attempts still hang: ask the metas that are not busy again."""
+        """
+        Attempts still hang: ask every meta again (they may know a new
+        leader, a hung one may be back), replacing attempts older than
+        C{hedge_delay}.
+        """
         self.poll_timer = None
         if self.done:
             return
         if self.attempts and self.retry_timer is None:
-            self.asked = set(self.attempts)
-            self._send_all([k for k in self.cluster._ranked() if k not in self.attempts])
+            now = self.cluster.reactor.seconds()
+            newest = {}
+            for key, _, started in self.attempts.values():
+                newest[key] = max(newest.get(key, started), started)
+            recent = {k for k, t in newest.items() if now - t < self.cluster.hedge_delay}
+            self.asked = set(recent)
+            self._sending += 1
+            try:
+                for key in self.cluster._ranked():
+                    if not self.done and key not in recent:
+                        self._send(key)
+            finally:
+                self._sending -= 1
         if not self.done:
             self.poll_timer = self.cluster.reactor.callLater(self.cluster.hedge_delay, self._poll)
         self._settle()
@@ -231,7 +251,7 @@ class Query:
                 timer.cancel()
         self.hedge_timer = self.deadline_timer = self.retry_timer = self.poll_timer = None
         attempts, self.attempts = self.attempts, {}
-        for d, _ in attempts.values():
+        for _, d, _ in attempts.values():
             d.cancel()
 
     def abort(self, why):

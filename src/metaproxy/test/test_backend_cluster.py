@@ -313,6 +313,33 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).body, OK)
         self.assertEqual(self.cluster.leader, "10.0.0.2:34601")
 
+    def test_synchronous_failures_do_not_end_the_round(self):
+        """
+        Metas whose links are down fail synchronously inside the sending
+        loop; the last meta is still asked and its answer wins.
+        """
+        self.conns["10.0.0.1:34601"].down = True
+        self.conns["10.0.0.2:34601"].down = True
+        d = self.query(timeout=1.0)
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 1)
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+
+    def test_cluster_name_labels_metrics(self):
+        """Backend calls are reported under the route's cluster name, not the address list."""
+        calls = []
+
+        class Metrics:
+            def backend_call(self, cluster, meta, outcome, seconds):
+                calls.append((cluster, meta, outcome))
+
+        self.cluster.metrics = Metrics()
+        self.cluster.cluster_name = "onebox"
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(calls, [("onebox", "10.0.0.1:34601", "ERR_OK")])
+
     def test_deadline(self):
         """When no meta answers, the caller gets L{BackendUnavailable} at the deadline and every attempt is cancelled."""
         d = self.query(timeout=3.0)

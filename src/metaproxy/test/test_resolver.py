@@ -332,3 +332,54 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
         self.answer(calls[1], _ok())
         self.successResultOf(b)
         self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_gone_queued_batch_starts_nothing(self):
+        """A queued batch whose waiters have all gone starts no upstream query."""
+        a = self.resolver.handle(_request("temp"), None)
+        b = self.resolver.handle(_request("temp"), None)
+        c = self.resolver.handle(_request("temp"), None)
+        b.cancel()
+        c.cancel()
+        self.failureResultOf(b, defer.CancelledError)
+        self.failureResultOf(c, defer.CancelledError)
+        calls = self.cluster().calls
+        self.answer(calls[0], _ok())
+        self.successResultOf(a)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_queued_waiter_answered_at_own_deadline(self):
+        """A coalesced request is answered at its own budget while the shared query runs on."""
+        a = self.resolver.handle(_request("temp", client_timeout=5000), None)
+        b = self.resolver.handle(_request("temp", client_timeout=1000), None)
+        self.clock.advance(0.9)
+        self.assertEqual(self.successResultOf(b).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertNoResult(a)
+        self.assertEqual(self.cluster().cancelled, 0)
+        self.answer(self.cluster().calls[0], _ok())
+        self.successResultOf(a)
+        self.assertEqual(len(self.cluster().calls), 1)  # b's queued batch is gone
+
+    def test_running_waiter_answered_at_own_deadline(self):
+        """The last waiter of a running query is answered at its budget and the query is cancelled."""
+        a = self.resolver.handle(_request("temp", client_timeout=2000), None)
+        self.clock.advance(1.79)
+        self.assertNoResult(a)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(a).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class UpstreamLimitTests(ResolverTestsMixin, SynchronousTestCase):
+    def test_inflight_capped(self):
+        """Beyond max_upstream distinct queries in flight, a new one gets the retryable error at once."""
+        self.resolver.max_upstream = 2
+        self.resolver.handle(_request("temp"), None)
+        self.resolver.handle(_request("temp", (1,)), None)
+        d = self.resolver.handle(_request("temp", (2,)), None)
+        self.assertEqual(self.successResultOf(d).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual((self.resolver.in_flight(), self.resolver.refused_upstream), (2, 1))
+        joined = self.resolver.handle(_request("temp"), None)  # joins a running key: still served
+        self.assertNoResult(joined)
+
