@@ -115,7 +115,7 @@ class ClusterPools:
             self._pools[meta_addrs] = pool
             log.info("opened a meta pool for {name} ({cluster})", name=cluster_name, cluster=str(meta_addrs))
             self._start_sweeping()
-        elif cluster_name and getattr(pool, "cluster_name", cluster_name) != cluster_name:
+        if cluster_name and getattr(pool, "cluster_name", cluster_name) != cluster_name:
             pool.cluster_name = cluster_name
         return pool
 

@@ -20,6 +20,7 @@ class FakePool:
 
     def __init__(self, meta_addrs, clock):
         self.meta_addrs = meta_addrs
+        self.cluster_name = ""
         self.last_used = clock.seconds()
         self.running = 0
         self.closed = False
@@ -79,6 +80,17 @@ class ClusterPoolsTests(SynchronousTestCase):
     def test_interface(self):
         """L{ClusterPools} provides L{IClusterPools}."""
         self.assertTrue(verifyObject(IClusterPools, self.pools))
+
+    def test_cluster_name_and_backend_up(self):
+        """A pool takes the route's cluster name; backend_up reports per cluster_name."""
+        a = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"), "alpha")
+        b = self.pools.get(MetaAddrs.parse("10.0.0.2:34601"), "beta")
+        a.is_up = lambda: True
+        b.is_up = lambda: False
+        self.assertEqual((a.cluster_name, b.cluster_name), ("alpha", "beta"))
+        self.assertEqual(self.pools.backend_up(), {"alpha": 1, "beta": 0})
+        self.assertIs(self.pools.get(MetaAddrs.parse("10.0.0.2:34601"), "gamma"), b)
+        self.assertEqual(b.cluster_name, "gamma")
 
     def test_one_pool_per_meta_set(self):
         """Lists naming the same metas in another order or spacing share one pool."""

@@ -197,6 +197,16 @@ class TrafficTests(SynchronousTestCase):
             _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster_name="c1", outcome="ERR_OK")
         )
 
+    def test_watched_gauges(self):
+        """Gauges read at collection time, with or without a label, carry the const labels."""
+        up = {"c1": 1, "c2": 0}
+        self.m.watch_gauge("metaproxy_upstream_inflight", "doc", None, lambda: 3)
+        self.m.watch_gauge("metaproxy_backend_up", "doc", "cluster_name", lambda: up)
+        self.assertEqual(_value(self.m, "metaproxy_upstream_inflight", region="r1"), 3.0)
+        self.assertEqual(_value(self.m, "metaproxy_backend_up", region="r1", cluster_name="c2"), 0.0)
+        up["c2"] = 1
+        self.assertEqual(_value(self.m, "metaproxy_backend_up", region="r1", cluster_name="c2"), 1.0)
+
     def test_backend_outcomes_are_capped(self):
         """Past max_outcomes distinct outcomes, new ones are counted as _other."""
         m = Metrics(max_outcomes=1)
