@@ -53,7 +53,7 @@ class ProxyHarness:
 
     reactor: object
     routes: object
-    default_timeout: float = 2.0
+    default_timeout: float = 1.5  # as timeouts.client_default
     hedge_delay: float = 0.2
     drain_timeout: float = 5.0
     service: object = attrs.field(init=False, default=None)

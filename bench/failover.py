@@ -1,0 +1,162 @@
+"""
+metaproxy failover benchmark: a leader SIGKILL with an election, in both
+address orders, and all metas down for a while then back. On 127.0.0.1 only.
+
+    PYTHONPATH=src python bench/failover.py            # full run (about 3 minutes)
+    PYTHONPATH=src python bench/failover.py --quick    # shorter windows
+
+Processes: three simulated metas, each its own process
+(L{metaproxy.testing.metaprocs}; the leader is switched by a control file,
+i.e. an "election"), and metaproxy (C{twistd metaproxy}, static routes,
+default timeouts). This process is the load generator: Go-profile clients
+(THFT v0, header C{client_timeout}; each waits that long for an answer, then
+gives up and sends the next query after 50 ms).
+
+For each scenario it prints how many queries were sent, the fraction
+answered ERR_OK within the client's timeout, the retryable answers and the
+client timeouts. It measures; it asserts nothing. Every process it starts is
+ended by PID.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import defer, task
+
+from metaproxy.testing.load import connect_clients, ok_fraction, steady_load
+from metaproxy.testing.metaprocs import MetaProcesses
+from metaproxy.testing.net import free_port, wait_for_port
+
+
+def start_proxy(meta_addrs, tmp):
+    port, admin = free_port(), free_port()
+    config = os.path.join(tmp, "metaproxy.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: tcp:{port}:interface=127.0.0.1\n")
+        f.write(f"admin:\n  listen: tcp:{admin}:interface=127.0.0.1\n")
+        f.write("routes:\n")
+        f.write(f"  temp: {{cluster_name: sim, meta_addrs: '{meta_addrs}'}}\n")
+    cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+           "metaproxy", f"--config={config}"]
+    log = open(os.path.join(tmp, "proxy.log"), "a")
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in paths)  # it runs in tmp
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=env)
+    wait_for_port(port, proc)
+    return proc, port
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def summary(name, samples, waits, since=None):
+    chosen = [s for s in samples if since is None or s.sent >= since]
+    ok, total = ok_fraction(chosen, waits)
+    retry = sum(1 for s in chosen if s.err == "ERR_SERVICE_NOT_ACTIVE")
+    late = sum(1 for s in chosen if s.latency is None)
+    worst = max((s.latency for s in chosen if s.latency is not None), default=float("nan"))
+    pct = 100.0 * ok / total if total else float("nan")
+    print(f"  {name:<52} {total:>6} {pct:>7.2f} % {retry:>6} {late:>6} {worst * 1000:>9.0f}")
+
+
+def header():
+    print(f"  {'scenario':<52} {'sent':>6} {'ERR_OK in time':>9} {'retry':>6} {'tmout':>6} {'max ms':>9}")
+
+
+@defer.inlineCallbacks
+def election(reactor, args, dead_first, elect_after, timeout_ms):
+    waits = timeout_ms / 1000.0 if timeout_ms else 2.0
+    metas = MetaProcesses(leader=None)
+    tmp = tempfile.mkdtemp(prefix="failover-bench-")
+    proxy = None
+    try:
+        by_port = sorted(range(3), key=lambda i: metas.ports[i])
+        leader = by_port[0] if dead_first else by_port[-1]
+        metas.set_leader(leader)
+        metas.start_all()
+        proxy, port = start_proxy(metas.meta_addrs(), tmp)
+        clients = yield connect_clients(reactor, port, args.clients, "go", timeout_ms)
+        yield steady_load(reactor, clients[:1], reactor.seconds() + 0.5, waits)  # the proxy finds the leader
+        start = reactor.seconds()
+        load = steady_load(reactor, clients, start + args.window, waits)
+        yield task.deferLater(reactor, args.kill_at, lambda: None)
+        metas.kill(leader)
+        yield task.deferLater(reactor, elect_after, lambda: None)
+        metas.set_leader(by_port[1])
+        samples = yield load
+        order = "lowest" if dead_first else "highest"
+        summary(f"kill leader ({order} addr), election +{elect_after:g}s, {timeout_ms} ms", samples, waits)
+        for c in clients:
+            c.transport.loseConnection()
+    finally:
+        if proxy is not None:
+            stop(proxy)
+        metas.stop_all()
+
+
+@defer.inlineCallbacks
+def outage(reactor, args, down_for, timeout_ms):
+    waits = timeout_ms / 1000.0 if timeout_ms else 2.0
+    metas = MetaProcesses(leader=0)
+    tmp = tempfile.mkdtemp(prefix="failover-bench-")
+    proxy = None
+    try:
+        metas.start_all()
+        proxy, port = start_proxy(metas.meta_addrs(), tmp)
+        clients = yield connect_clients(reactor, port, args.clients, "go", timeout_ms)
+        yield steady_load(reactor, clients[:1], reactor.seconds() + 0.5, waits)
+        for i in range(3):
+            metas.kill(i)
+        load = steady_load(reactor, clients, reactor.seconds() + down_for + args.after, waits)
+        yield task.deferLater(reactor, down_for, lambda: None)
+        metas.start_all()
+        back = reactor.seconds()
+        samples = yield load
+        summary(f"all metas down {down_for:g}s: sent while down", [s for s in samples if s.sent < back], waits)
+        summary("  sent 0-1 s after their return", [s for s in samples if back <= s.sent < back + 1.0], waits)
+        summary("  sent from 1 s after their return", samples, waits, since=back + 1.0)
+        for c in clients:
+            c.transport.loseConnection()
+    finally:
+        if proxy is not None:
+            stop(proxy)
+        metas.stop_all()
+
+
+@defer.inlineCallbacks
+def run(reactor, args):
+    print(f"metaproxy failover benchmark  python {sys.version.split()[0]}  cores {os.cpu_count()}  "
+          f"{args.clients} Go-profile connections, window {args.window:g}s, kill at +{args.kill_at:g}s")
+    header()
+    for timeout_ms in args.timeouts:
+        for elect_after in (1.0, 3.0):
+            for dead_first in (True, False):
+                yield election(reactor, args, dead_first, elect_after, timeout_ms)
+    for timeout_ms in args.timeouts:
+        yield outage(reactor, args, args.down, timeout_ms)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows, one client timeout")
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    args.window, args.kill_at, args.down, args.after = (10.0, 2.0, 10.0, 6.0) if args.quick else (30.0, 5.0, 10.0, 10.0)
+    args.timeouts = (3000,) if args.quick else (3000, 1000)
+    task.react(lambda reactor: run(reactor, args))
+
+
+if __name__ == "__main__":
+    main()
