@@ -76,28 +76,22 @@ def header():
 
 
 @defer.inlineCallbacks
-def election(reactor, args, dead_first, elect_after, timeout_ms):
+def scenario(reactor, args, timeout_ms, pick_leader, body):
+    """
+    Start three metas (the leader chosen by C{pick_leader(metas)}), a proxy
+    and the clients, warm up, run C{body(metas, clients, waits)}, and end
+    every process.
+    """
     waits = timeout_ms / 1000.0 if timeout_ms else 2.0
     metas = MetaProcesses(leader=None)
-    tmp = tempfile.mkdtemp(prefix="failover-bench-")
     proxy = None
     try:
-        by_port = sorted(range(3), key=lambda i: metas.ports[i])
-        leader = by_port[0] if dead_first else by_port[-1]
-        metas.set_leader(leader)
+        metas.set_leader(pick_leader(metas))
         metas.start_all()
-        proxy, port = start_proxy(metas.meta_addrs(), tmp)
+        proxy, port = start_proxy(metas.meta_addrs(), tempfile.mkdtemp(prefix="failover-bench-"))
         clients = yield connect_clients(reactor, port, args.clients, "go", timeout_ms)
         yield steady_load(reactor, clients[:1], reactor.seconds() + 0.5, waits)  # the proxy finds the leader
-        start = reactor.seconds()
-        load = steady_load(reactor, clients, start + args.window, waits)
-        yield task.deferLater(reactor, args.kill_at, lambda: None)
-        metas.kill(leader)
-        yield task.deferLater(reactor, elect_after, lambda: None)
-        metas.set_leader(by_port[1])
-        samples = yield load
-        order = "lowest" if dead_first else "highest"
-        summary(f"kill leader ({order} addr), election +{elect_after:g}s, {timeout_ms} ms", samples, waits)
+        yield body(metas, clients, waits)
         for c in clients:
             c.transport.loseConnection()
     finally:
@@ -106,17 +100,35 @@ def election(reactor, args, dead_first, elect_after, timeout_ms):
         metas.stop_all()
 
 
-@defer.inlineCallbacks
+def _by_port(metas):
+    return sorted(range(3), key=lambda i: metas.ports[i])
+
+
+def election(reactor, args, dead_first, elect_after, timeout_ms):
+    """The leader (lowest or highest address) is SIGKILLed; another is elected C{elect_after} s later."""
+
+    def pick(metas):
+        return _by_port(metas)[0] if dead_first else _by_port(metas)[-1]
+
+    @defer.inlineCallbacks
+    def body(metas, clients, waits):
+        load = steady_load(reactor, clients, reactor.seconds() + args.window, waits)
+        yield task.deferLater(reactor, args.kill_at, lambda: None)
+        metas.kill(pick(metas))
+        yield task.deferLater(reactor, elect_after, lambda: None)
+        metas.set_leader(_by_port(metas)[1])
+        samples = yield load
+        order = "lowest" if dead_first else "highest"
+        summary(f"kill leader ({order} addr), election +{elect_after:g}s, {timeout_ms} ms", samples, waits)
+
+    return scenario(reactor, args, timeout_ms, pick, body)
+
+
 def outage(reactor, args, down_for, timeout_ms):
-    waits = timeout_ms / 1000.0 if timeout_ms else 2.0
-    metas = MetaProcesses(leader=0)
-    tmp = tempfile.mkdtemp(prefix="failover-bench-")
-    proxy = None
-    try:
-        metas.start_all()
-        proxy, port = start_proxy(metas.meta_addrs(), tmp)
-        clients = yield connect_clients(reactor, port, args.clients, "go", timeout_ms)
-        yield steady_load(reactor, clients[:1], reactor.seconds() + 0.5, waits)
+    """Every meta is SIGKILLed, and restarted on its port C{down_for} s later."""
+
+    @defer.inlineCallbacks
+    def body(metas, clients, waits):
         for i in range(3):
             metas.kill(i)
         load = steady_load(reactor, clients, reactor.seconds() + down_for + args.after, waits)
@@ -124,15 +136,12 @@ def outage(reactor, args, down_for, timeout_ms):
         metas.start_all()
         back = reactor.seconds()
         samples = yield load
-        summary(f"all metas down {down_for:g}s: sent while down", [s for s in samples if s.sent < back], waits)
+        summary(f"all metas down {down_for:g}s, {timeout_ms} ms: sent while down",
+                [s for s in samples if s.sent < back], waits)
         summary("  sent 0-1 s after their return", [s for s in samples if back <= s.sent < back + 1.0], waits)
         summary("  sent from 1 s after their return", samples, waits, since=back + 1.0)
-        for c in clients:
-            c.transport.loseConnection()
-    finally:
-        if proxy is not None:
-            stop(proxy)
-        metas.stop_all()
+
+    return scenario(reactor, args, timeout_ms, lambda metas: 0, body)
 
 
 @defer.inlineCallbacks

@@ -503,6 +503,15 @@ class FakeNetwork:
             self.flush()
 
 
+def close_all(test, closable, sim, net):
+    """Close C{closable} (a cluster or the pools) and stop C{sim}, moving the bytes of C{net}."""
+    d = closable.close()
+    net.flush()
+    test.successResultOf(d)
+    sim.stopService()
+    net.flush()
+
+
 class SimulatedClusterTests(SynchronousTestCase):
     """
     L{MetaCluster} against a L{SimulatedCluster}, both on one clock, over
@@ -529,11 +538,7 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.addCleanup(self._close)
 
     def _close(self):
-        d = self.cluster.close()
-        self.net.flush()
-        self.successResultOf(d)
-        self.sim.stopService()
-        self.net.flush()
+        close_all(self, self.cluster, self.sim, self.net)
 
     def query(self, table="temp", timeout=5.0, indices=()):
         d = self.cluster.query_config(table, indices, timeout)

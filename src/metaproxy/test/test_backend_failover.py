@@ -12,7 +12,7 @@ from metaproxy.backend.cluster import MetaCluster
 from metaproxy.errors import BackendUnavailable
 from metaproxy.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
-from metaproxy.test.test_backend_cluster import FakeNetwork
+from metaproxy.test.test_backend_cluster import FakeNetwork, close_all
 from metaproxy.wire import codes, querycfg
 
 METAS = ("127.0.0.1:34601", "127.0.0.1:34602", "127.0.0.1:34603")
@@ -40,11 +40,7 @@ class _Failover:
         self.addCleanup(self._close)
 
     def _close(self):
-        d = self.cluster.close()
-        self.net.flush()
-        self.successResultOf(d)
-        self.sim.stopService()
-        self.net.flush()
+        close_all(self, self.cluster, self.sim, self.net)
 
     def query(self, timeout=2.7):
         d = self.cluster.query_config("temp", (), timeout)

@@ -19,7 +19,7 @@ from metaproxy.interfaces import IRouteTable
 from metaproxy.resolver import QueryConfigResolver
 from metaproxy.route import MetaAddrs, Route
 from metaproxy.sim.server import SimulatedCluster
-from metaproxy.test.test_backend_cluster import FakeNetwork
+from metaproxy.test.test_backend_cluster import FakeNetwork, close_all
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Request, RequestHeader
 
@@ -85,11 +85,7 @@ class BudgetTests(SynchronousTestCase):
         self.net.run(0.1)
 
     def _close(self):
-        d = self.pools.close()
-        self.net.flush()
-        self.successResultOf(d)
-        self.sim.stopService()
-        self.net.flush()
+        close_all(self, self.pools, self.sim, self.net)
 
     def send(self, table, version, timeout_ms):
         header = RequestHeader(version=version, client_timeout=timeout_ms)

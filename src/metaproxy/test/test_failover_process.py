@@ -51,7 +51,6 @@ class _ProcessFailover:
         self.assertEqual({s.err for s in warm}, {"ERR_OK"})
 
 
-
 class _Election(_ProcessFailover):
     """The leader is SIGKILLed; another meta is elected later."""
 
