@@ -4,6 +4,7 @@ address orders, and all metas down for a while then back. On 127.0.0.1 only.
 
     PYTHONPATH=src python bench/failover.py            # full run (about 3 minutes)
     PYTHONPATH=src python bench/failover.py --quick    # shorter windows
+    PYTHONPATH=src python bench/failover.py --only outage
 
 Processes: three simulated metas, each its own process
 (L{metaproxy.testing.metaprocs}; the leader is switched by a control file,
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
 from metaproxy.testing.load import connect_clients, ok_fraction, steady_load
 from metaproxy.testing.metaprocs import MetaProcesses
@@ -133,7 +134,8 @@ def outage(reactor, args, down_for, timeout_ms):
             metas.kill(i)
         load = steady_load(reactor, clients, reactor.seconds() + down_for + args.after, waits)
         yield task.deferLater(reactor, down_for, lambda: None)
-        metas.start_all()
+        metas.start_all(wait=False)  # blocking here would delay the clients' answers
+        yield threads.deferToThread(metas.wait_listening)
         back = reactor.seconds()
         samples = yield load
         summary(f"all metas down {down_for:g}s, {timeout_ms} ms: sent while down",
@@ -149,18 +151,21 @@ def run(reactor, args):
     print(f"metaproxy failover benchmark  python {sys.version.split()[0]}  cores {os.cpu_count()}  "
           f"{args.clients} Go-profile connections, window {args.window:g}s, kill at +{args.kill_at:g}s")
     header()
-    for timeout_ms in args.timeouts:
-        for elect_after in (1.0, 3.0):
-            for dead_first in (True, False):
-                yield election(reactor, args, dead_first, elect_after, timeout_ms)
-    for timeout_ms in args.timeouts:
-        yield outage(reactor, args, args.down, timeout_ms)
+    if args.only in (None, "election"):
+        for timeout_ms in args.timeouts:
+            for elect_after in (1.0, 3.0):
+                for dead_first in (True, False):
+                    yield election(reactor, args, dead_first, elect_after, timeout_ms)
+    if args.only in (None, "outage"):
+        for timeout_ms in args.timeouts:
+            yield outage(reactor, args, args.down, timeout_ms)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows, one client timeout")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--only", choices=("election", "outage"), help="run one kind of scenario")
     args = parser.parse_args()
     args.window, args.kill_at, args.down, args.after = (10.0, 2.0, 10.0, 6.0) if args.quick else (30.0, 5.0, 10.0, 10.0)
     args.timeouts = (3000,) if args.quick else (3000, 1000)

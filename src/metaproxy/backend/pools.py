@@ -113,7 +113,7 @@ class ClusterPools:
                 raise RuntimeError("the meta pools are closed")
             pool = self._make(meta_addrs, cluster_name)
             self._pools[meta_addrs] = pool
-            log.info("opened a meta pool for {name} ({cluster})", name=cluster_name, cluster=str(meta_addrs))
+            log.info("opened a meta pool for {name} ({cluster})", name=cluster_name or "?", cluster=str(meta_addrs))
             self._start_sweeping()
         if cluster_name and getattr(pool, "cluster_name", cluster_name) != cluster_name:
             pool.cluster_name = cluster_name

@@ -10,7 +10,7 @@ with an election 1 s later, in both address orders, and all metas down
 within the client's own timeout), so a slow, busy machine passes.
 """
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from metaproxy.route import MetaAddrs, Route
@@ -89,7 +89,8 @@ class AllMetasDownTests(_ProcessFailover, TestCase):
             self.metas.kill(i)
         load = steady_load(reactor, self.clients, reactor.seconds() + 6.0, GO_WAITS)
         yield _sleep(3.0)
-        self.metas.start_all()
+        self.metas.start_all(wait=False)  # blocking here would delay the clients' answers
+        yield threads.deferToThread(self.metas.wait_listening)
         back = reactor.seconds()
         samples = yield load
         ok, total = ok_fraction(samples, GO_WAITS, since=back + 1.0)

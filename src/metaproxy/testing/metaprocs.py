@@ -110,10 +110,15 @@ class MetaProcesses:
         if wait:
             wait_for_port(self.ports[index], self.procs[index])
 
-    def start_all(self):
-        """Start every meta and wait until each listens."""
+    def start_all(self, wait=True):
+        """Start every meta; by default wait (blocking) until each listens."""
         for i in range(len(self.ports)):
             self.start(i, wait=False)
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self):
+        """Block until every meta listens (run it in a thread from a reactor)."""
         for i, port in enumerate(self.ports):
             wait_for_port(port, self.procs[i])
 
