@@ -132,11 +132,13 @@ def outage(reactor, args, down_for, timeout_ms):
     def body(metas, clients, waits):
         for i in range(3):
             metas.kill(i)
-        load = steady_load(reactor, clients, reactor.seconds() + down_for + args.after, waits)
+        end = [float("inf")]
+        load = steady_load(reactor, clients, lambda: end[0], waits)
         yield task.deferLater(reactor, down_for, lambda: None)
         metas.start_all(wait=False)  # blocking here would delay the clients' answers
         yield threads.deferToThread(metas.wait_listening)
         back = reactor.seconds()
+        end[0] = back + args.after
         samples = yield load
         summary(f"all metas down {down_for:g}s, {timeout_ms} ms: sent while down",
                 [s for s in samples if s.sent < back], waits)

@@ -53,14 +53,17 @@ def steady_load(reactor, clients, until, waits, table="temp", pause=0.05):
     """
     Query from every client until reactor time C{until}.
 
+    @param until: reactor seconds, or a callable returning them (read
+        before every query, so the end may be set later).
     @param waits: seconds a client waits for an answer before it gives up.
     @return: a L{Deferred} firing with a L{list} of L{Sample}.
     """
     samples = []
+    end = until if callable(until) else (lambda: until)
 
     @defer.inlineCallbacks
     def one(client):
-        while reactor.seconds() < until:
+        while reactor.seconds() < end():
             sent = reactor.seconds()
             try:
                 response = yield _answer_or_timeout(reactor, client.query(table), waits)
