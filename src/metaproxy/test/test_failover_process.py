@@ -84,7 +84,11 @@ class AllMetasDownTests(_ProcessFailover, TestCase):
 
     @defer.inlineCallbacks
     def test_all_metas_down_then_back(self):
-        """All metas SIGKILLed for 3 s, then back: >= 99 % ERR_OK for queries sent from 1 s after their return."""
+        """
+        All metas SIGKILLed for 3 s, then back: every query sent meanwhile is
+        answered before the client gives up, and >= 99 % of those sent from
+        1 s after their return get ERR_OK in time.
+        """
         for i in range(3):
             self.metas.kill(i)
         end = [float("inf")]
@@ -98,5 +102,8 @@ class AllMetasDownTests(_ProcessFailover, TestCase):
         ok, total = ok_fraction(samples, GO_WAITS, since=back + 1.0)
         self.assertGreater(total, 10)
         self.assertGreaterEqual(ok / total, 0.99, f"{ok}/{total} ERR_OK in time")
-        early = [s for s in samples if s.sent < back]
-        self.assertTrue(all(s.latency is not None and s.latency < 0.95 * GO_WAITS for s in early))
+        # The budget ends at 0.9 x; on a loaded machine the reactor may lag,
+        # so this bound is the client's own timeout (the 0.95 x bound is
+        # checked on a Clock in test_budget and measured by the benchmark).
+        late = [s for s in samples if s.sent < back and (s.latency is None or s.latency >= GO_WAITS)]
+        self.assertEqual(late, [], "a client timed out while the metas were down")
