@@ -1,0 +1,57 @@
+# -*- test-case-name: metaproxy.test.test_budget_zookeeper -*-
+"""
+The answer budget with a real ZooKeeper that is down: the first lookup of an
+uncached table is cut at each request's budget, whatever the route source's
+own read timeout, and the client hears the retryable error in time.
+"""
+
+import itertools
+import time
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+
+from metaproxy.resolver import QueryConfigResolver
+from metaproxy.test.test_budget import PROFILES
+from metaproxy.test.test_zkroutes import wait_until
+from metaproxy.testing.fakemeta import FakeClusterPools
+from metaproxy.testing.zookeeper import ZooKeeperServer, available
+from metaproxy.wire import codes, querycfg
+from metaproxy.wire.frame import Request, RequestHeader
+from metaproxy.zkroutes import ZooKeeperRouteTable
+
+_names = itertools.count()
+
+
+class ZooKeeperDownTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        reason = available()
+        if reason:
+            raise self.skipTest(reason)
+        self.server = ZooKeeperServer()
+        self.server.start()
+        self.addCleanup(self.server.destroy)
+
+    @defer.inlineCallbacks
+    def test_uncached_table_answered_within_budget(self):
+        """
+        ZooKeeper stopped, read_timeout 5 s: a never-seen table is answered
+        ERR_SERVICE_NOT_ACTIVE before 0.95 x each client profile's timeout.
+        """
+        routes = ZooKeeperRouteTable([self.server.hosts], "/metaproxy", reactor, session_timeout=4.0, read_timeout=5.0)
+        routes.startService()
+        self.addCleanup(routes.stopService)
+        yield wait_until(routes.is_ready)
+        resolver = QueryConfigResolver(routes, FakeClusterPools(), clock=reactor)
+        yield threads.deferToThread(self.server.stop)
+        yield wait_until(lambda: routes.zk_state != "CONNECTED")
+        for name, version, timeout_ms, waits in PROFILES:
+            table = f"fresh{next(_names)}"
+            header = RequestHeader(version=version, client_timeout=timeout_ms)
+            started = time.monotonic()
+            reply = yield resolver.handle(Request(header, querycfg.QUERY_CFG, 1, querycfg.encode_args(table, ())), None)
+            took = time.monotonic() - started
+            self.assertEqual(reply.app_error, codes.ERR_SERVICE_NOT_ACTIVE, name)
+            self.assertLess(took, 0.95 * waits, name)
