@@ -368,8 +368,14 @@ class MetaConnectionTests(SynchronousTestCase):
         self.assertIn("is up again", lines[-1])
 
     def _up_again(self, conn):
-        conn.call(QCFG, ARGS)
+        """Let the next attempt (probe or retry) start, and let it succeed."""
+        self.reactor.tcpClients.clear()
+        for _ in range(40):
+            if self.reactor.tcpClients:
+                break
+            self.reactor.advance(0.05)
         self._connect_last()
+        self.assertTrue(conn.is_connected())
 
     def _connect_last(self):
         _, port, factory, _, _ = self.reactor.tcpClients[-1]

@@ -97,11 +97,12 @@ class AllMetasDownTests(_ProcessFailover, TestCase):
         self.metas.start_all(wait=False)  # blocking here would delay the clients' answers
         yield threads.deferToThread(self.metas.wait_listening)
         back = reactor.seconds()
-        end[0] = back + 3.0
+        end[0] = back + 4.0
         samples = yield load
         ok, total = ok_fraction(samples, GO_WAITS, since=back + 1.0)
+        bad = [(round(s.sent - back, 3), s.latency, s.err) for s in samples if s.sent >= back + 1.0 and s.err != "ERR_OK"]
         self.assertGreater(total, 10)
-        self.assertGreaterEqual(ok / total, 0.99, f"{ok}/{total} ERR_OK in time")
+        self.assertGreaterEqual(ok / total, 0.99, f"{ok}/{total} ERR_OK in time; not: {bad}")
         # The budget ends at 0.9 x; on a loaded machine the reactor may lag,
         # so this bound is the client's own timeout (the 0.95 x bound is
         # checked on a Clock in test_budget and measured by the benchmark).
