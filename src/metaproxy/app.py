@@ -140,9 +140,9 @@ def build_service(config, reactor, fatal=None):
         metrics=metrics,
         clock=reactor,
     )
-    metrics.watch_gauge("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
+    metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
                         resolver.in_flight)
-    metrics.watch_gauge("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
+    metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
         RpcDispatcher({QUERY_CFG: resolver.handle}),

@@ -36,7 +36,7 @@ OTHER = "_other"
 OTHER_TABLE = OTHER
 
 #: Label names metaproxy uses itself; a config tag may not take them.
-RESERVED_LABELS = frozenset({"table", "err", "cluster", "outcome", "state", "le", "quantile", "name"})
+RESERVED_LABELS = frozenset({"table", "err", "cluster", "cluster_name", "outcome", "state", "le", "quantile", "name"})
 
 #: Latency buckets in seconds: a meta answers in about a millisecond on a
 #: LAN; hedging starts at 1 s and deadlines reach 30 s.
@@ -340,7 +340,7 @@ class Metrics:
         """
         self._watched_counts.append((name, documentation, label, read))
 
-    def watch_gauge(self, name, documentation, label, read):
+    def watch_gauges(self, name, documentation, label, read):
         """
         Add a gauge read at collection time.
 

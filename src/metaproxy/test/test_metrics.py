@@ -200,8 +200,8 @@ class TrafficTests(SynchronousTestCase):
     def test_watched_gauges(self):
         """Gauges read at collection time, with or without a label, carry the const labels."""
         up = {"c1": 1, "c2": 0}
-        self.m.watch_gauge("metaproxy_upstream_inflight", "doc", None, lambda: 3)
-        self.m.watch_gauge("metaproxy_backend_up", "doc", "cluster_name", lambda: up)
+        self.m.watch_gauges("metaproxy_upstream_inflight", "doc", None, lambda: 3)
+        self.m.watch_gauges("metaproxy_backend_up", "doc", "cluster_name", lambda: up)
         self.assertEqual(_value(self.m, "metaproxy_upstream_inflight", region="r1"), 3.0)
         self.assertEqual(_value(self.m, "metaproxy_backend_up", region="r1", cluster_name="c2"), 0.0)
         up["c2"] = 1
