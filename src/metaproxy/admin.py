@@ -8,9 +8,11 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
     JSON body gives each condition and lists the unmet ones, with the
     route source's cause when it has one (e.g. a missing zookeeper.root).
   - C{/routes}: JSON: every cached table with its cluster, meta
-    addresses, the leader metaproxy believes in, age, staleness and last
-    error. C{/routes?table=NAME} (repeatable) shows only those tables, or
-    answers 404 naming the ones not in the route cache.
+    addresses, the leader (only once a meta answered), age, staleness and
+    last error, and the cluster's own state (C{backend}: whether any meta
+    answered, when it last did, the last error, up or not).
+    C{/routes?table=NAME} (repeatable) shows only those tables, or answers
+    404 naming the ones not in the route cache.
   - C{/}: JSON list of what is served.
 
 Metric reporters may mount more resources on the same root (the
@@ -147,7 +149,7 @@ def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0):
     return LimitedSite(QuietSite(root, timeout=idle_timeout, reactor=reactor), max_connections, reactor)
 
 
-def build_admin_root(route_table, ready, leaders=None, health=None):
+def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None):
     """
     Build the admin resource tree.
 
@@ -161,6 +163,10 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
     @param leaders: optional C{callable(meta_addrs) -> "host:port" | None}
         giving the leader metaproxy currently believes in for a cluster;
         C{meta_addrs} is the route's addresses joined with commas.
+    @param clusters: optional C{callable(meta_addrs) -> dict | None}: the
+        cluster's state (L{metaproxy.backend.cluster.MetaCluster.describe});
+        when given it replaces C{leaders}: each entry gets C{leader} (only
+        if a meta ever answered) and C{backend}.
     @param health: optional mapping of name -> C{callable() -> bool}:
         extra liveness checks for C{/healthz} (keep them cheap and about
         this process only; none by default).
@@ -198,7 +204,13 @@ def build_admin_root(route_table, ready, leaders=None, health=None):
             if wanted is not None and entry.get("table") not in wanted:
                 continue
             entry = dict(entry)
-            if leaders is not None:
+            if clusters is not None:
+                addrs = entry.get("meta_addrs") or []
+                key = ",".join(addrs) if isinstance(addrs, (list, tuple)) else str(addrs)
+                if key not in known:
+                    known[key] = _backend(clusters, key) if key else None
+                entry["leader"], entry["backend"] = known[key] or (None, None)
+            elif leaders is not None:
                 addrs = entry.get("meta_addrs") or []
                 key = ",".join(addrs) if isinstance(addrs, (list, tuple)) else str(addrs)
                 if key not in known:
@@ -256,6 +268,22 @@ def _route_source_cause(route_table):
     except Exception:
         log.failure("asking the route source why it is not ready failed")
         return None
+
+
+_BACKEND_KEYS = ("answered", "last_answer_age", "last_error", "last_error_age", "up")
+
+
+def _backend(clusters, meta_addrs):
+    """@return: C{(leader or None, backend state dict)} or L{None} when no pool exists."""
+    try:
+        state = clusters(meta_addrs)
+    except Exception:
+        log.failure("describing the cluster {meta_addrs} failed", meta_addrs=meta_addrs)
+        return None
+    if not state:
+        return None
+    backend = {k: state.get(k) for k in _BACKEND_KEYS}
+    return (state.get("leader") if state.get("answered") else None), backend
 
 
 def _leader(leaders, meta_addrs):

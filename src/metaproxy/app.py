@@ -216,6 +216,7 @@ def build_service(config, reactor, fatal=None):
         referenced=routes.clusters,
         hedge_delay=config.timeouts.hedge_delay,
         connect_timeout=config.timeouts.connect,
+        reconnect_max=config.timeouts.reconnect_max,
         metrics=metrics,
         max_reply_bytes=config.limits.max_reply_bytes,
     )
@@ -228,8 +229,15 @@ def build_service(config, reactor, fatal=None):
         pools,
         default_timeout=config.timeouts.client_default,
         max_timeout=config.timeouts.client_max,
+        margin_ratio=config.timeouts.margin_ratio,
+        margin_min=config.timeouts.margin_min,
         metrics=metrics,
+        clock=reactor,
     )
+    metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
+                        resolver.in_flight)
+    metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
+                        "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
         RpcDispatcher({QUERY_CFG: resolver.handle}),
         reactor,
@@ -264,11 +272,11 @@ def build_service(config, reactor, fatal=None):
     def ready():
         return proxy.listening and routes.is_ready()
 
-    def leader_of(meta_addrs):
+    def cluster_of(meta_addrs):
         pool = pools.pools().get(MetaAddrs.parse(meta_addrs))
-        return None if pool is None else pool.leader
+        return None if pool is None else pool.describe()
 
-    root = build_admin_root(routes, ready, leaders=leader_of)
+    root = build_admin_root(routes, ready, clusters=cluster_of)
     reporter = find_reporter(config.metric.type) if config.metric.type != "none" else None
     reporter_service = None
     if reporter is not None:

@@ -186,18 +186,28 @@ class MetricConfig:
 @attrs.frozen
 class TimeoutConfig:
     """
-    Backend timeouts, in seconds (all > 0).
+    Answer budgets and backend timeouts, in seconds (all > 0).
 
-    @ivar client_default: deadline of a query whose client gave none.
-    @ivar client_max: cap on any query's deadline (>= C{client_default}).
+    @ivar client_default: the answer budget of a request whose client gave
+        no timeout (header 0); it must fit the most impatient client that
+        sends 0 (pypegasus3 gives up after 2 s).
+    @ivar client_max: cap on any request's budget (>= C{client_default}).
+    @ivar margin_ratio: the budget is the client's timeout minus the larger
+        of C{margin_ratio} times it and C{margin_min}.
+    @ivar margin_min: see C{margin_ratio}.
     @ivar hedge_delay: wait before the other metas are asked too.
     @ivar connect: one connection attempt to a meta.
+    @ivar reconnect_max: cap of the (jittered) delay between attempts to
+        reconnect to a meta.
     """
 
-    client_default: float = 5.0
+    client_default: float = 1.5
     client_max: float = 30.0
     hedge_delay: float = 1.0
     connect: float = 3.0
+    margin_ratio: float = 0.1
+    margin_min: float = 0.1
+    reconnect_max: float = 1.0
 
 
 @attrs.frozen
@@ -564,9 +574,10 @@ def _check(config):
     need(1 <= config.metric.falcon.step <= 86400, "$.metric.falcon.step", "must be 1..86400 (seconds)")
     need(0 < config.metric.falcon.timeout <= _MAX_SECONDS, "$.metric.falcon.timeout", "must be > 0 and <= 86400 (seconds)")
     t = config.timeouts
-    for name in ("client_default", "client_max", "hedge_delay", "connect"):
+    for name in ("client_default", "client_max", "hedge_delay", "connect", "margin_min", "reconnect_max"):
         need(0 < getattr(t, name) <= _MAX_SECONDS, f"$.timeouts.{name}", "must be > 0 and <= 86400 (seconds)")
     need(t.client_default <= t.client_max, "$.timeouts.client_default", "must not exceed timeouts.client_max")
+    need(0 < t.margin_ratio < 0.5, "$.timeouts.margin_ratio", "must be > 0 and < 0.5")
     lim = config.limits
     need(1024 <= lim.max_frame_bytes <= 2**31 - 1, "$.limits.max_frame_bytes", "must be 1024..2147483647")
     need(0 <= lim.max_connections <= 10_000_000, "$.limits.max_connections", "must be 0..10000000 (0: no limit)")

@@ -43,7 +43,7 @@ OTHER = "_other"
 OTHER_TABLE = OTHER
 
 #: Label names metaproxy uses itself; a config tag may not take them.
-RESERVED_LABELS = frozenset({"table", "err", "cluster", "outcome", "state", "le", "quantile", "name"})
+RESERVED_LABELS = frozenset({"table", "err", "cluster", "cluster_name", "outcome", "state", "le", "quantile", "name"})
 
 #: Latency buckets in seconds: a meta answers in about a millisecond on a
 #: LAN; hedging starts at 1 s and deadlines reach 30 s.
@@ -212,6 +212,14 @@ class _Collector:
             for value, count in read().items():
                 family.add_metric(values + [str(value)], float(count))
             yield family
+        for name, doc, label, read in m._watched_gauges:
+            if label is None:
+                yield one(GaugeMetricFamily, name, doc, read())
+                continue
+            family = GaugeMetricFamily(name, doc, labels=names + (label,))
+            for value, number in read().items():
+                family.add_metric(values + [str(value)], float(number))
+            yield family
         if routes is not None:
             yield from self._routes(routes, names, values, one)
 
@@ -344,6 +352,7 @@ class Metrics:
         self._version = str(self.version)
         self._route_table = None
         self._watched_counts = []
+        self._watched_gauges = []
         self._opened = self._closed = self._zk_requests = 0
         self._accepted = None
         self._outcomes = set()
@@ -361,7 +370,7 @@ class Metrics:
         )
         self._backend_errors = _Counts(
             "metaproxy_backend_errors", "Meta server calls that gave no usable answer, by outcome.",
-            ("cluster", "outcome"),
+            ("cluster_name", "outcome"),
         )
         self._all_counts = (self._queries, self._answers, self._coalesced, self._upstream, self._backend_errors)
         if self.table_labels:
@@ -372,7 +381,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self._backend_latency = Histogram(
-            "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster",),
+            "metaproxy_backend_call_seconds", "Time of one call to one meta server.", c + ("cluster_name",),
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self._histogram(self._latency)  # the series exists from start-up
@@ -430,8 +439,6 @@ class Metrics:
         """
         self._watched_counts.append((GaugeMetricFamily, name, documentation, label, read))
 
-    # ---------------------------------------------------------- hot path
-
     def _key(self, table):
         return (self._labels.of(table),) if self.table_labels else ()
 
@@ -483,7 +490,8 @@ class Metrics:
         """
         Record one call to one meta server.
 
-        @param cluster: the cluster's meta address set as a string.
+        @param cluster: the route's C{cluster_name} (never an address list:
+            replacing metas must not create new series).
         @param meta: the meta's C{"host:port"} (kept out of labels: it
             changes as metas are replaced).
         @param outcome: C{"ERR_OK"}, or the error name or exception kind;

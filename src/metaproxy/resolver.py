@@ -2,12 +2,23 @@
 """
 The query_cfg path: route the table, ask its cluster, relay the answer.
 
+Every request gets one answer budget from its arrival (see
+L{metaproxy.backend.pools.answer_budget}): the route lookup (also a first
+ZooKeeper read), connecting, leader following, hedging and retry rounds all
+draw on it, and when it runs out the request is answered with the retryable
+C{ERR_SERVICE_NOT_ACTIVE}, before the client's own timer fires, whatever is
+still running.
+
 Identical queries are coalesced *with freshness*: per (cluster, table,
 partition_indices) at most one upstream query is in flight, plus one queued
 batch. A request that arrives while a query is in flight waits for the next
-one, so every answer was computed after its request arrived. This is what
-absorbs the herd when an operator switches a table and every client
-re-queries at once.
+one, so every answer was computed after its request arrived; but never past
+its own budget: it is answered at its own deadline even if the shared query
+runs on for the others. A queued batch whose waiters have all gone starts
+no upstream query. This is what absorbs the herd when an operator switches
+a table and every client re-queries at once. Upstream queries in flight are
+capped (C{max_upstream}); beyond the cap a request gets the retryable error
+at once.
 """
 
 from typing import Optional
@@ -18,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from metaproxy import errors
-from metaproxy.backend.pools import deadline_for
+from metaproxy.backend.pools import answer_budget
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Reply
 
@@ -68,11 +79,23 @@ def relay_reply(response):
 
 
 @attrs.define(eq=False)
+class _Waiter:
+    """One request: its deadline and where it waits (route lookup, batch)."""
+
+    table: str
+    deadline_at: float
+    answer: Optional[defer.Deferred] = None
+    timer: object = None
+    lookup: Optional[defer.Deferred] = None
+    key: Optional[tuple] = None
+    done: bool = False
+
+
+@attrs.define(eq=False)
 class _Batch:
     """Requests answered by one upstream query."""
 
     waiters: list = attrs.field(factory=list)
-    timeout: float = 0.0
     upstream: Optional[defer.Deferred] = None
 
 
@@ -81,6 +104,7 @@ class _Flight:
     """The running batch of one key, and the batch queued behind it."""
 
     running: _Batch
+    cluster_name: str = ""
     queued: Optional[_Batch] = None
 
 
@@ -89,47 +113,87 @@ class QueryConfigResolver:
     """
     Answers C{RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX} requests.
 
-    @ivar routes: the L{metaproxy.interfaces.IRouteTable}.
+    @ivar routes: the L{metaproxy.interfaces.IRouteTable}; its lookup
+        Deferreds are cancelled when a request's budget runs out first.
     @ivar pools: the L{metaproxy.interfaces.IClusterPools}.
-    @ivar default_timeout: seconds a backend query may take when the
-        client's header gives no deadline.
-    @ivar max_timeout: the cap on any backend query, in seconds.
+    @ivar clock: the L{IReactorTime} of deadlines (the global reactor when
+        L{None}).
+    @ivar default_timeout: the answer budget, in seconds, of a request
+        whose client gave no timeout (C{timeouts.client_default}).
+    @ivar max_timeout: the cap on any answer budget, in seconds.
+    @ivar margin_ratio: the part of the client's timeout kept as a safety
+        margin (C{timeouts.margin_ratio}).
+    @ivar margin_min: the least safety margin, in seconds
+        (C{timeouts.margin_min}).
+    @ivar max_upstream: at most this many upstream queries in flight.
     @ivar metrics: an object with the hooks of L{metaproxy.metrics.Metrics},
         or L{None}.
     @ivar timer: returns the current time in seconds, for latency metrics.
+    @ivar refused_upstream: requests answered at once because
+        C{max_upstream} queries were in flight.
     """
 
     routes: object
     pools: object
-    default_timeout: float = 5.0
+    default_timeout: float = 1.5
     max_timeout: float = 30.0
     metrics: object = None
     timer: object = time.perf_counter
+    clock: object = None
+    margin_ratio: float = 0.1
+    margin_min: float = 0.1
+    max_upstream: int = 4096
+    refused_upstream: int = attrs.field(init=False, default=0)
     _flights: dict = attrs.field(init=False, factory=dict)
     _relayed: dict = attrs.field(init=False, factory=dict)
+    _at_cap: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self):
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
 
     def in_flight(self):
-        """@return: how many distinct upstream queries are running now."""
+        """@return: how many distinct upstream queries are running now (C{metaproxy_upstream_inflight})."""
         return len(self._flights)
+
+    def budget(self, request):
+        """
+        @param request: a decoded request; its client timeout is read from
+            C{request.header.client_timeout} (milliseconds, 0: not given),
+            whatever framing carried it.
+        @return: the seconds this request may take to be answered.
+        """
+        return answer_budget(
+            request.header.client_timeout, self.default_timeout, self.max_timeout, self.margin_ratio, self.margin_min
+        )
 
     def handle(self, request, connection):
         """
         Answer one query_cfg request (an L{IRequestHandler}-style callable).
 
-        @return: a L{Deferred} firing with a L{Reply}; it fails only with
-            L{metaproxy.wire.binary.DecodeError} for malformed args (the
-            protocol answers those with an rpc-level error) or with
-            L{defer.CancelledError} when the caller cancels it.
+        @return: a L{Deferred} firing with a L{Reply} within the request's
+            L{budget} (the retryable C{ERR_SERVICE_NOT_ACTIVE} when time ran
+            out); it fails only with L{metaproxy.wire.binary.DecodeError}
+            (raised at once) for malformed args (the protocol answers those
+            with an rpc-level error) or with L{defer.CancelledError} when
+            the caller cancels it.
         """
         query = querycfg.decode_args(request.args)
-        timeout = deadline_for(request.header.client_timeout, self.default_timeout, self.max_timeout)
+        clock = self.clock
+        budget = self.budget(request)
         started = self.timer()
         metrics = self.metrics
         if metrics is not None:
             metrics.query_received(query.app_name)
-        d = self.routes.lookup(query.app_name)
-        d.addCallback(self._join, query, timeout)
-        d.addErrback(self._error_reply, query.app_name)
+        waiter = _Waiter(query.app_name, clock.seconds() + budget)
+        d = waiter.answer = defer.Deferred(lambda _: self._cancelled(waiter))
+        waiter.timer = clock.callLater(budget, self._expired, waiter)
+        lookup = self.routes.lookup(query.app_name)
+        if not lookup.called:
+            waiter.lookup = lookup
+        lookup.addCallbacks(self._routed, self._lookup_failed, (waiter, query), errbackArgs=(waiter,))
         if metrics is not None:
             d.addCallback(self._observe, query.app_name, started)
         return d
@@ -142,45 +206,100 @@ class QueryConfigResolver:
         self.metrics.query_answered(table, err, self.timer() - started)
         return reply
 
+    # -- one request's life
+
+    def _answer(self, waiter, reply):
+        if waiter.done:
+            return
+        waiter.done = True
+        timer, waiter.timer = waiter.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        waiter.answer.callback(reply)
+
+    def _detach(self, waiter):
+        """Stop waiting on the route lookup or the batch (the request is answered otherwise)."""
+        waiter.done = True
+        timer, waiter.timer = waiter.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        lookup, waiter.lookup = waiter.lookup, None
+        if lookup is not None:
+            lookup.cancel()
+        if waiter.key is not None:
+            self._leave(waiter.key, waiter)
+
+    def _expired(self, waiter):
+        """The budget ran out: answer the retryable error now, leave the rest running."""
+        waiter.timer = None
+        if waiter.done:
+            return
+        self._detach(waiter)
+        waiter.answer.callback(_RETRY_LATER)
+
+    def _cancelled(self, waiter):
+        if not waiter.done:
+            self._detach(waiter)
+
+    def _routed(self, route, waiter, query):
+        waiter.lookup = None
+        if not waiter.done:
+            self._join(route, waiter, query)
+
+    def _lookup_failed(self, failure, waiter):
+        waiter.lookup = None
+        if waiter.done:
+            return None  # answered already (the lookup was cancelled)
+        self._answer(waiter, self._error_reply(failure, waiter.table))
+        return None
+
     def _error_reply(self, failure, table):
-        if failure.check(defer.CancelledError):
-            return failure
         if failure.check(errors.TableNotFound):
             return _NOT_FOUND
-        if failure.check(errors.InvalidRoute, errors.RouteUnavailable, errors.BackendUnavailable):
+        if failure.check(errors.InvalidRoute, errors.RouteUnavailable, errors.BackendUnavailable, defer.CancelledError):
             return _RETRY_LATER
         log.failure("query_cfg for {table} failed unexpectedly", failure, table=table)
         return _RETRY_LATER
 
-    def _join(self, route, query, timeout):
+    # -- coalescing
+
+    def _join(self, route, waiter, query):
         """Add one request to the batch for its key; start it if none runs."""
         key = (route.meta_addrs, query.app_name, query.partition_indices)
         flight = self._flights.get(key)
-
-        def cancel(waiter):
-            self._leave(key, waiter)
-
-        waiter = defer.Deferred(cancel)
         if flight is None:
-            batch = _Batch([waiter], timeout)
-            self._flights[key] = _Flight(batch)
+            if len(self._flights) >= self.max_upstream:
+                self.refused_upstream += 1
+                if not self._at_cap:
+                    self._at_cap = True
+                    log.warn(
+                        "{count} upstream queries in flight (limit); answering new ones with a retryable error",
+                        count=len(self._flights),
+                    )
+                self._answer(waiter, _RETRY_LATER)
+                return
+            self._at_cap = False
+            waiter.key = key
+            batch = _Batch([waiter])
+            self._flights[key] = _Flight(batch, route.cluster_name)
             self._start(key, batch)
-        else:
-            if flight.queued is None:
-                flight.queued = _Batch()
-            if self.metrics is not None:
-                self.metrics.coalesced(query.app_name)
-            flight.queued.waiters.append(waiter)
-            flight.queued.timeout = max(flight.queued.timeout, timeout)
-        return waiter
+            return
+        waiter.key = key
+        if flight.queued is None:
+            flight.queued = _Batch()
+        if self.metrics is not None:
+            self.metrics.coalesced(query.app_name)
+        flight.queued.waiters.append(waiter)
 
     def _start(self, key, batch):
         meta_addrs, table, indices = key
         if self.metrics is not None:
             self.metrics.upstream_query(table)
+        # The query may run as long as its most patient waiter.
+        timeout = max(w.deadline_at for w in batch.waiters) - self.clock.seconds()
         try:
-            cluster = self.pools.get(meta_addrs)
-            upstream = cluster.query_config(table, indices, batch.timeout)
+            cluster = self.pools.get(meta_addrs, self._flights[key].cluster_name)
+            upstream = cluster.query_config(table, indices, max(timeout, 0.0))
         except Exception:
             upstream = defer.fail()
         batch.upstream = upstream
@@ -220,16 +339,23 @@ class QueryConfigResolver:
                 del self._flights[key]
         waiters, batch.waiters = batch.waiters, []
         for waiter in waiters:
-            waiter.callback(reply)
+            self._answer(waiter, reply)
 
     def _leave(self, key, waiter):
-        """A caller gave up: drop it; cancel the upstream only if nobody is left."""
+        """
+        A request gave up or ran out of time: drop it; cancel the upstream
+        only if nobody is left, and forget a queued batch nobody waits for.
+        """
         flight = self._flights.get(key)
         if flight is None:
             return
-        for batch in (flight.running, flight.queued):
-            if batch is not None and waiter in batch.waiters:
-                batch.waiters.remove(waiter)
-                if batch is flight.running and not batch.waiters and batch.upstream is not None:
-                    batch.upstream.cancel()
-                return
+        if flight.queued is not None and waiter in flight.queued.waiters:
+            flight.queued.waiters.remove(waiter)
+            if not flight.queued.waiters:
+                flight.queued = None
+            return
+        batch = flight.running
+        if waiter in batch.waiters:
+            batch.waiters.remove(waiter)
+            if not batch.waiters and batch.upstream is not None:
+                batch.upstream.cancel()

@@ -2,14 +2,12 @@
 """
 One Pegasus cluster's meta servers: follow the leader, hedge, never hang.
 
-A query goes to the meta believed to be the leader. A follower answers
-C{ERR_FORWARD_TO_OTHERS} with the leader's address; that address is asked
-next, inside the proxy (also when it is not in the configured list: a
-connection is made for it). After C{hedge_delay}, or as soon as an attempt
-fails or a forward names no leader, every other meta is asked at once. The
-first answer that is not a forward wins and its meta becomes the believed
-leader. A forward never reaches the caller; when no meta answers before the
-deadline the caller gets L{BackendUnavailable}.
+Each query is run by a L{metaproxy.backend.query.Query} (leader first,
+forwards followed inside the proxy, hedging, retry rounds within the
+deadline). The cluster keeps what the queries share: one reconnecting
+connection per meta (plus a few to leaders outside the configured list),
+the believed leader, and what each meta last did (answered, failed), which
+feeds the ranking of metas, L{describe} and L{is_up}.
 """
 
 import attrs
@@ -17,12 +15,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES, NotConnected
-from metaproxy.backend.connection import MetaConnection
+from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
+from metaproxy.backend.connection import RECONNECT_MAX, MetaConnection
+from metaproxy.backend.query import Query
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IMetaCluster
-from metaproxy.wire import codes, querycfg
-from metaproxy.wire.binary import DecodeError
+from metaproxy.wire import querycfg
 
 log = Logger()
 
@@ -30,189 +28,17 @@ log = Logger()
 _ARGS_CACHE_SIZE = 1024
 
 
-@attrs.define(eq=False)
-class _Query:
-    """One query_config call: its attempts, timers and outcome."""
-
-    cluster: object
-    args: bytes
-    deadline_at: float
-    result: defer.Deferred = attrs.field(init=False, default=None)
-    attempts: dict = attrs.field(init=False, factory=dict)
-    tried: set = attrs.field(init=False, factory=set)
-    hedged: bool = attrs.field(init=False, default=False)
-    reachable: bool = attrs.field(init=False, default=False)
-    done: bool = attrs.field(init=False, default=False)
-    rounds: int = attrs.field(init=False, default=0)
-    last_error: str = attrs.field(init=False, default="")
-    hedge_timer: object = attrs.field(init=False, default=None)
-    deadline_timer: object = attrs.field(init=False, default=None)
-    retry_timer: object = attrs.field(init=False, default=None)
-
-    def start(self):
-        cluster = self.cluster
-        clock = cluster.reactor
-        self.result = defer.Deferred(self._cancelled)
-        self.deadline_timer = clock.callLater(
-            max(self.deadline_at - clock.seconds(), 0.0), self._expired
-        )
-        self._round()
-        return self.result
-
-    def _round(self):
-        self.rounds += 1
-        self.retry_timer = None
-        self.tried = set()
-        self.hedged = False
-        self.reachable = False
-        if self.rounds > 1:
-            self._hedge()
-            return
-        self._send(self.cluster._leader)
-        if not self.done and not self.hedged:
-            if len(self.cluster._candidates()) > 1:
-                # A short deadline (Java 1.x sends 1000 ms) still leaves
-                # the other metas half of it.
-                clock = self.cluster.reactor
-                delay = min(self.cluster.hedge_delay, (self.deadline_at - clock.seconds()) / 2)
-                self.hedge_timer = clock.callLater(max(delay, 0.0), self._hedge)
-            else:
-                self._check_exhausted()
-
-    def _send(self, key):
-        cluster = self.cluster
-        conn = cluster._connection(key)
-        self.tried.add(key)
-        remaining = self.deadline_at - cluster.reactor.seconds()
-        d = conn.call(querycfg.QUERY_CFG, self.args, None, int(remaining * 1000))
-        # A fast failure (link down) fires at once; the handlers pop it again.
-        self.attempts[key] = d
-        started = cluster.reactor.seconds()
-        d.addCallbacks(self._answered, self._failed, (key, started), errbackArgs=(key, started))
-
-    def _observe(self, key, started, outcome):
-        metrics = self.cluster.metrics
-        if metrics is not None:
-            cluster = self.cluster
-            metrics.backend_call(
-                str(cluster.meta_addrs), cluster._label(key), outcome, cluster.reactor.seconds() - started
-            )
-
-    def _answered(self, response, key, started):
-        self.attempts.pop(key, None)
-        if response.rpc_error != codes.ERR_OK:
-            self._observe(key, started, response.rpc_error)
-        else:
-            try:
-                self._observe(key, started, querycfg.peek_result(response.body).err)
-            except DecodeError:
-                self._observe(key, started, "malformed")
-        if self.done:
-            return
-        self.reachable = True
-        if response.rpc_error != codes.ERR_OK:
-            self._note_failure(key, f"rpc error {response.rpc_error}")
-            return
-        try:
-            peek = querycfg.peek_result(response.body)
-        except DecodeError as e:
-            self._note_failure(key, f"malformed answer: {e}")
-            return
-        if peek.err != codes.ERR_FORWARD_TO_OTHERS:
-            self._win(key, response)
-            return
-        target = querycfg.address_host_port(peek.leader) if peek.leader else None
-        if target is None:
-            self._note_failure(key, "forward without a leader")
-            return
-        leader_key = self.cluster._key_for(*target)
-        if leader_key in self.tried:
-            self._note_failure(key, f"forward to {target[0]}:{target[1]}, already asked")
-            return
-        self._send(leader_key)
-        self._check_exhausted()
-
-    def _failed(self, failure, key, started):
-        self.attempts.pop(key, None)
-        if self.done:
-            return
-        self._observe(key, started, failure.type.__name__)
-        if not failure.check(NotConnected):
-            self.reachable = True
-        self._note_failure(key, failure.getErrorMessage())
-
-    def _note_failure(self, key, why):
-        self.last_error = f"{self.cluster._label(key)}: {why}"
-        self._hedge()
-        self._check_exhausted()
-
-    def _hedge(self):
-        if self.hedged or self.done:
-            return
-        self.hedged = True
-        if self.hedge_timer is not None and self.hedge_timer.active():
-            self.hedge_timer.cancel()
-        self.hedge_timer = None
-        for key in self.cluster._candidates():
-            if self.done:
-                return
-            if key not in self.tried:
-                self._send(key)
-        self._check_exhausted()
-
-    def _check_exhausted(self):
-        """Every attempt of this round ended without a winner: retry or give up."""
-        if self.done or self.attempts or not self.hedged or self.retry_timer is not None:
-            return
-        cluster = self.cluster
-        clock = cluster.reactor
-        if not self.reachable:
-            # Every meta's link is down: answer now rather than at the deadline.
-            self._fail(f"no meta of {cluster.meta_addrs} is reachable ({self.last_error})")
-            return
-        delay = cluster.retry_delay
-        if clock.seconds() + delay >= self.deadline_at:
-            return  # the deadline timer answers
-        self.retry_timer = clock.callLater(delay, self._round)
-
-    def _win(self, key, response):
-        self.cluster._set_leader(key)
-        self._finish()
-        self.result.callback(response)
-
-    def _fail(self, why):
-        self._finish()
-        self.result.errback(BackendUnavailable(why))
-
-    def _expired(self):
-        self.deadline_timer = None
-        if self.done:
-            return
-        why = self.last_error or "no answer"
-        self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
-
-    def _cancelled(self, result):
-        self._finish()
-
-    def _finish(self):
-        self.done = True
-        self.cluster._queries.discard(self)
-        for timer in (self.hedge_timer, self.deadline_timer, self.retry_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self.hedge_timer = self.deadline_timer = self.retry_timer = None
-        attempts, self.attempts = self.attempts, {}
-        for d in attempts.values():
-            d.cancel()
-
-    def abort(self, why):
-        if not self.done:
-            self._fail(why)
+#: A cluster whose last usable answer is at most this old counts as up.
+UP_WINDOW = 10.0
 
 
-def _default_connection_factory(reactor, connect_timeout, max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
+def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
+                                max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
     def make(host, port):
-        return MetaConnection(reactor, host, port, connect_timeout=connect_timeout, max_frame_bytes=max_reply_bytes)
+        return MetaConnection(
+            reactor, host, port, connect_timeout=connect_timeout, reconnect_max=reconnect_max,
+            max_frame_bytes=max_reply_bytes,
+        )
 
     return make
 
@@ -227,35 +53,50 @@ class MetaCluster:
         default connection factory).
     @ivar meta_addrs: the cluster's L{metaproxy.route.MetaAddrs}.
     @ivar hedge_delay: seconds to wait for the believed leader before every
-        other meta is asked too (at most half of a query's deadline).
+        other meta is asked too (at most half of a query's deadline); also
+        the interval at which idle metas are asked again while an attempt
+        hangs.
     @ivar retry_delay: seconds to wait before another round when every meta
-        answered without a usable answer (e.g. forwards while a new leader
-        is elected) and the deadline allows it.
+        failed or gave no usable answer (links down, forwards while a new
+        leader is elected) and the deadline allows it.
     @ivar max_extra: how many connections to leaders outside the configured
         list are kept at most.
     @ivar connect_timeout: seconds one connection attempt may take.
+    @ivar reconnect_max: the cap of each connection's reconnect delay.
     @ivar connection_factory: C{(host, port) -> MetaConnection}-like object
-        with C{start}, C{stop}, C{call} and C{matches}; built from
-        C{reactor} and C{connect_timeout} when L{None}.
-    @ivar metrics: an object with C{backend_call(cluster, meta, outcome,
-        seconds)} (L{metaproxy.metrics.Metrics}), or L{None}; told of every
-        answer or failure of every meta (not of calls cancelled because
-        another meta already won).
-    @ivar last_used: the clock time of the last L{query_config}.
+        with C{start}, C{stop}, C{call} and C{matches} (and optionally
+        C{state}, C{connected_since}, C{last_error}); built from
+        C{reactor}, C{connect_timeout} and C{reconnect_max} when L{None}.
+    @ivar metrics: an object with C{backend_call(cluster_name, meta,
+        outcome, seconds)} (L{metaproxy.metrics.Metrics}), or L{None}; told
+        of every answer or failure of every meta (not of calls cancelled
+        because another meta already won).
+    @ivar cluster_name: the name routes give this cluster (for metrics and
+        status); the meta address list until a route names it.
     @ivar max_reply_bytes: the largest reply accepted from a meta (for the
         default connection factory).
+    @ivar last_used: the clock time of the last L{query_config}.
+    @ivar last_ok: the clock time of the last usable answer, or L{None}.
+    @ivar last_error: the last failure of any meta, C{"host:port: why"}.
+    @ivar last_error_at: its clock time, or L{None}.
     """
 
     reactor: object
     meta_addrs: object
     hedge_delay: float = 1.0
-    retry_delay: float = 0.25
+    retry_delay: float = 0.1
     max_extra: int = 3
     connect_timeout: float = 3.0
     connection_factory: object = None
     metrics: object = None
+    reconnect_max: float = RECONNECT_MAX
+    cluster_name: str = ""
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     last_used: float = attrs.field(init=False, default=0.0)
+    last_ok: object = attrs.field(init=False, default=None)
+    last_error: str = attrs.field(init=False, default="")
+    last_error_at: object = attrs.field(init=False, default=None)
+    _heard: dict = attrs.field(init=False, factory=dict)
     _configured: dict = attrs.field(init=False, factory=dict)
     _extra: dict = attrs.field(init=False, factory=dict)
     _leader: tuple = attrs.field(init=False, default=None)
@@ -266,8 +107,10 @@ class MetaCluster:
     def __attrs_post_init__(self):
         if self.connection_factory is None:
             self.connection_factory = _default_connection_factory(
-                self.reactor, self.connect_timeout, self.max_reply_bytes
+                self.reactor, self.connect_timeout, self.reconnect_max, self.max_reply_bytes
             )
+        if not self.cluster_name:
+            self.cluster_name = str(self.meta_addrs)
         for host, port in self.meta_addrs.addrs:
             conn = self.connection_factory(host, port)
             self._configured[(host, port)] = conn
@@ -290,25 +133,59 @@ class MetaCluster:
 
     def describe(self):
         """
-        @return: a JSON-ready L{dict}: C{meta_addrs}, C{leader}, C{in_flight},
-            C{last_used} and C{metas} (each meta's C{address}, C{state} and
-            whether it is C{configured}).
+        @return: a JSON-ready L{dict}: C{cluster_name}, C{meta_addrs},
+            C{leader} (believed, see C{answered}), C{answered} (whether any
+            meta ever gave a usable answer), C{last_answer_age} (seconds
+            since the last usable answer, or L{None}), C{last_error} and
+            C{last_error_age}, C{up} (see L{is_up}), C{in_flight},
+            C{last_used} and C{metas} (each meta's C{address}, C{state},
+            whether it is C{configured}, C{last_heard_age}, C{last_error}).
         """
-        metas = [
-            {"address": self._label(k), "state": getattr(c, "state", "?"), "configured": True}
-            for k, c in self._configured.items()
-        ]
-        metas += [
-            {"address": self._label(k), "state": getattr(c, "state", "?"), "configured": False}
-            for k, c in self._extra.items()
-        ]
+        now = self.reactor.seconds()
+
+        def age(t):
+            return None if t is None else round(now - t, 3)
+
+        def meta(key, conn, configured):
+            return {
+                "address": self._label(key),
+                "state": getattr(conn, "state", "?"),
+                "configured": configured,
+                "last_heard_age": age(self._heard.get(key)),
+                "last_error": getattr(conn, "last_error", "") or "",
+            }
+
+        metas = [meta(k, c, True) for k, c in self._configured.items()]
+        metas += [meta(k, c, False) for k, c in self._extra.items()]
         return {
+            "cluster_name": self.cluster_name,
             "meta_addrs": str(self.meta_addrs),
             "leader": self.leader,
+            "answered": self.last_ok is not None,
+            "last_answer_age": age(self.last_ok),
+            "last_error": self.last_error or None,
+            "last_error_age": age(self.last_error_at),
+            "up": self.is_up(),
             "in_flight": len(self._queries),
             "last_used": self.last_used,
             "metas": metas,
         }
+
+    def is_up(self):
+        """
+        @return: L{True} if a usable answer came within L{UP_WINDOW}
+            seconds, or a meta that answered over its current link is
+            still connected (for C{metaproxy_backend_up}).
+        """
+        now = self.reactor.seconds()
+        if self.last_ok is not None and now - self.last_ok <= UP_WINDOW:
+            return True
+        for key, conn in (*self._configured.items(), *self._extra.items()):
+            heard = self._heard.get(key)
+            since = getattr(conn, "connected_since", None)
+            if heard is not None and since is not None and heard >= since and self._is_up(key):
+                return True
+        return False
 
     def query_config(self, app_name, partition_indices, timeout):
         """
@@ -329,7 +206,7 @@ class MetaCluster:
             if len(self._args) >= _ARGS_CACHE_SIZE:
                 self._args.clear()
             self._args[key] = args
-        query = _Query(self, args, now + timeout)
+        query = Query(self, args, now + timeout)
         self._queries.add(query)
         return query.start()
 
@@ -349,7 +226,33 @@ class MetaCluster:
             [defer.maybeDeferred(c.stop) for c in conns], consumeErrors=True
         ).addCallback(lambda _: None)
 
-    # -- used by _Query
+    # -- used by Query
+
+    def _observe(self, key, started, outcome):
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.backend_call(self.cluster_name, self._label(key), outcome, self.reactor.seconds() - started)
+
+    def _heard_from(self, key):
+        """C{key} answered (a usable answer or a forward): it is alive."""
+        self._heard[key] = self.reactor.seconds()
+
+    def _heard_error(self, key, why):
+        self.last_error = f"{self._label(key)}: {why}"
+        self.last_error_at = self.reactor.seconds()
+
+    def _won(self, key):
+        self.last_ok = self.reactor.seconds()
+        self._set_leader(key)
+
+    def _is_up(self, key):
+        """@return: L{False} only when C{key}'s link is known to be down (not connected, no attempt running)."""
+        return getattr(self._connection(key), "state", None) not in ("down", "stopped")
+
+    def _ranked(self):
+        """@return: the candidates, links up first, then most recently heard from first."""
+        heard = self._heard
+        return sorted(self._candidates(), key=lambda k: (not self._is_up(k), -heard.get(k, float("-inf"))))
 
     def _candidates(self):
         keys = list(self._configured)
@@ -399,6 +302,7 @@ class MetaCluster:
             if victim is None:
                 return
             conn = self._extra.pop(victim)
+            self._heard.pop(victim, None)
             d = defer.maybeDeferred(conn.stop)
             d.addErrback(lambda f: log.failure("closing an extra meta connection failed", f))
 

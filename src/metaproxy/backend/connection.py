@@ -2,25 +2,27 @@
 """
 One reconnecting connection to one meta server address.
 
-A L{twisted.application.internet.ClientService} keeps the link up, with an
-exponential backoff plus jitter between attempts, so that a meta that went
-away is not hammered and many proxies do not reconnect in lock step.
+metaproxy runs its own reconnect loop (not Twisted's C{ClientService}, whose
+per-retry log line carries kilobytes of object reprs): after a failed attempt
+it waits a jittered, doubling delay capped at C{reconnect_max} (about 1 s),
+so a meta that comes back is used within about a second, a meta that stays
+away is probed about once a second, and many proxies do not reconnect in
+lock step. A call made while the link is down starts an attempt at once if
+none is running (at most one on-demand attempt per C{probe_interval}) and
+waits for it; otherwise it fails at once (L{NotConnected}) so that a cluster
+moves on to the other metas instead of waiting.
 
-A call made while the link is down fails at once (L{NotConnected}), so that
-a cluster moves on to the other metas instead of waiting; a call made while
-an attempt is under way waits for that attempt.
+The link's state changes are logged once each: down (with the reason), up
+again, and a reminder every C{remind_every} seconds while it stays down.
 """
 
 import random
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES, MetaClientProtocol, NotConnected
 from metaproxy.route import is_ip_literal
@@ -30,17 +32,25 @@ log = Logger()
 #: Link states, as L{MetaConnection.state} reports them.
 CONNECTING, CONNECTED, DOWN, STOPPED = "connecting", "connected", "down", "stopped"
 
+#: Default cap of the reconnect delay, in seconds.
+RECONNECT_MAX = 1.0
 
-def default_retry_policy():
+
+def default_retry_policy(maximum=RECONNECT_MAX, initial=0.05):
     """
-    @return: the reconnect delay policy used unless another is given:
-        0.1 s doubling to at most 10 s, plus up to 0.5 s of random jitter.
+    @param maximum: the cap of the delay, in seconds.
+    @param initial: the delay after the first failed attempt.
+    @return: the reconnect delay policy (failed attempts in a row, from 1,
+        to seconds): C{initial} doubling up to C{maximum}, each delay drawn
+        between 50 % and 100 % of that value (jitter), so never more than
+        C{maximum}.
     """
-    return backoffPolicy(initialDelay=0.1, maxDelay=10.0, factor=2.0, jitter=_half_second_jitter)
 
+    def policy(attempt):
+        base = min(maximum, initial * (2.0 ** min(max(attempt - 1, 0), 30)))
+        return base * (0.5 + random.random() * 0.5)
 
-def _half_second_jitter():
-    return random.random() * 0.5
+    return policy
 
 
 def default_endpoint(reactor, host, port, connect_timeout):
@@ -51,26 +61,6 @@ def default_endpoint(reactor, host, port, connect_timeout):
     if is_ip_literal(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
     return HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-
-
-@implementer(IStreamClientEndpoint)
-@attrs.define(eq=False)
-class _TrackingEndpoint:
-    """Reports the start and the failure of every connection attempt."""
-
-    _wrapped: object
-    _started: object
-    _failed: object
-
-    def connect(self, protocolFactory):
-        self._started()
-        d = self._wrapped.connect(protocolFactory)
-        d.addErrback(self._report)
-        return d
-
-    def _report(self, failure):
-        self._failed(failure)
-        return failure
 
 
 @attrs.define(eq=False)
@@ -98,11 +88,21 @@ class MetaConnection:
     @ivar host: the address as configured (an IP literal or a host name).
     @ivar port: the port.
     @ivar connect_timeout: seconds one connection attempt may take.
-    @ivar retry_policy: the C{ClientService} retry policy (attempt count to
-        seconds); L{default_retry_policy} when L{None}.
+    @ivar retry_policy: failed attempts in a row (from 1) to the seconds
+        before the next attempt; L{default_retry_policy} with
+        C{reconnect_max} when L{None}.
+    @ivar reconnect_max: the cap of the default policy's delay.
+    @ivar probe_interval: a call while the link is down starts an attempt
+        at once unless one started less than this many seconds ago.
+    @ivar remind_every: seconds between "still down" log lines.
     @ivar endpoint: the client endpoint; L{default_endpoint} when L{None}.
     @ivar max_frame_bytes: the largest reply accepted.
     @ivar header_version: the THFT request header version sent (0 or 1).
+    @ivar state: one of C{connecting}, C{connected}, C{down}, C{stopped}.
+    @ivar last_error: why the link last went down or failed to come up
+        (empty while it is up).
+    @ivar connected_since: clock time the current link came up, or L{None}.
+    @ivar down_since: clock time the link went down, or L{None} while up.
     """
 
     reactor: object
@@ -110,14 +110,26 @@ class MetaConnection:
     port: int
     connect_timeout: float = 3.0
     retry_policy: object = None
+    reconnect_max: float = RECONNECT_MAX
+    probe_interval: float = 0.2
+    remind_every: float = 60.0
     endpoint: object = None
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     header_version: int = 0
     state: str = attrs.field(init=False, default=STOPPED)
+    last_error: str = attrs.field(init=False, default="")
+    connected_since: object = attrs.field(init=False, default=None)
+    down_since: object = attrs.field(init=False, default=None)
     _protocol: object = attrs.field(init=False, default=None)
     _waiters: list = attrs.field(init=False, factory=list)
-    _service: object = attrs.field(init=False, default=None)
-    _last_error: str = attrs.field(init=False, default="")
+    _factory: object = attrs.field(init=False, default=None)
+    _attempt: object = attrs.field(init=False, default=None)
+    _attempt_at: float = attrs.field(init=False, default=float("-inf"))
+    _retry: object = attrs.field(init=False, default=None)
+    _failures: int = attrs.field(init=False, default=0)
+    _reported_down: bool = attrs.field(init=False, default=False)
+    _reminded_at: float = attrs.field(init=False, default=0.0)
+    _stopped: object = attrs.field(init=False, default=None)
 
     @property
     def address(self):
@@ -126,21 +138,14 @@ class MetaConnection:
 
     def start(self):
         """Start connecting (and reconnecting after every loss) until L{stop}."""
-        if self._service is not None:
+        if self._factory is not None:
             return
-        endpoint = self.endpoint
-        if endpoint is None:
-            endpoint = default_endpoint(self.reactor, self.host, self.port, self.connect_timeout)
-        policy = self.retry_policy if self.retry_policy is not None else default_retry_policy()
-        self._service = ClientService(
-            _TrackingEndpoint(endpoint, self._attempt_started, self._attempt_failed),
-            _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost, self.header_version),
-            retryPolicy=policy,
-            clock=self.reactor,
-            prepareConnection=self._connected,
-        )
-        self.state = CONNECTING
-        self._service.startService()
+        if self.endpoint is None:
+            self.endpoint = default_endpoint(self.reactor, self.host, self.port, self.connect_timeout)
+        if self.retry_policy is None:
+            self.retry_policy = default_retry_policy(self.reconnect_max)
+        self._factory = _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost, self.header_version)
+        self._connect()
 
     def stop(self):
         """
@@ -148,12 +153,19 @@ class MetaConnection:
 
         @return: a L{Deferred} firing once the connection is closed.
         """
-        service, self._service = self._service, None
         self.state = STOPPED
+        self._factory = None
+        self._cancel_retry()
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.cancel()
         self._fail_waiters("connection stopped")
-        if service is None:
+        proto, self._protocol = self._protocol, None
+        if proto is None or proto.transport is None or not proto.is_open():
             return defer.succeed(None)
-        return service.stopService()
+        self._stopped = defer.Deferred()
+        proto.transport.loseConnection()
+        return self._stopped
 
     def is_connected(self):
         """@return: L{True} while a connection is open."""
@@ -188,72 +200,129 @@ class MetaConnection:
         """
         Send one request to this meta.
 
-        @return: a L{Deferred} firing with the L{metaproxy.wire.frame.Response};
-            it fails at once with L{NotConnected} while the link is down
-            (waiting for a reconnect), waits while an attempt is under way,
-            and otherwise fails as
-            L{metaproxy.backend.client.MetaClientProtocol.call} does.
+        @return: a L{Deferred} firing with the L{metaproxy.wire.frame.Response}.
+            While the link is down it starts an attempt (unless one started
+            within C{probe_interval}) and waits for it; it fails at once
+            with L{NotConnected} when no attempt runs, and otherwise fails
+            as L{metaproxy.backend.client.MetaClientProtocol.call} does.
             Cancelling it forgets the call.
         """
         proto = self._protocol
         if proto is not None and proto.is_open():
             return proto.call(name, args, timeout, client_timeout_ms)
+        if self.state == DOWN and self.reactor.seconds() - self._attempt_at >= self.probe_interval:
+            self._cancel_retry()
+            self._connect()
         if self.state != CONNECTING:
-            return defer.fail(NotConnected(f"meta {self.address} is {self.state}"))
+            return defer.fail(NotConnected(f"meta {self.address} is {self.state} ({self.last_error})"))
         waiter = defer.Deferred(self._forget_waiter)
         self._waiters.append(waiter)
-        if timeout is not None:
-            # The connect wait counts against the call's own deadline.
-            started = self.reactor.seconds()
+        started = self.reactor.seconds()
 
-            def send(proto):
-                left = timeout - (self.reactor.seconds() - started)
-                return proto.call(name, args, max(left, 0.0), client_timeout_ms)
-
-        else:
-
-            def send(proto):
-                return proto.call(name, args, None, client_timeout_ms)
+        def send(proto):
+            left = None if timeout is None else max(timeout - (self.reactor.seconds() - started), 0.0)
+            return proto.call(name, args, left, client_timeout_ms)
 
         waiter.addCallback(send)
         return waiter
 
-    def _attempt_started(self):
-        if self.state != STOPPED:
-            self.state = CONNECTING
+    # -- the reconnect loop
+
+    def _connect(self):
+        if self._factory is None or self._attempt is not None:
+            return
+        self.state = CONNECTING
+        self._attempt_at = self.reactor.seconds()
+        try:
+            d = self.endpoint.connect(self._factory)
+        except Exception as e:
+            d = defer.fail(e)
+        if d.called:  # synchronous outcome: handled below without keeping it
+            d.addCallbacks(self._connected, self._attempt_failed)
+            return
+        self._attempt = d
+        d.addCallbacks(self._connected, self._attempt_failed)
+
+    def _cancel_retry(self):
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
+
+    def _schedule(self, delay):
+        self._cancel_retry()
+        if self._factory is not None:
+            self._retry = self.reactor.callLater(max(delay, 0.0), self._retry_now)
+
+    def _retry_now(self):
+        self._retry = None
+        self._connect()
 
     def _attempt_failed(self, failure):
-        if self.state == STOPPED:
-            return
-        self.state = DOWN
-        error = failure.getErrorMessage()
-        if error != self._last_error:
-            log.warn("cannot connect to meta {meta}: {error}", meta=self.address, error=error)
-            self._last_error = error
-        self._fail_waiters(f"cannot connect to meta {self.address}: {error}")
+        self._attempt = None
+        if self._factory is None:
+            return None  # stopped (the attempt was cancelled)
+        self._failures += 1
+        self._went_down(failure.getErrorMessage() or failure.type.__name__)
+        self._fail_waiters(f"cannot connect to meta {self.address}: {self.last_error}")
+        self._schedule(self.retry_policy(self._failures))
+        return None
 
     def _connected(self, proto):
+        self._attempt = None
         proto = proto.unwrapped()
-        if self.state == STOPPED:
+        if self._factory is None:
             proto.transport.loseConnection()
             return
+        now = self.reactor.seconds()
         self._protocol = proto
         self.state = CONNECTED
-        if self._last_error:
-            log.info("connected to meta {meta}", meta=self.address)
-            self._last_error = ""
+        self._failures = 0
+        self.connected_since = now
+        if self._reported_down:
+            log.info(
+                "meta {meta} is up again after {seconds:.1f}s down",
+                meta=self.address,
+                seconds=now - (self.down_since if self.down_since is not None else now),
+            )
+        self._reported_down = False
+        self.down_since = None
+        self.last_error = ""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(proto)
 
     def _lost(self, proto):
         if proto is not self._protocol:
+            if self._stopped is not None and self._protocol is None:
+                stopped, self._stopped = self._stopped, None
+                stopped.callback(None)
             return
         self._protocol = None
-        if self.state != STOPPED:
-            self.state = DOWN
-            self._last_error = "connection lost"
-            log.info("connection to meta {meta} lost", meta=self.address)
+        self.connected_since = None
+        if self._factory is None:
+            return
+        self._went_down("connection lost")
+        self._schedule(self.retry_policy(1))
+
+    def _went_down(self, why):
+        """Enter DOWN; log it once, then only a reminder now and then."""
+        now = self.reactor.seconds()
+        self.state = DOWN
+        self.last_error = why
+        if self.down_since is None:
+            self.down_since = now
+        if not self._reported_down:
+            self._reported_down = True
+            self._reminded_at = now
+            log.warn("meta {meta} is down: {reason}", meta=self.address, reason=why)
+        elif now - self._reminded_at >= self.remind_every:
+            self._reminded_at = now
+            log.warn(
+                "meta {meta} still down after {seconds:.0f}s: {reason}",
+                meta=self.address,
+                seconds=now - self.down_since,
+                reason=why,
+            )
 
     def _forget_waiter(self, waiter):
         if waiter in self._waiters:

@@ -28,18 +28,29 @@ log = Logger()
 MAX_SANE_CLIENT_TIMEOUT_MS = 3_600_000
 
 
-def deadline_for(client_timeout_ms, default, maximum):
+def answer_budget(client_timeout_ms, default, maximum, margin_ratio=0.1, margin_min=0.1):
     """
-    Choose how many seconds one backend call may take.
+    Choose how many seconds metaproxy may take to answer one request, so
+    that even the retryable error reaches the client before its own timer
+    fires.
 
-    @param client_timeout_ms: the request header's C{client_timeout}; 0 (not
-        given), negative or absurdly large values count as unset.
-    @param default: seconds to use when the header gives no sane value.
-    @param maximum: the cap, in seconds.
-    @return: seconds, at most C{maximum}.
+    @param client_timeout_ms: the request's client timeout (the THFT
+        header's C{client_timeout}, the RDSN C{client.timeout_ms}); 0
+        (not given), negative or absurdly large values count as unset.
+    @param default: the budget, in seconds, when no sane value is given
+        (C{timeouts.client_default}; it must fit the most impatient client
+        that sends 0: pypegasus3 waits 2 s).
+    @param maximum: the cap of any budget, in seconds.
+    @param margin_ratio: the safety margin as a part of the client's
+        timeout (network, the client's own scheduling).
+    @param margin_min: the least safety margin, in seconds.
+    @return: seconds: the client's timeout minus the larger margin (at
+        least half of the client's timeout), at most C{maximum}.
     """
     if 0 < client_timeout_ms <= MAX_SANE_CLIENT_TIMEOUT_MS:
-        return min(client_timeout_ms / 1000.0, maximum)
+        t = client_timeout_ms / 1000.0
+        budget = max(t - max(t * margin_ratio, margin_min), t / 2.0)
+        return min(budget, maximum)
     return min(default, maximum)
 
 
@@ -61,6 +72,7 @@ class ClusterPools:
     @ivar max_extra: see L{MetaCluster.max_extra}.
     @ivar sweep_interval: seconds between sweeps; by default half of
         C{idle_close}, between 1 and 60 seconds.
+    @ivar reconnect_max: see L{MetaCluster.reconnect_max}.
     @ivar metrics: passed to each L{MetaCluster} (backend call metrics).
     @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
         C{in_flight()} and C{close()}; a L{MetaCluster} by default.
@@ -72,7 +84,8 @@ class ClusterPools:
     idle_close: float = 300.0
     hedge_delay: float = 1.0
     connect_timeout: float = 3.0
-    retry_delay: float = 0.25
+    retry_delay: float = 0.1
+    reconnect_max: float = 1.0
     max_extra: int = 3
     sweep_interval: Optional[float] = None
     cluster_factory: object = None
@@ -82,31 +95,34 @@ class ClusterPools:
     _sweeper: object = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
 
-    def get(self, meta_addrs):
+    def get(self, meta_addrs, cluster_name=None):
         """
         @param meta_addrs: a L{MetaAddrs} (a C{"h:p,h:p"} string or a list
             is parsed into one).
+        @param cluster_name: the route's cluster name, or L{None}; the pool
+            takes the latest one it is given (pools are keyed by meta set,
+            metrics and status pages by name).
         @return: the L{metaproxy.interfaces.IMetaCluster} for that set,
             created (and its connections started) on first use.
         @raise RuntimeError: after L{close}.
         """
         pool = self._pools.get(meta_addrs)
-        if pool is not None:
-            return pool
-        if not isinstance(meta_addrs, MetaAddrs):
-            meta_addrs = MetaAddrs.parse(meta_addrs)
-            pool = self._pools.get(meta_addrs)
-            if pool is not None:
-                return pool
-        if self._closed:
-            raise RuntimeError("the meta pools are closed")
-        pool = self._make(meta_addrs)
-        self._pools[meta_addrs] = pool
-        log.info("opened a meta pool for {cluster}", cluster=str(meta_addrs))
-        self._start_sweeping()
+        if pool is None:
+            if not isinstance(meta_addrs, MetaAddrs):
+                meta_addrs = MetaAddrs.parse(meta_addrs)
+                pool = self._pools.get(meta_addrs)
+        if pool is None:
+            if self._closed:
+                raise RuntimeError("the meta pools are closed")
+            pool = self._make(meta_addrs, cluster_name)
+            self._pools[meta_addrs] = pool
+            log.info("opened a meta pool for {name} ({cluster})", name=cluster_name or "?", cluster=str(meta_addrs))
+            self._start_sweeping()
+        if cluster_name and getattr(pool, "cluster_name", cluster_name) != cluster_name:
+            pool.cluster_name = cluster_name
         return pool
 
-    def _make(self, meta_addrs):
+    def _make(self, meta_addrs, cluster_name=None):
         if self.cluster_factory is not None:
             return self.cluster_factory(meta_addrs)
         return MetaCluster(
@@ -117,6 +133,8 @@ class ClusterPools:
             max_extra=self.max_extra,
             connect_timeout=self.connect_timeout,
             metrics=self.metrics,
+            reconnect_max=self.reconnect_max,
+            cluster_name=cluster_name or "",
             max_reply_bytes=self.max_reply_bytes,
         )
 
@@ -130,6 +148,19 @@ class ClusterPools:
             L{MetaCluster.describe}), for status pages.
         """
         return [p.describe() for p in self._pools.values() if hasattr(p, "describe")]
+
+    def backend_up(self):
+        """
+        @return: C{{cluster_name: 1 or 0}} over the open pools (1 when any
+            pool of that name L{is up<MetaCluster.is_up>}), for
+            C{metaproxy_backend_up}.
+        """
+        up = {}
+        for pool in self._pools.values():
+            is_up = getattr(pool, "is_up", None)
+            name = getattr(pool, "cluster_name", None) or str(pool.meta_addrs)
+            up[name] = max(up.get(name, 0), 1 if is_up is not None and is_up() else 0)
+        return up
 
     def _start_sweeping(self):
         if self._sweeper is not None:

@@ -179,6 +179,28 @@ class AdminTests(SynchronousTestCase):
         code, body, _ = _get(build_admin_root(self.routes, lambda: True), b"/routes")
         self.assertNotIn("leader", json.loads(body)["routes"][0])
 
+    def test_routes_show_cluster_state(self):
+        """
+        With a clusters callable each entry shows the cluster's state, and a
+        leader only once a meta has answered (never one that never did).
+        """
+        states = {
+            ",".join(_A): {"leader": "10.0.0.1:34601", "answered": False, "last_answer_age": None,
+                           "last_error": "10.0.0.1:34601: connection refused", "last_error_age": 0.5, "up": False},
+            ",".join(_B): {"leader": "10.0.1.1:34601", "answered": True, "last_answer_age": 1.0,
+                           "last_error": None, "last_error_age": None, "up": True},
+        }
+        root = build_admin_root(self.routes, lambda: True, clusters=states.get)
+        code, body, _ = _get(root, b"/routes")
+        entries = {e["table"]: e for e in json.loads(body)["routes"]}
+        self.assertEqual(code, 200)
+        self.assertIsNone(entries["temp"]["leader"])
+        self.assertEqual(entries["temp"]["backend"]["last_error"], "10.0.0.1:34601: connection refused")
+        self.assertFalse(entries["temp"]["backend"]["answered"])
+        self.assertFalse(entries["temp"]["backend"]["up"])
+        self.assertEqual(entries["other"]["leader"], "10.0.1.1:34601")
+        self.assertEqual(entries["other"]["backend"]["last_answer_age"], 1.0)
+
     def test_root_lists_endpoints(self):
         """The root lists what is served, including resources mounted later."""
         self.root.putChild(b"metrics", build_admin_root(self.routes, lambda: True))

@@ -338,11 +338,106 @@ class MetaConnectionTests(SynchronousTestCase):
         )
 
     def test_default_policy_has_jitter_and_cap(self):
-        """The default backoff grows, is capped, and adds at most 0.5 s of jitter."""
+        """The default backoff starts small, grows, is jittered and never exceeds about 1 s."""
         policy = connmod.default_retry_policy()
-        first = policy(0)
-        self.assertTrue(0.1 <= first <= 0.6)
-        self.assertTrue(10.0 <= policy(50) <= 10.5)
+        firsts = {policy(1) for _ in range(50)}
+        self.assertTrue(all(0.025 <= f <= 0.05 for f in firsts))
+        self.assertGreater(len(firsts), 1)  # jitter
+        lates = [policy(n) for n in (10, 50, 10_000) for _ in range(20)]
+        self.assertTrue(all(0.5 <= d <= 1.0 for d in lates), lates)
+
+    def _refuse(self):
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+
+    def test_call_while_down_starts_attempt(self):
+        """A call while the link is down starts an attempt at once and waits for it."""
+        self.conn.start()
+        self._refuse()
+        self.reactor.advance(0.3)  # past probe_interval, before the retry (1 s)
+        d = self.conn.call(QCFG, ARGS)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.conn.state, connmod.CONNECTING)
+        self.assertNoResult(d)
+        proto, transport = self._connect()
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.successResultOf(d)
+
+    def test_on_demand_attempts_are_rate_limited(self):
+        """Calls right after a failed attempt fail fast instead of dialling again."""
+        self.conn.start()
+        self._refuse()
+        for _ in range(10):
+            self.failureResultOf(self.conn.call(QCFG, ARGS), NotConnected)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_down_meta_probed_every_second(self):
+        """With the default policy a down meta is re-dialled at least once a second."""
+        conn = MetaConnection(self.reactor, "127.0.0.1", 34602)
+        conn.start()
+        for _ in range(40):
+            self._refuse()
+            before = len(self.reactor.tcpClients)
+            self.reactor.advance(1.0)
+            self.assertEqual(len(self.reactor.tcpClients), before + 1)
+
+    def test_dead_meta_logs_a_few_lines(self):
+        """
+        A meta that stays dead for 60 s gives a handful of metaproxy lines
+        (down once, a reminder), none of them with object reprs.
+        """
+        events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        conn = MetaConnection(self.reactor, "127.0.0.1", 34602)
+        conn.start()
+        attempts = 0
+        while self.reactor.seconds() < 61.0:
+            if self.reactor.tcpClients:
+                self._refuse()
+                self.reactor.tcpClients.clear()
+                attempts += 1
+            self.reactor.advance(0.05)
+        from twisted.logger import formatEvent
+
+        lines = [formatEvent(e) for e in events if e.get("log_level") is not None]
+        self.assertGreater(attempts, 60)
+        self.assertLessEqual(len(lines), 3, lines)
+        self.assertIn("127.0.0.1:34602 is down", lines[0])
+        self.assertTrue(all(len(line) < 200 and " object at 0x" not in line for line in lines), lines)
+        self._up_again(conn)
+        lines = [formatEvent(e) for e in events if e.get("log_level") is not None]
+        self.assertIn("is up again", lines[-1])
+
+    def _up_again(self, conn):
+        """Let the next attempt (probe or retry) start, and let it succeed."""
+        self.reactor.tcpClients.clear()
+        for _ in range(40):
+            if self.reactor.tcpClients:
+                break
+            self.reactor.advance(0.05)
+        self._connect_last()
+        self.assertTrue(conn.is_connected())
+
+    def _connect_last(self):
+        _, port, factory, _, _ = self.reactor.tcpClients[-1]
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport(peerAddress=_Addr("127.0.0.1", port)))
+        return proto
+
+    def test_state_for_status(self):
+        """The link reports why it is down and since when, and when it came up."""
+        self.conn.start()
+        self._refuse()
+        self.assertEqual(self.conn.state, connmod.DOWN)
+        self.assertIn("refused", self.conn.last_error)
+        self.assertEqual(self.conn.down_since, 0.0)
+        self.reactor.advance(1.0)
+        self._connect()
+        self.assertEqual((self.conn.last_error, self.conn.down_since, self.conn.connected_since), ("", None, 1.0))
 
 
 class _NoDelayTransport(StringTransport):

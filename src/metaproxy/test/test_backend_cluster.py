@@ -285,14 +285,60 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
             self.conns[self.cluster.leader].answer(body)
             self.assertEqual(self.successResultOf(d).body, body)
 
-    def test_all_down_fails_fast(self):
-        """With every link down the caller is told at once, not at the deadline."""
+    def test_all_down_retried_until_deadline(self):
+        """
+        With every link down each meta is asked again every retry round
+        (a link may come back, an election may end) and the caller is told
+        at the deadline, with the reason.
+        """
         for c in self.conns.values():
             c.down = True
-        d = self.query(timeout=5.0)
+        d = self.query(timeout=1.0)
+        self.clock.advance(0.95)
+        self.assertNoResult(d)
+        self.clock.advance(0.05)
         f = self.failureResultOf(d, BackendUnavailable)
-        self.assertIn("reachable", f.getErrorMessage())
+        self.assertIn("down", f.getErrorMessage())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_link_back_within_deadline(self):
+        """A link that comes back before the deadline is used by the next round."""
+        for c in self.conns.values():
+            c.down = True
+        d = self.query(timeout=2.0)
+        self.clock.advance(0.5)
+        self.conns["10.0.0.2:34601"].down = False
+        self.clock.advance(0.1)
+        self.conns["10.0.0.2:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+        self.assertEqual(self.cluster.leader, "10.0.0.2:34601")
+
+    def test_synchronous_failures_do_not_end_the_round(self):
+        """
+        Metas whose links are down fail synchronously inside the sending
+        loop; the last meta is still asked and its answer wins.
+        """
+        self.conns["10.0.0.1:34601"].down = True
+        self.conns["10.0.0.2:34601"].down = True
+        d = self.query(timeout=1.0)
+        self.assertEqual(self.conns["10.0.0.3:34601"].sent, 1)
+        self.conns["10.0.0.3:34601"].answer(OK)
+        self.assertEqual(self.successResultOf(d).body, OK)
+
+    def test_cluster_name_labels_metrics(self):
+        """Backend calls are reported under the route's cluster name, not the address list."""
+        calls = []
+
+        class Metrics:
+            def backend_call(self, cluster, meta, outcome, seconds):
+                calls.append((cluster, meta, outcome))
+
+        self.cluster.metrics = Metrics()
+        self.cluster.cluster_name = "onebox"
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(OK)
+        self.successResultOf(d)
+        self.assertEqual(calls, [("onebox", "10.0.0.1:34601", "ERR_OK")])
 
     def test_deadline(self):
         """When no meta answers, the caller gets L{BackendUnavailable} at the deadline and every attempt is cancelled."""
@@ -457,6 +503,15 @@ class FakeNetwork:
             self.flush()
 
 
+def close_all(test, closable, sim, net):
+    """Close C{closable} (a cluster or the pools) and stop C{sim}, moving the bytes of C{net}."""
+    d = closable.close()
+    net.flush()
+    test.successResultOf(d)
+    sim.stopService()
+    net.flush()
+
+
 class SimulatedClusterTests(SynchronousTestCase):
     """
     L{MetaCluster} against a L{SimulatedCluster}, both on one clock, over
@@ -483,11 +538,7 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.addCleanup(self._close)
 
     def _close(self):
-        d = self.cluster.close()
-        self.net.flush()
-        self.successResultOf(d)
-        self.sim.stopService()
-        self.net.flush()
+        close_all(self, self.cluster, self.sim, self.net)
 
     def query(self, table="temp", timeout=5.0, indices=()):
         d = self.cluster.query_config(table, indices, timeout)
@@ -552,7 +603,9 @@ class SimulatedClusterTests(SynchronousTestCase):
             self.successResultOf(self.sim.stop_meta(i))
         self.net.flush()
         d = self.query(timeout=3.0)
-        self.net.run(3.0)
+        self.net.run(2.9)
+        self.assertNoResult(d)
+        self.net.run(0.15)
         self.failureResultOf(d, BackendUnavailable)
 
     def test_slow_leader_within_deadline(self):

@@ -1,7 +1,7 @@
 # -*- test-case-name: metaproxy.test.test_backend_pools -*-
 """
 Tests for L{metaproxy.backend.pools}: one pool per meta set, idle sweep,
-close, and L{deadline_for}.
+close, and L{answer_budget}.
 """
 
 from twisted.internet import defer
@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from metaproxy.backend.cluster import MetaCluster
-from metaproxy.backend.pools import ClusterPools, deadline_for
+from metaproxy.backend.pools import ClusterPools, answer_budget
 from metaproxy.interfaces import IClusterPools
 from metaproxy.route import MetaAddrs
 
@@ -20,6 +20,7 @@ class FakePool:
 
     def __init__(self, meta_addrs, clock):
         self.meta_addrs = meta_addrs
+        self.cluster_name = ""
         self.last_used = clock.seconds()
         self.running = 0
         self.closed = False
@@ -32,22 +33,34 @@ class FakePool:
         return defer.succeed(None)
 
 
-class DeadlineForTests(SynchronousTestCase):
-    """L{deadline_for} picks a bounded deadline from the client's header."""
+class AnswerBudgetTests(SynchronousTestCase):
+    """L{answer_budget} leaves a margin before the client's own timeout."""
 
-    def test_header_value_used(self):
-        """A sane header timeout is used, in seconds."""
-        self.assertEqual(deadline_for(1500, 5.0, 30.0), 1.5)
+    def test_margin(self):
+        """The margin is the larger of 10 % and 100 ms."""
+        self.assertAlmostEqual(answer_budget(1000, 1.5, 30.0), 0.9)
+        self.assertAlmostEqual(answer_budget(3000, 1.5, 30.0), 2.7)
+        self.assertAlmostEqual(answer_budget(5000, 1.5, 30.0), 4.5)
+        self.assertAlmostEqual(answer_budget(500, 1.5, 30.0), 0.4)
+
+    def test_tiny_timeout_keeps_half(self):
+        """A timeout at or below the minimum margin keeps half of itself."""
+        self.assertAlmostEqual(answer_budget(100, 1.5, 30.0), 0.05)
 
     def test_capped(self):
         """A header timeout above the maximum is capped."""
-        self.assertEqual(deadline_for(60_000, 5.0, 30.0), 30.0)
+        self.assertEqual(answer_budget(60_000, 5.0, 30.0), 30.0)
 
     def test_unset_or_absurd(self):
-        """Zero, negative and absurd values mean the default (itself capped)."""
+        """Zero, negative and absurd values mean the default budget (itself capped)."""
         for value in (0, -1, -2_000_000_000, 4_000_000_000):
-            self.assertEqual(deadline_for(value, 5.0, 30.0), 5.0)
-        self.assertEqual(deadline_for(0, 50.0, 30.0), 30.0)
+            self.assertEqual(answer_budget(value, 1.5, 30.0), 1.5)
+        self.assertEqual(answer_budget(0, 50.0, 30.0), 30.0)
+
+    def test_every_profile_answers_before_095(self):
+        """For each client profile the budget ends before 0.95 x the client's timeout."""
+        for header, client_waits in ((1000, 1.0), (3000, 3.0), (5000, 5.0), (0, 2.0)):
+            self.assertLess(answer_budget(header, 1.5, 30.0), 0.95 * client_waits)
 
 
 class ClusterPoolsTests(SynchronousTestCase):
@@ -67,6 +80,17 @@ class ClusterPoolsTests(SynchronousTestCase):
     def test_interface(self):
         """L{ClusterPools} provides L{IClusterPools}."""
         self.assertTrue(verifyObject(IClusterPools, self.pools))
+
+    def test_cluster_name_and_backend_up(self):
+        """A pool takes the route's cluster name; backend_up reports per cluster_name."""
+        a = self.pools.get(MetaAddrs.parse("10.0.0.1:34601"), "alpha")
+        b = self.pools.get(MetaAddrs.parse("10.0.0.2:34601"), "beta")
+        a.is_up = lambda: True
+        b.is_up = lambda: False
+        self.assertEqual((a.cluster_name, b.cluster_name), ("alpha", "beta"))
+        self.assertEqual(self.pools.backend_up(), {"alpha": 1, "beta": 0})
+        self.assertIs(self.pools.get(MetaAddrs.parse("10.0.0.2:34601"), "gamma"), b)
+        self.assertEqual(b.cluster_name, "gamma")
 
     def test_one_pool_per_meta_set(self):
         """Lists naming the same metas in another order or spacing share one pool."""

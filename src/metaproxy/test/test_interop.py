@@ -8,7 +8,7 @@ from PyPI, run in its own virtualenv (it pins Twisted 21.2 and thrift 0.13).
 import json
 import os
 
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
 from metaproxy.route import MetaAddrs, Route
@@ -36,11 +36,12 @@ class PyPegasusTests(TestCase):
         self.addCleanup(self.proxy.stop)
 
     @defer.inlineCallbacks
-    def open_table(self, address, table):
+    def open_table(self, address, table, handshake=None):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)  # the client writes pegasus.log into its cwd
+        args = [SCRIPT, address, table, "2000"] + ([handshake] if handshake else [])
         out, err, code = yield utils.getProcessOutputAndValue(
-            PYTHON, [SCRIPT, address, table, "2000"], env={"PATH": os.environ.get("PATH", "")}, path=workdir
+            PYTHON, args, env={"PATH": os.environ.get("PATH", "")}, path=workdir
         )
         lines = [line for line in out.decode().splitlines() if line.startswith("{")]
         self.assertTrue(lines, f"no result from the client (rc {code}): {err.decode()[-2000:]}")
@@ -66,3 +67,32 @@ class PyPegasusTests(TestCase):
         code, result = yield self.open_table(leader, "temp")
         self.assertEqual(code, 1)
         self.assertFalse(result["ok"])
+
+    @defer.inlineCallbacks
+    def test_silent_metas_init_returns_in_time(self):
+        """
+        With every meta silent, the client's init() returns within its 2 s
+        (metaproxy answers the retryable error first); once the metas answer
+        again, a later init() on the same client opens the table.
+        """
+        self.cluster.set_silent(True)
+        handshake = os.path.abspath(self.mktemp())
+        os.makedirs(handshake)
+        first_path = os.path.join(handshake, "first.json")
+
+        def poll():
+            if os.path.exists(first_path):
+                watcher.stop()
+                self.cluster.set_silent(False)
+                with open(os.path.join(handshake, "go"), "w"):
+                    pass
+
+        watcher = task.LoopingCall(poll)
+        watcher.start(0.05)
+        self.addCleanup(lambda: watcher.running and watcher.stop())
+        code, result = yield self.open_table(f"127.0.0.1:{self.proxy.port}", "temp", handshake)
+        first = result["first"]
+        self.assertFalse(first["ok"], first)
+        self.assertLess(first["elapsed"], 2.0, first)
+        self.assertEqual(code, 0, result)
+        self.assertEqual(result["partition_count"], 8)

@@ -199,16 +199,26 @@ class TrafficTests(SynchronousTestCase):
         self.assertEqual(_value(self.m, "metaproxy_upstream_queries_total", region="r1", table="stat"), 1.0)
 
     def test_backend_calls(self):
-        """Backend latency is per cluster; only failed outcomes count as errors."""
+        """Backend latency is per cluster_name; only failed outcomes count as errors."""
         self.m.backend_call("c1", "10.0.0.1:34601", "ERR_OK", 0.001)
         self.m.backend_call("c1", "10.0.0.2:34601", "timeout", 1.0)
-        self.assertEqual(_value(self.m, "metaproxy_backend_call_seconds_count", region="r1", cluster="c1"), 2.0)
+        self.assertEqual(_value(self.m, "metaproxy_backend_call_seconds_count", region="r1", cluster_name="c1"), 2.0)
         self.assertEqual(
-            _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster="c1", outcome="timeout"), 1.0
+            _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster_name="c1", outcome="timeout"), 1.0
         )
         self.assertIsNone(
-            _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster="c1", outcome="ERR_OK")
+            _value(self.m, "metaproxy_backend_errors_total", region="r1", cluster_name="c1", outcome="ERR_OK")
         )
+
+    def test_watched_gauges(self):
+        """Gauges read at collection time, with or without a label, carry the const labels."""
+        up = {"c1": 1, "c2": 0}
+        self.m.watch_gauges("metaproxy_upstream_inflight", "doc", None, lambda: 3)
+        self.m.watch_gauges("metaproxy_backend_up", "doc", "cluster_name", lambda: up)
+        self.assertEqual(_value(self.m, "metaproxy_upstream_inflight", region="r1"), 3.0)
+        self.assertEqual(_value(self.m, "metaproxy_backend_up", region="r1", cluster_name="c2"), 0.0)
+        up["c2"] = 1
+        self.assertEqual(_value(self.m, "metaproxy_backend_up", region="r1", cluster_name="c2"), 1.0)
 
     def test_backend_outcomes_are_capped(self):
         """Past max_outcomes distinct outcomes, new ones are counted as _other."""
@@ -216,8 +226,8 @@ class TrafficTests(SynchronousTestCase):
         m.backend_call("c1", "m", "ERR_TIMEOUT", 0.1)
         m.backend_call("c1", "m", "refused", 0.1)
         m.backend_call("c1", "m", "ERR_TIMEOUT", 0.1)
-        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster="c1", outcome="ERR_TIMEOUT"), 2.0)
-        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster="c1", outcome="_other"), 1.0)
+        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster_name="c1", outcome="ERR_TIMEOUT"), 2.0)
+        self.assertEqual(_value(m, "metaproxy_backend_errors_total", cluster_name="c1", outcome="_other"), 1.0)
 
     def test_zk_requests_add_to_route_table_count(self):
         """zk_request() counts on top of the route table's own zk_request_count."""

@@ -100,8 +100,8 @@ def _traffic(metrics):
     metrics.query_answered("temp", "ERR_OK", 0.001)
     metrics.query_answered("temp", "ERR_OK", 0.003)
     metrics.query_answered("temp", "ERR_OBJECT_NOT_FOUND", 0.002)
-    metrics.backend_call("10.0.0.1:34601,10.0.0.2:34601", "10.0.0.1:34601", "ERR_OK", 0.001)
-    metrics.backend_call("10.0.0.1:34601,10.0.0.2:34601", "10.0.0.2:34601", "ERR_FORWARD_TO_OTHERS", 0.002)
+    metrics.backend_call("c1", "10.0.0.1:34601", "ERR_OK", 0.001)
+    metrics.backend_call("c1", "10.0.0.2:34601", "ERR_FORWARD_TO_OTHERS", 0.002)
 
 
 class DiscoveryTests(SynchronousTestCase):
@@ -168,7 +168,7 @@ class PrometheusTests(SynchronousTestCase):
         _traffic(metrics)
         request = DummyRequest([b"metrics"])
         text = MetricsPage(metrics.registry).render_GET(request).decode()
-        c = 'cluster="10.0.0.1:34601,10.0.0.2:34601",'
+        c = 'cluster_name="c1",'
         for line in (
             'metaproxy_client_connections{service="meta_proxy"} 2.0',
             'metaproxy_client_queries_total{service="meta_proxy",table="temp"} 3.0',

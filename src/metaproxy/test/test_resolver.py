@@ -3,6 +3,7 @@ Tests for L{metaproxy.resolver}: routing, error mapping, relay, coalescing.
 """
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -69,8 +70,11 @@ class _Pools:
     def __init__(self):
         self.clusters = {}
 
-    def get(self, meta_addrs):
-        return self.clusters.setdefault(meta_addrs, _Cluster(meta_addrs))
+    def get(self, meta_addrs, cluster_name=None):
+        cluster = self.clusters.setdefault(meta_addrs, _Cluster(meta_addrs))
+        if cluster_name is not None:
+            cluster.cluster_name = cluster_name
+        return cluster
 
     def close(self):
         return defer.succeed(None)
@@ -136,8 +140,9 @@ class ResolverTestsMixin:
         )
         self.pools = _Pools()
         self.metrics = _Metrics()
+        self.clock = Clock()
         self.resolver = QueryConfigResolver(
-            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics
+            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics, clock=self.clock
         )
 
     def cluster(self, meta=META1):
@@ -228,11 +233,12 @@ class ResolverErrorTests(ResolverTestsMixin, SynchronousTestCase):
 
 class ResolverRelayTests(ResolverTestsMixin, SynchronousTestCase):
     def test_routes_to_owning_cluster(self):
-        """A query goes to the cluster its route names, with table, indices and deadline."""
+        """A query goes to the cluster its route names, with table, indices and the answer budget (1500 ms - 10 %)."""
         self.resolver.handle(_request("other", (1,), client_timeout=1500), None)
         self.assertEqual(self.cluster(META1).calls, [])
         [(table, indices, timeout, _)] = self.cluster(META2).calls
-        self.assertEqual((table, indices, timeout), ("other", (1,), 1.5))
+        self.assertEqual((table, indices, round(timeout, 6)), ("other", (1,), 1.35))
+        self.assertEqual(self.cluster(META2).cluster_name, "c2")
 
     def test_answer_relayed(self):
         """The backend's answer reaches the client without hp_* fields."""
@@ -289,7 +295,7 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
         self.resolver.handle(_request("temp", client_timeout=3000), None)
         calls = self.cluster().calls
         self.answer(calls[0], _ok())
-        self.assertEqual(calls[1][2], 3.0)
+        self.assertAlmostEqual(calls[1][2], 2.7)
 
     def test_disconnected_client_does_not_cancel_others(self):
         """One waiter cancelling leaves the shared query running for the rest."""
@@ -326,3 +332,54 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
         self.answer(calls[1], _ok())
         self.successResultOf(b)
         self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_gone_queued_batch_starts_nothing(self):
+        """A queued batch whose waiters have all gone starts no upstream query."""
+        a = self.resolver.handle(_request("temp"), None)
+        b = self.resolver.handle(_request("temp"), None)
+        c = self.resolver.handle(_request("temp"), None)
+        b.cancel()
+        c.cancel()
+        self.failureResultOf(b, defer.CancelledError)
+        self.failureResultOf(c, defer.CancelledError)
+        calls = self.cluster().calls
+        self.answer(calls[0], _ok())
+        self.successResultOf(a)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_queued_waiter_answered_at_own_deadline(self):
+        """A coalesced request is answered at its own budget while the shared query runs on."""
+        a = self.resolver.handle(_request("temp", client_timeout=5000), None)
+        b = self.resolver.handle(_request("temp", client_timeout=1000), None)
+        self.clock.advance(0.9)
+        self.assertEqual(self.successResultOf(b).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertNoResult(a)
+        self.assertEqual(self.cluster().cancelled, 0)
+        self.answer(self.cluster().calls[0], _ok())
+        self.successResultOf(a)
+        self.assertEqual(len(self.cluster().calls), 1)  # b's queued batch is gone
+
+    def test_running_waiter_answered_at_own_deadline(self):
+        """The last waiter of a running query is answered at its budget and the query is cancelled."""
+        a = self.resolver.handle(_request("temp", client_timeout=2000), None)
+        self.clock.advance(1.79)
+        self.assertNoResult(a)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(a).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class UpstreamLimitTests(ResolverTestsMixin, SynchronousTestCase):
+    def test_inflight_capped(self):
+        """Beyond max_upstream distinct queries in flight, a new one gets the retryable error at once."""
+        self.resolver.max_upstream = 2
+        self.resolver.handle(_request("temp"), None)
+        self.resolver.handle(_request("temp", (1,)), None)
+        d = self.resolver.handle(_request("temp", (2,)), None)
+        self.assertEqual(self.successResultOf(d).app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual((self.resolver.in_flight(), self.resolver.refused_upstream), (2, 1))
+        joined = self.resolver.handle(_request("temp"), None)  # joins a running key: still served
+        self.assertNoResult(joined)
+

@@ -254,15 +254,20 @@ class MixedFramingTests(_Base, SynchronousTestCase):
 
 class ResolverTests(SynchronousTestCase):
     def test_timeout_ms_is_the_budget(self):
-        """client.timeout_ms gives the backend query the same budget as THFT's client_timeout."""
+        """
+        client.timeout_ms gives the backend query the same budget as THFT's
+        client_timeout: 1500 ms less the margin, max(10 %, 100 ms).
+        """
         meta = MetaAddrs.parse("10.0.0.1:34601")
         pools = _Pools()
-        resolver = QueryConfigResolver(_Routes({"temp": Route("a", meta)}), pools, default_timeout=5.0)
-        factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: resolver.handle}), Clock())
+        clock = Clock()
+        resolver = QueryConfigResolver(_Routes({"temp": Route("a", meta)}), pools, default_timeout=5.0, clock=clock)
+        factory = PegasusServerFactory(RpcDispatcher({querycfg.QUERY_CFG: resolver.handle}), clock)
         proto, transport = _connect(factory)
         proto.dataReceived(_request(rid=1, client_timeout=1500))
         [(table, indices, timeout, d)] = pools.get(meta).calls
-        self.assertEqual((table, indices, timeout), ("temp", (), 1.5))
+        self.assertEqual((table, indices), ("temp", ()))
+        self.assertAlmostEqual(timeout, 1.35)
         body = querycfg.encode_result(_table_response())
         d.callback(frame.Response(codes.ERR_OK, querycfg.QUERY_CFG_ACK, 1, body))
         [reply] = _rdsn_replies(transport)

@@ -123,8 +123,8 @@ class FakeClusterPools:
     clusters: dict = attrs.field(factory=dict)
     closed: bool = False
 
-    def get(self, meta_addrs):
-        """@return: the L{FakeMetaCluster} for C{meta_addrs}, made on first use."""
+    def get(self, meta_addrs, cluster_name=None):
+        """@return: the L{FakeMetaCluster} for C{meta_addrs}, made on first use (C{cluster_name} is ignored)."""
         if not isinstance(meta_addrs, MetaAddrs):
             meta_addrs = MetaAddrs.parse(meta_addrs)
         cluster = self.clusters.get(meta_addrs)

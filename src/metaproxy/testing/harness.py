@@ -53,7 +53,7 @@ class ProxyHarness:
 
     reactor: object
     routes: object
-    default_timeout: float = 2.0
+    default_timeout: float = 1.5  # as timeouts.client_default
     hedge_delay: float = 0.2
     drain_timeout: float = 5.0
     service: object = attrs.field(init=False, default=None)
@@ -79,7 +79,12 @@ class ProxyHarness:
             metrics=self.metrics,
         )
         self.resolver = QueryConfigResolver(
-            self.routes, self.pools, default_timeout=self.default_timeout, max_timeout=10.0, metrics=self.metrics
+            self.routes,
+            self.pools,
+            default_timeout=self.default_timeout,
+            max_timeout=10.0,
+            metrics=self.metrics,
+            clock=self.reactor,
         )
         self.factory = PegasusServerFactory(RpcDispatcher({QUERY_CFG: self.resolver.handle}), self.reactor)
         self.metrics.watch_connections(lambda: self.factory.connection_count)

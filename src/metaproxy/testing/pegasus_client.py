@@ -34,9 +34,15 @@ class PegasusTestClient(Protocol):
     @ivar closed: fires when the connection is lost.
     """
 
-    def __init__(self, flavour="go", timer=time.perf_counter, record=True):
+    def __init__(self, flavour="go", timer=time.perf_counter, record=True, client_timeout=None):
+        """
+        @param client_timeout: the header's C{client_timeout} (ms), instead
+            of the flavour's.
+        """
         self.flavour = flavour
         version, app, pidx, tmo, first = FLAVOURS[flavour]
+        if client_timeout is not None:
+            tmo = client_timeout
         self._head = dict(version=version, app_id=app, partition_index=pidx, client_timeout=tmo)
         self._seqid = first
         self._pending = {}

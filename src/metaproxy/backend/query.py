@@ -1,0 +1,260 @@
+# -*- test-case-name: metaproxy.test.test_backend_cluster -*-
+"""
+One query_config call against one cluster's metas (used by
+L{metaproxy.backend.cluster.MetaCluster}).
+
+A query first asks the meta believed to be the leader. A follower's
+C{ERR_FORWARD_TO_OTHERS} names the leader, which is asked next. The other
+metas are asked too (the query I{hedges}) after C{hedge_delay} (at most half
+of the deadline), at once when the believed leader's link is not up, and
+as soon as an attempt fails or a forward gives no usable leader. The first
+answer that is not a forward wins.
+
+A round ends when everything it could send has been sent and every attempt
+has ended without a winner; the decision is never taken while the sending
+loop still runs, so a meta that fails synchronously (its link is down)
+cannot end the round before the others were asked, whatever the address
+order. Another round, asking every meta again, follows after
+C{retry_delay} while the deadline allows (an election may be running). While
+attempts hang (a silent meta), every meta is asked again every
+C{hedge_delay} (beside its attempt still in flight, if any): the followers may
+know a new leader by then, and a hung meta may be back. At the deadline
+the caller gets L{BackendUnavailable}.
+"""
+
+import attrs
+from twisted.internet import defer
+
+from metaproxy.errors import BackendUnavailable
+from metaproxy.wire import codes, querycfg
+from metaproxy.wire.binary import DecodeError
+
+
+@attrs.define(eq=False)
+class Query:
+    """
+    One query_config call: its attempts, timers and outcome.
+
+    @ivar cluster: the L{metaproxy.backend.cluster.MetaCluster}.
+    @ivar args: the encoded query_cfg args.
+    @ivar deadline_at: clock time by which the result fires.
+    """
+
+    cluster: object
+    args: bytes
+    deadline_at: float
+    result: defer.Deferred = attrs.field(init=False, default=None)
+    attempts: dict = attrs.field(init=False, factory=dict)
+    asked: set = attrs.field(init=False, factory=set)
+    hedged: bool = attrs.field(init=False, default=False)
+    done: bool = attrs.field(init=False, default=False)
+    rounds: int = attrs.field(init=False, default=0)
+    last_error: str = attrs.field(init=False, default="")
+    _sending: int = attrs.field(init=False, default=0)
+    hedge_timer: object = attrs.field(init=False, default=None)
+    poll_timer: object = attrs.field(init=False, default=None)
+    deadline_timer: object = attrs.field(init=False, default=None)
+    retry_timer: object = attrs.field(init=False, default=None)
+
+    def start(self):
+        """@return: a L{Deferred} firing with the winning response or failing with L{BackendUnavailable}."""
+        clock = self.cluster.reactor
+        self.result = defer.Deferred(self._cancelled)
+        self.deadline_timer = clock.callLater(max(self.deadline_at - clock.seconds(), 0.0), self._expired)
+        self._round()
+        return self.result
+
+    def _left(self):
+        return self.deadline_at - self.cluster.reactor.seconds()
+
+    def _round(self):
+        self.rounds += 1
+        self.retry_timer = None
+        self.asked = self._busy()
+        self.hedged = False
+        cluster = self.cluster
+        if self.rounds > 1:
+            self._hedge()
+            return
+        leader = cluster._leader
+        self._send_all([leader])
+        if not self.done and not self.hedged:
+            if len(cluster._candidates()) < 2 or not cluster._is_up(leader):
+                # One meta, or the leader's link is down: nobody to wait for.
+                self._hedge()
+                return
+            # A short deadline (Java 1.x sends 1000 ms) still leaves the
+            # other metas half of it.
+            delay = min(cluster.hedge_delay, self._left() / 2)
+            self.hedge_timer = cluster.reactor.callLater(max(delay, 0.0), self._hedge)
+        self._settle()
+
+    def _send_all(self, keys):
+        """Send to each key not busy; outcomes that fire at once wait for L{_settle}."""
+        self._sending += 1
+        try:
+            busy = self._busy()
+            for key in keys:
+                if self.done:
+                    return
+                if key not in busy:
+                    self._send(key)
+        finally:
+            self._sending -= 1
+
+    def _send(self, key):
+        cluster = self.cluster
+        conn = cluster._connection(key)
+        self.asked.add(key)
+        started = cluster.reactor.seconds()
+        d = conn.call(querycfg.QUERY_CFG, self.args, max(self._left(), 0.0), int(max(self._left(), 0.0) * 1000))
+        if d.called:  # failed (or answered) at once: no need to keep it
+            d.addCallbacks(self._answered, self._failed, (key, started, None), errbackArgs=(key, started, None))
+            return
+        token = object()
+        self.attempts[token] = (key, d, started)
+        d.addCallbacks(self._answered, self._failed, (key, started, token), errbackArgs=(key, started, token))
+
+    def _pop(self, key, token):
+        if token is not None:
+            self.attempts.pop(token, None)
+
+    def _busy(self):
+        """@return: the keys with an attempt in flight."""
+        return {key for key, _, _ in self.attempts.values()}
+
+    def _answered(self, response, key, started, token):
+        self._pop(key, token)
+        cluster = self.cluster
+        if response.rpc_error != codes.ERR_OK:
+            outcome, peek = response.rpc_error, None
+        else:
+            try:
+                peek = querycfg.peek_result(response.body)
+                outcome = peek.err
+            except DecodeError as e:
+                outcome, peek = "malformed", e
+        cluster._observe(key, started, outcome)
+        if self.done:
+            return
+        cluster._heard_from(key)
+        if peek is None:
+            self._note_failure(key, f"rpc error {response.rpc_error}")
+            return
+        if isinstance(peek, DecodeError):
+            self._note_failure(key, f"malformed answer: {peek}")
+            return
+        if peek.err != codes.ERR_FORWARD_TO_OTHERS:
+            self._win(key, response)
+            return
+        target = querycfg.address_host_port(peek.leader) if peek.leader else None
+        if target is None:
+            self._note_failure(key, "forward without a leader")
+            return
+        leader_key = cluster._key_for(*target)
+        if leader_key in self._busy():
+            return  # already waiting for that leader
+        if leader_key in self.asked:
+            # The named leader was asked in this round and did not answer:
+            # the others may know a new one.
+            self._note_failure(key, f"forward to {target[0]}:{target[1]}, which did not answer")
+            return
+        self._send_all([leader_key])
+        self._settle()
+
+    def _failed(self, failure, key, started, token):
+        self._pop(key, token)
+        if self.done or failure.check(defer.CancelledError):
+            return
+        self.cluster._observe(key, started, failure.type.__name__)
+        self._note_failure(key, failure.getErrorMessage() or failure.type.__name__)
+
+    def _note_failure(self, key, why):
+        self.last_error = f"{self.cluster._label(key)}: {why}"
+        self.cluster._heard_error(key, why)
+        self._hedge()
+        self._settle()
+
+    def _hedge(self):
+        if self.hedged or self.done:
+            return
+        self.hedged = True
+        if self.hedge_timer is not None and self.hedge_timer.active():
+            self.hedge_timer.cancel()
+        self.hedge_timer = None
+        self._send_all([k for k in self.cluster._ranked() if k not in self.asked])
+        if self.poll_timer is None and not self.done and len(self.cluster._candidates()) > 1:
+            self.poll_timer = self.cluster.reactor.callLater(self.cluster.hedge_delay, self._poll)
+        self._settle()
+
+    def _poll(self):
+        """
+        Attempts still hang: ask every meta again (they may know a new
+        leader, a hung one may be back), replacing attempts older than
+        C{hedge_delay}.
+        """
+        self.poll_timer = None
+        if self.done:
+            return
+        if self.attempts and self.retry_timer is None:
+            now = self.cluster.reactor.seconds()
+            newest = {}
+            for key, _, started in self.attempts.values():
+                newest[key] = max(newest.get(key, started), started)
+            recent = {k for k, t in newest.items() if now - t < self.cluster.hedge_delay}
+            self.asked = set(recent)
+            self._sending += 1
+            try:
+                for key in self.cluster._ranked():
+                    if not self.done and key not in recent:
+                        self._send(key)
+            finally:
+                self._sending -= 1
+        if not self.done:
+            self.poll_timer = self.cluster.reactor.callLater(self.cluster.hedge_delay, self._poll)
+        self._settle()
+
+    def _settle(self):
+        """Decide once everything was sent: a round without a winner is retried in time."""
+        if self.done or self._sending or self.attempts or not self.hedged or self.retry_timer is not None:
+            return
+        cluster = self.cluster
+        delay = cluster.retry_delay
+        if delay >= self._left():
+            return  # the deadline timer answers
+        self.retry_timer = cluster.reactor.callLater(delay, self._round)
+
+    def _win(self, key, response):
+        self.cluster._won(key)
+        self._finish()
+        self.result.callback(response)
+
+    def _fail(self, why):
+        self._finish()
+        self.result.errback(BackendUnavailable(why))
+
+    def _expired(self):
+        self.deadline_timer = None
+        if self.done:
+            return
+        why = self.last_error or "no answer"
+        self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
+
+    def _cancelled(self, result):
+        self._finish()
+
+    def _finish(self):
+        self.done = True
+        self.cluster._queries.discard(self)
+        for timer in (self.hedge_timer, self.deadline_timer, self.retry_timer, self.poll_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.hedge_timer = self.deadline_timer = self.retry_timer = self.poll_timer = None
+        attempts, self.attempts = self.attempts, {}
+        for _, d, _ in attempts.values():
+            d.cancel()
+
+    def abort(self, why):
+        """Fail the query now (its pool closes)."""
+        if not self.done:
+            self._fail(why)

@@ -1,0 +1,57 @@
+# -*- test-case-name: metaproxy.test.test_app_backend -*-
+"""
+L{metaproxy.app.build_service} wires the backend state into metrics and the
+admin page: C{metaproxy_backend_up{cluster_name}},
+C{metaproxy_upstream_inflight}, and each route's C{backend} in C{/routes}.
+"""
+
+import json
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
+
+from metaproxy.app import build_service
+from metaproxy.config import parse_config
+from metaproxy.route import MetaAddrs
+
+CONFIG = (
+    "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: 'tcp:0:interface=127.0.0.1'}\n"
+    "metric: {type: prometheus, tags: {service: mp}}\n"
+    "routes: {temp: {cluster_name: onebox, meta_addrs: '127.0.0.1:34601,127.0.0.1:34602'}}\n"
+)
+
+
+class BackendWiringTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.top = build_service(parse_config(CONFIG), self.reactor)
+        self.addCleanup(self.top.pools.close)
+
+    def sample(self, name, **labels):
+        return self.top.metrics.registry.get_sample_value(name, dict(labels, service="mp"))
+
+    def test_budget_settings_reach_the_resolver(self):
+        """The resolver gets the default budget of 1.5 s and the 10 % / 100 ms margin."""
+        resolver = self.top.resolver
+        self.assertEqual((resolver.default_timeout, resolver.margin_ratio, resolver.margin_min), (1.5, 0.1, 0.1))
+        self.assertIs(resolver.clock, self.reactor)
+
+    def test_gauges(self):
+        """A cluster that never answered is down, labelled by its cluster_name; nothing runs upstream."""
+        self.top.pools.get(MetaAddrs.parse("127.0.0.1:34601,127.0.0.1:34602"), "onebox")
+        self.assertEqual(self.sample("metaproxy_backend_up", cluster_name="onebox"), 0.0)
+        self.assertEqual(self.sample("metaproxy_upstream_inflight"), 0.0)
+
+    def test_routes_page_shows_backend(self):
+        """/routes shows the cluster's state and no leader while no meta has answered."""
+        self.top.pools.get(MetaAddrs.parse("127.0.0.1:34601,127.0.0.1:34602"), "onebox")
+        admin = self.top.getServiceNamed("admin")
+        root = admin.factory.wrappedFactory.resource  # the Site inside the connection limit
+        request = DummyRequest([b"routes"])
+        body = getChildForRequest(root, request).render(request)
+        [entry] = json.loads(body)["routes"]
+        self.assertIsNone(entry["leader"])
+        self.assertEqual(entry["backend"]["answered"], False)
+        self.assertEqual(entry["backend"]["up"], False)
