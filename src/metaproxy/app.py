@@ -6,9 +6,9 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 """
 
 from twisted.application.service import Service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from metaproxy.activation import server_endpoint
 from metaproxy.admin import QuietSite, build_admin_root
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.dispatch import RpcDispatcher
@@ -71,7 +71,7 @@ def _cached_tables(routes):
     return allowed
 
 
-def build_service(config, reactor, fatal=None):
+def build_service(config, reactor, fatal=None, endpoint_for=None):
     """
     Build metaproxy's service tree.
 
@@ -84,10 +84,19 @@ def build_service(config, reactor, fatal=None):
     @param reactor: the reactor everything runs on.
     @param fatal: C{callable(message)} that ends the process when it
         cannot serve (a port is taken); L{fatal_stop} by default.
+    @param endpoint_for: C{callable(what, description)} returning the server
+        endpoint for C{"proxy"} or C{"admin"}; by default the config's
+        endpoint string (a hot upgrade's new process passes the handed-over
+        listeners instead, see L{metaproxy.takeover}).
     @return: an L{OrderedMultiService}; its C{metrics}, C{resolver} and
         C{factory} attributes expose the live objects (tests, benchmarks).
     """
     top = OrderedMultiService()
+    if endpoint_for is None:
+
+        def endpoint_for(what, description):
+            return server_endpoint(reactor, description)
+
     if fatal is None:
 
         def fatal(message):
@@ -146,7 +155,7 @@ def build_service(config, reactor, fatal=None):
     )
     metrics.watch_connections(lambda: factory.connection_count)
     proxy = DrainingServerService(
-        serverFromString(reactor, config.listen),
+        endpoint_for("proxy", config.listen),
         factory,
         config.drain_timeout,
         on_bind_failure=cannot_listen("clients", config.listen),
@@ -166,7 +175,7 @@ def build_service(config, reactor, fatal=None):
         reporter_service = reporter.makeService(metrics, config.metric, reactor, root)
 
     admin = DrainingServerService(
-        serverFromString(reactor, config.admin.listen),
+        endpoint_for("admin", config.admin.listen),
         QuietSite(root),
         0.0,
         on_bind_failure=cannot_listen("admin HTTP", config.admin.listen),

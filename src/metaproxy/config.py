@@ -338,6 +338,10 @@ _CONVERTER = _converter()
 
 
 def _endpoint_ok(description):
+    if description.startswith("systemd:"):  # its socket is only there at run time
+        from metaproxy.activation import systemd_endpoint_problem
+
+        return systemd_endpoint_problem(description)
     try:
         serverFromString(MemoryReactor(), description)
     except Exception as e:
