@@ -97,6 +97,7 @@ class PegasusServerProtocol(Protocol):
         self._closing = False
         self._idle = None
         self._grace = None
+        self._held = False  # hot upgrade: being handed over (see the hooks at the end)
 
     # -- connection lifecycle
 
@@ -220,7 +221,7 @@ class PegasusServerProtocol(Protocol):
         factory = self.factory
         if self._paused and len(self._pending) < factory.max_pending_per_connection:
             self._paused = False
-            if not factory.draining and not self._closing:
+            if not factory.draining and not self._closing and not self._held:
                 self.transport.resumeProducing()
         if self._closing and not self._pending:
             self.transport.loseConnection()
@@ -279,6 +280,69 @@ class PegasusServerProtocol(Protocol):
             return
         self._closing = True
         self.transport.loseConnection()
+
+    # -- hot upgrade hooks (metaproxy.upgrade sends, metaproxy.takeover adopts; issue 18)
+
+    def hold_for_handover(self):
+        """
+        Stop reading this connection and its idle timer: it is being handed over.
+
+        @return: L{False} if it is closing anyway (it is not handed over).
+        """
+        if self._closing:
+            return False
+        self._held = True
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        return True
+
+    def release_hold(self):
+        """The hand-over failed: serve this connection again as before."""
+        if not self._held:
+            return
+        self._held = False
+        if self._closing:
+            return
+        self._arm_idle()
+        if self._paused and len(self._pending) < self.factory.max_pending_per_connection and not self.factory.draining:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def handover_state(self):
+        """
+        @return: L{None} while the connection is not held, closing, has a
+            request unanswered or reply bytes unsent; else C{(partial,
+            framing)}: the bytes of an incomplete frame already read, and
+            the framing kind (L{None}: THFT) the new process must keep.
+        """
+        transport = self.transport
+        unsent = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        if not self._held or self._closing or self._pending or unsent:
+            return None
+        return bytes(self._decoder._buf), None
+
+    def detach_for_handover(self):
+        """
+        Forget a connection the new process has adopted: close this
+        process's descriptor without C{shutdown()}, so the client sees
+        neither FIN nor RST (the socket lives on in the new process).
+        """
+        self._closing = True
+        self.transport._shouldShutdown = False
+        self.transport.loseConnection()
+
+    def restore_handover(self, partial, framing=None):
+        """
+        Go on with a connection adopted from the old process: C{partial}
+        (bytes of an incomplete frame it had read) is decoded first.
+        C{framing} is the kind L{handover_state} gave (L{None}: THFT).
+        """
+        if partial:
+            self.dataReceived(partial)
 
 
 def _peer(transport):
@@ -345,6 +409,10 @@ class PegasusServerFactory(Factory):
         if now - self._last_warn.get(fmt, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warn[fmt] = now
             log.warn(fmt, **kw)
+
+    def open_connections(self):
+        """@return: the open L{PegasusServerProtocol}s (a copy; for a hot upgrade)."""
+        return list(self._connections)
 
     def in_flight(self):
         """@return: requests unanswered across all connections."""

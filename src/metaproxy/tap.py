@@ -57,4 +57,11 @@ def makeService(options, reactor=None):
 
     config = options["loaded"]
     configure_logging(config.logging)
-    return build_service(config, reactor)
+    # hot upgrade (SIGUSR2 / systemctl reload): metaproxy.upgrade, metaproxy.takeover
+    from metaproxy.takeover import Takeover
+    from metaproxy.upgrade import attach_hot_upgrade
+
+    takeover = Takeover.from_environ(reactor)
+    top = build_service(config, reactor, endpoint_for=None if takeover is None else takeover.endpoint_for)
+    attach_hot_upgrade(top, reactor, options["config"], takeover)
+    return top
