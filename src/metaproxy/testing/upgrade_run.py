@@ -3,7 +3,8 @@
 A hot upgrade of a real metaproxy process under client load, for the
 process-level test and C{bench/upgrade.py}.
 
-Simulated meta clusters run in the caller's reactor: C{fast} (table
+One client has sent the first half of a frame when the upgrade starts
+and sends the rest after it. Simulated meta clusters run in the caller's reactor: C{fast} (table
 C{temp}) and C{slow} (table C{slow}, every answer delayed) so that some
 queries are in flight when SIGUSR2 arrives. Go-profile clients connect,
 query before, keep querying during, and query after the upgrade; the
@@ -129,7 +130,11 @@ class UpgradeRun:
         return client.query(table).addCallbacks(self._record, self._failed)
 
     def _query_all(self, table):
-        return defer.gatherResults([self._query(c, table) for c in self.clients])
+        return self._bounded([self._query(c, table) for c in self.clients])
+
+    def _bounded(self, queries, timeout=30):
+        """@return: a Deferred for every query, failing them (recorded) after C{timeout} s."""
+        return defer.gatherResults(queries).addTimeout(timeout, self.reactor).addErrback(lambda f: None)
 
     @defer.inlineCallbacks
     def upgrade(self, expect_switch=True, timeout=60):
@@ -139,9 +144,17 @@ class UpgradeRun:
         connection again.
         """
         figures = self.figures
-        inflight = [self._query(c, "slow") for c in random.sample(self.clients, min(self.in_flight, len(self.clients)))]
+        # One client has sent half a frame when the upgrade starts, the rest after it.
+        split_client = self.clients[0]
+        write, held = split_client.transport.write, []
+        split_client.transport.write = held.append
+        split = self._query(split_client, "temp")
+        split_client.transport.write = write
+        write(held[0][: len(held[0]) // 2])
+        others = self.clients[1:]
+        inflight = [self._query(c, "slow") for c in random.sample(others, min(self.in_flight, len(others)))]
         steady = []
-        ticker = task.LoopingCall(lambda: steady.append(self._query(random.choice(self.clients), "temp")))
+        ticker = task.LoopingCall(lambda: steady.append(self._query(random.choice(others), "temp")))
         ticker.clock = self.reactor
         ticker.start(0.005)
         yield task.deferLater(self.reactor, 0.05, lambda: None)
@@ -161,8 +174,9 @@ class UpgradeRun:
             yield self._until(lambda: "hot upgrade refused" in self._read_log(), timeout, "no refusal logged")
             figures.refused_logged = True
         yield task.deferLater(self.reactor, 0.2, lambda: None)
+        write(held[0][len(held[0]) // 2:])
         ticker.stop()
-        yield defer.gatherResults(inflight + steady)
+        yield self._bounded(inflight + steady + [split])
         yield self._query_all("temp")
         figures.closed_connections = sum(1 for c in self.clients if c.closed.called)
         figures.stopping_sent = sum(1 for m in self._notify.messages if "STOPPING=1" in m)
