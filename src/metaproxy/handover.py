@@ -52,7 +52,8 @@ class HandoverChannel(Protocol):
     One end of the hand-over channel.
 
     @param on_record: C{callable(header, payload, fds)} for each record;
-        it owns C{fds} (must adopt or close them).
+        it owns C{fds} (must adopt or close them, also when it raises: the
+        channel never closes a descriptor it has handed on).
     @param on_lost: C{callable(reason)} once the channel is closed.
     """
 
@@ -108,7 +109,6 @@ class HandoverChannel(Protocol):
                 self._on_record(header, payload, fds)
             except Exception:
                 log.failure("handling hand-over record {type} failed", type=header.get("type"))
-                _close_all(fds)
 
     def _break(self, why):
         self.broken = True

@@ -11,7 +11,6 @@ import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -271,11 +270,6 @@ class ServerHookTests(SynchronousTestCase):
         self.assertEqual(self.factory.open_connections(), [])
 
 
-class _Collect(Protocol):
-    def __init__(self):
-        self.records = []
-
-
 class ChannelTests(TestCase):
     """The hand-over channel over a real Unix socket pair."""
 
@@ -368,3 +362,36 @@ class NotifyHookTests(SynchronousTestCase):
         clock.advance(5)
         service.stopService()
         self.assertEqual(sent, [])
+
+
+class WiringTests(SynchronousTestCase):
+    def test_tap_attaches_upgrader_and_metric(self):
+        """twistd's service tree gets an Upgrader and the hand-over counter, both directions at 0."""
+        from prometheus_client import generate_latest
+
+        from metaproxy import tap
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("routes: {t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}}\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        top = tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(top.upgrader.config_path, path)
+        self.assertIs(top.upgrader.factory, top.factory)
+        text = generate_latest(top.metrics.registry).decode()
+        self.assertIn('metaproxy_handover_connections_total{direction="sent"} 0.0', text)
+        self.assertIn('metaproxy_handover_connections_total{direction="received"} 0.0', text)
+
+    def test_takeover_only_when_started_by_an_upgrade(self):
+        """The successor side exists only with METAPROXY_HANDOVER_FD, which it takes out of the environment."""
+        from metaproxy.takeover import HandedOverEndpoint, Takeover
+
+        self.assertIsNone(Takeover.from_environ(MemoryReactorClock(), {}))
+        env = {handover.ENV_FD: "7"}
+        takeover = Takeover.from_environ(MemoryReactorClock(), env)
+        self.assertEqual((takeover._fd, env), (7, {}))
+        endpoint = takeover.endpoint_for("proxy", "systemd:domain=INET:index=0")
+        self.assertIsInstance(endpoint, HandedOverEndpoint)
+        d = endpoint.listen(object())
+        self.assertNoResult(d)
