@@ -395,3 +395,83 @@ class WiringTests(SynchronousTestCase):
         self.assertIsInstance(endpoint, HandedOverEndpoint)
         d = endpoint.listen(object())
         self.assertNoResult(d)
+
+
+class TakeoverInProcessTests(TestCase):
+    """The new process's side, with this test playing the old process over a real channel."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def until(self, condition):
+        for _ in range(1000):
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition never met")
+
+    @defer.inlineCallbacks
+    def test_takes_over_listener_and_connection(self):
+        """
+        The successor says ready once its routes are, adopts the listener
+        and a connection whose half frame the old process had read, acks
+        it, answers the completed query, accepts new clients on the
+        adopted port and says switched after done.
+        """
+        from metaproxy.takeover import Takeover
+
+        cluster = start_cluster(reactor, "a", {"temp": 8})
+        self.addCleanup(stop_all, cluster)
+        config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
+                                          {"temp": ("a", cluster.meta_addrs())}))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        takeover = Takeover(reactor, theirs.detach(), poll=0.01)
+        fatal = []
+        top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
+        takeover.attach(top)
+        top.startService()
+        self.addCleanup(top.stopService)
+        got = []
+        old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
+            lambda h, p, f: got.append(h), lambda r: None))
+        self.addCleanup(old.transport.loseConnection)
+        yield self.until(lambda: got)
+        self.assertEqual(got[0], {"type": "ready", "pid": os.getpid(), "fds": 0})
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        client = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        server_side, _ = listener.accept()
+        self.addCleanup(server_side.close)
+        write, sent = client.transport.write, []
+        client.transport.write = sent.append
+        answered = client.query("temp")
+        client.transport.write = write
+        half = len(sent[0]) // 2
+
+        old.send({"type": "listener", "name": "proxy", "family": int(socket.AF_INET)}, fds=[listener.fileno()])
+        old.send({"type": "conn", "id": 5, "family": int(socket.AF_INET), "framing": None}, sent[0][:half],
+                 fds=[server_side.fileno()])
+        yield self.until(lambda: len(got) == 2)
+        self.assertEqual(got[1]["type"], "ack")
+        self.assertEqual(got[1]["id"], 5)
+        listener.close()
+        server_side.close()
+        write(sent[0][half:])
+        response = yield answered
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        other = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: other.transport.loseConnection() or other.closed)
+        response = yield other.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        self.assertTrue(top.getServiceNamed("proxy").listening)
+
+        old.send({"type": "done", "count": 1})
+        yield self.until(lambda: len(got) == 3)
+        self.assertEqual(got[2]["type"], "switched")
+        self.assertEqual(takeover.received, 1)
+        self.assertEqual(fatal, [])
