@@ -3,9 +3,10 @@
 Hot upgrade, old process: on SIGUSR2 (C{systemctl reload}), start the
 installed code again and hand it the listeners and every client connection.
 
- 1. The config file is loaded with the project's own loader first; if it
-    is invalid the upgrade is refused (each problem logged) and this
-    process goes on serving.
+ 1. The config file is loaded with the project's own loader first (in a
+    thread: the reactor never waits on a disk); if it is invalid the
+    upgrade is refused (each problem logged) and this process goes on
+    serving.
  2. A fresh C{exec} of the same command line (same interpreter, same
     twistd arguments, so the current config file) is started with one end
     of a Unix socket pair as its fd 3 (L{metaproxy.handover.ENV_FD}).
@@ -31,6 +32,7 @@ import sys
 import time
 
 import attrs
+from twisted.internet import defer, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -94,6 +96,7 @@ class Upgrader:
     timeout: float = UPGRADE_TIMEOUT
     poll: float = 0.01
     load: object = load_config
+    in_thread: object = None  # callable(f, *args) -> Deferred; default: the reactor's thread pool
     state: str = "idle"
     handed: int = 0
     refused: int = 0
@@ -115,18 +118,32 @@ class Upgrader:
         """
         Start a hot upgrade unless one runs or the config file is invalid.
 
-        @return: L{True} if the new process was started.
+        @return: a L{Deferred} firing with L{True} if the new process was
+            started, L{False} if not (the log says why).
         """
         if self.state != "idle":
             log.warn("hot upgrade already in progress ({state}); SIGUSR2 ignored", state=self.state)
-            return False
-        try:
-            self.load(self.config_path)
-        except ConfigError as e:
-            self.refused += 1
+            return defer.succeed(False)
+        self.state = "checking"
+        run = self.in_thread
+        if run is None:
+            def run(f, *args):
+                return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+        d = defer.maybeDeferred(run, self.load, self.config_path)
+        d.addCallbacks(lambda _: self._spawn(), self._refuse)
+        return d
+
+    def _refuse(self, failure):
+        self.state = "idle"
+        self.refused += 1
+        if failure.check(ConfigError):
             log.error("hot upgrade refused, {path} is not a valid config (still serving):\n{error}",
-                      path=self.config_path, error=str(e))
-            return False
+                      path=self.config_path, error=failure.getErrorMessage())
+        else:
+            log.failure("hot upgrade refused, cannot load {path} (still serving)", failure, path=self.config_path)
+        return False
+
+    def _spawn(self):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._process = self.reactor.spawnProcess(
@@ -135,6 +152,7 @@ class Upgrader:
             )
         except Exception as e:
             parent.close()
+            self.state = "idle"
             log.error("hot upgrade: cannot start {command}: {error} (still serving)", command=self.command, error=e)
             return False
         finally:

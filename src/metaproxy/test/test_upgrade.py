@@ -109,9 +109,9 @@ class FailedUpgradeTests(TestCase):
         response = yield self.client.query("temp")
         self.assertEqual(response.rpc_error, codes.ERR_OK)
 
-    def upgrader(self, code, timeout=30.0):
+    def upgrader(self, code, timeout=30.0, **kw):
         return Upgrader(reactor, self.path, self.proxy, self.top.getServiceNamed("admin"), self.top.factory,
-                        command=[sys.executable, "-c", code], timeout=timeout)
+                        command=[sys.executable, "-c", code], timeout=timeout, **kw)
 
     @defer.inlineCallbacks
     def still_serving(self, upgrader):
@@ -130,7 +130,7 @@ class FailedUpgradeTests(TestCase):
     def test_successor_exits(self):
         """A new process that exits at once: logged, this one serves on (old and new connections)."""
         upgrader = self.upgrader("import sys; sys.exit(3)")
-        self.assertTrue(upgrader.request())
+        self.assertTrue((yield upgrader.request()))
         yield self.still_serving(upgrader)
         self.assertEqual(upgrader.handed, 0)
 
@@ -138,7 +138,7 @@ class FailedUpgradeTests(TestCase):
     def test_successor_never_ready(self):
         """A new process that never says ready is killed after the timeout; this one serves on."""
         upgrader = self.upgrader("import time; time.sleep(60)", timeout=1.0)
-        self.assertTrue(upgrader.request())
+        self.assertTrue((yield upgrader.request()))
         pid = upgrader._process.pid
         yield self.still_serving(upgrader)
         while pid_alive(pid):
@@ -158,22 +158,30 @@ class FailedUpgradeTests(TestCase):
             "time.sleep(0.3)\n"
         )
         upgrader = self.upgrader(code)
-        self.assertTrue(upgrader.request())
+        self.assertTrue((yield upgrader.request()))
         yield self.still_serving(upgrader)
 
+    @defer.inlineCallbacks
     def test_invalid_config_refused(self):
-        """An invalid config file: request() refuses, starts nothing, counts it."""
+        """An invalid config file (read in a thread): request() refuses, starts nothing, counts it."""
         with open(self.path, "a") as f:
-            f.write("limits: {max_connections: x}\n")
+            f.write("drain_timeout: x\n")
         upgrader = self.upgrader("raise SystemExit(0)")
-        self.assertFalse(upgrader.request())
+        self.assertFalse((yield upgrader.request()))
         self.assertEqual((upgrader.refused, upgrader.state, upgrader._process), (1, "idle", None))
 
+    @defer.inlineCallbacks
     def test_second_request_ignored(self):
-        """SIGUSR2 during an upgrade does not start a second one."""
-        upgrader = self.upgrader("import time; time.sleep(1)")
-        self.assertTrue(upgrader.request())
-        self.assertFalse(upgrader.request())
+        """SIGUSR2 during an upgrade (also while the config is being checked) does not start a second one."""
+        checks = []
+        upgrader = self.upgrader("import time; time.sleep(1)",
+                                 in_thread=lambda f, *a: checks.append(defer.Deferred()) or checks[-1])
+        first = upgrader.request()
+        self.assertFalse((yield upgrader.request()))
+        checks[0].callback(None)
+        self.assertTrue((yield first))
+        self.assertFalse((yield upgrader.request()))
+        self.assertEqual(len(checks), 1)
         upgrader._abort("test over")
 
 
