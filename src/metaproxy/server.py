@@ -97,7 +97,7 @@ class PegasusServerProtocol(Protocol):
         self._closing = False
         self._idle = None
         self._grace = None
-        self._held = False  # hot upgrade: being handed over (see the hooks at the end)
+        self._handing_over = False  # hot upgrade: being handed over (see the hooks at the end)
 
     # -- connection lifecycle
 
@@ -221,7 +221,7 @@ class PegasusServerProtocol(Protocol):
         factory = self.factory
         if self._paused and len(self._pending) < factory.max_pending_per_connection:
             self._paused = False
-            if not factory.draining and not self._closing and not self._held:
+            if not factory.draining and not self._closing and not self._handing_over:
                 self.transport.resumeProducing()
         if self._closing and not self._pending:
             self.transport.loseConnection()
@@ -291,7 +291,7 @@ class PegasusServerProtocol(Protocol):
         """
         if self._closing:
             return False
-        self._held = True
+        self._handing_over = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -302,9 +302,9 @@ class PegasusServerProtocol(Protocol):
 
     def release_hold(self):
         """The hand-over failed: serve this connection again as before."""
-        if not self._held:
+        if not self._handing_over:
             return
-        self._held = False
+        self._handing_over = False
         if self._closing:
             return
         self._arm_idle()
@@ -321,7 +321,7 @@ class PegasusServerProtocol(Protocol):
         """
         transport = self.transport
         unsent = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
-        if not self._held or self._closing or self._pending or unsent:
+        if not self._handing_over or self._closing or self._pending or unsent:
             return None
         return bytes(self._decoder._buf), None
 
@@ -340,6 +340,9 @@ class PegasusServerProtocol(Protocol):
         Go on with a connection adopted from the old process: C{partial}
         (bytes of an incomplete frame it had read) is decoded first.
         C{framing} is the kind L{handover_state} gave (L{None}: THFT).
+        Every frame of either framing starts with its magic, so replaying
+        the partial bytes into a fresh decoder keeps the connection's kind;
+        C{framing} is there to force it where that does not hold.
         """
         if partial:
             self.dataReceived(partial)
