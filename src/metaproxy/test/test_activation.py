@@ -4,10 +4,12 @@ Tests for systemd socket activation (L{metaproxy.activation}, the units in etc/)
 """
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -17,7 +19,7 @@ from metaproxy.config import ConfigError, parse_config
 from metaproxy.testing.harness import start_cluster, stop_all
 from metaproxy.testing.net import free_port
 from metaproxy.testing.pegasus_client import connect_client
-from metaproxy.testing.proxyproc import config_text, listening_socket, start_proxy
+from metaproxy.testing.proxyproc import config_text, listening_socket, pid_alive, start_proxy
 from metaproxy.wire import codes, querycfg
 
 
@@ -134,3 +136,54 @@ class InheritedSocketTests(TestCase):
             output = f.read()
         self.assertIn(f"127.0.0.1', port={port}", output.replace('"', "'"))
         self.assertNotIn("Traceback", output)
+
+    @defer.inlineCallbacks
+    def test_upgrade_keeps_inherited_socket(self):
+        """
+        A socket-activated process hands its inherited socket over on
+        SIGUSR2: the successor (started without LISTEN_FDS) answers the
+        same connection and accepts new ones on that socket; the old exits 0.
+        """
+        cluster = start_cluster(reactor, "a", {"temp": 8})
+        self.addCleanup(stop_all, cluster)
+        sock = listening_socket()
+        port = sock.getsockname()[1]
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        path = os.path.join(workdir, "metaproxy.yaml")
+        with open(path, "w") as f:
+            f.write(config_text("systemd:domain=INET:index=0", f"tcp:{free_port()}:interface=127.0.0.1",
+                                {"temp": ("a", cluster.meta_addrs())}))
+        log_path = os.path.join(workdir, "out.log")
+        log = open(log_path, "wb")
+        self.addCleanup(log.close)
+        proc = start_proxy(path, workdir, log, listening_socket=sock)
+        sock.close()
+        pids = [proc.pid]
+
+        def end_all():
+            for pid in pids:
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            proc.poll()
+
+        self.addCleanup(end_all)
+        client = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        self.assertEqual((yield client.query("temp")).rpc_error, codes.ERR_OK)
+        os.kill(proc.pid, signal.SIGUSR2)
+        found = []
+        for _ in range(600):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            with open(log_path) as f:
+                found = re.findall(r"handed over to pid (\d+)", f.read())
+            if found and proc.poll() is not None:
+                break
+        self.assertTrue(found, "no hand-over logged")
+        pids.append(int(found[0]))
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual((yield client.query("temp")).rpc_error, codes.ERR_OK)
+        self.assertFalse(client.closed.called)
+        other = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: other.transport.loseConnection() or other.closed)
+        self.assertEqual((yield other.query("temp")).rpc_error, codes.ERR_OK)
