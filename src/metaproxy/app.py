@@ -6,9 +6,9 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 """
 
 from twisted.application.service import Service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from metaproxy.activation import server_endpoint
 from metaproxy.admin import build_admin_root, build_admin_site
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.dispatch import RpcDispatcher
@@ -159,7 +159,7 @@ def watch_server_limits(metrics, factory):
     )
 
 
-def build_service(config, reactor, fatal=None):
+def build_service(config, reactor, fatal=None, endpoint_for=None):
     """
     Build metaproxy's service tree.
 
@@ -173,6 +173,10 @@ def build_service(config, reactor, fatal=None):
     @param reactor: the reactor everything runs on.
     @param fatal: C{callable(message)} that ends the process when it
         cannot serve (a port is taken); L{fatal_stop} by default.
+    @param endpoint_for: C{callable(what, description)} returning the server
+        endpoint for C{"proxy"} or C{"admin"}; by default the config's
+        endpoint string (a hot upgrade's new process passes the handed-over
+        listeners instead, see L{metaproxy.takeover}).
     @return: an L{OrderedMultiService}; its C{metrics}, C{resolver} and
         C{factory} attributes expose the live objects (tests, benchmarks).
     """
@@ -180,6 +184,11 @@ def build_service(config, reactor, fatal=None):
     startup = _StartupLine(startup_fields(config))
     startup.setName("startup")
     startup.setServiceParent(top)
+    if endpoint_for is None:
+
+        def endpoint_for(what, description):
+            return server_endpoint(reactor, description)
+
     if fatal is None:
 
         def fatal(message):
@@ -255,7 +264,7 @@ def build_service(config, reactor, fatal=None):
         accepted=lambda: factory.counters.accepted,
     )
     proxy = DrainingServerService(
-        serverFromString(reactor, with_backlog(config.listen, config.limits.backlog)),
+        endpoint_for("proxy", with_backlog(config.listen, config.limits.backlog)),
         factory,
         config.drain_timeout,
         on_bind_failure=cannot_listen("clients", config.listen),
@@ -283,7 +292,7 @@ def build_service(config, reactor, fatal=None):
         reporter_service = reporter.makeService(metrics, config.metric, reactor, root)
 
     admin = DrainingServerService(
-        serverFromString(reactor, config.admin.listen),
+        endpoint_for("admin", config.admin.listen),
         build_admin_site(root, reactor, config.admin.max_connections, config.admin.idle_timeout),
         0.0,
         on_bind_failure=cannot_listen("admin HTTP", config.admin.listen),

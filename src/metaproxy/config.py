@@ -460,6 +460,10 @@ def _endpoint_ok(description):
     """@return: why C{description} is no usable server endpoint, or L{None}."""
     if len(description) > 1024:
         return "not a valid Twisted endpoint (too long)"
+    if description.startswith("systemd:"):  # its socket is only there at run time
+        from metaproxy.activation import systemd_endpoint_problem
+
+        return systemd_endpoint_problem(description)
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:

@@ -76,6 +76,28 @@ class NotifyService(Service):
         self._environ = os.environ if environ is None else environ
         self._send = send
         self._watchdog = None
+        self._ready_message = b"READY=1"
+        self._handed_over = False
+
+    def take_over(self, ready):
+        """
+        Hot upgrade, new process (call before the reactor runs): READY waits
+        for C{ready()} (a L{Deferred} firing once every connection was
+        taken over) and says C{MAINPID=<this pid>} with it, so systemd
+        follows this process from then on (the unit has C{NotifyAccess=all}).
+        """
+        self._when_ready = ready
+        self._ready_message = b"MAINPID=%d\nREADY=1" % (os.getpid(),)
+
+    def handed_over(self):
+        """
+        Hot upgrade, old process: another process is the main PID now, so
+        stop the watchdog pings and never send STOPPING=1.
+        """
+        self._handed_over = True
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._watchdog = None
 
     def startService(self):
         """Send READY=1 once the reactor runs; start watchdog pings if asked."""
@@ -92,7 +114,7 @@ class NotifyService(Service):
     def _ready(self):
         if not self.running or not self._environ.get("NOTIFY_SOCKET"):
             return
-        self._send(b"READY=1", self._environ)
+        self._send(self._ready_message, self._environ)
         interval = watchdog_interval(self._environ)
         if interval:
             self._watchdog = LoopingCall(self._send, b"WATCHDOG=1", self._environ)
@@ -105,5 +127,5 @@ class NotifyService(Service):
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
         self._watchdog = None
-        if self._environ.get("NOTIFY_SOCKET"):
+        if self._environ.get("NOTIFY_SOCKET") and not self._handed_over:
             self._send(b"STOPPING=1", self._environ)

@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from metaproxy.flow import CLOSING, PENDING, BufferBudget, ReadGate, WriteBuffer
+from metaproxy.flow import CLOSING, HANDOVER, PENDING, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply
@@ -424,11 +424,143 @@ class PegasusServerProtocol(Protocol):
         self._close_when_answered()
 
 
+    # -- hot upgrade hooks (metaproxy.upgrade sends, metaproxy.takeover adopts)
+
+    def hold_for_handover(self):
+        """
+        Stop reading this connection, and its idle and frame timers: it is
+        being handed to a new process.
+
+        @return: L{False} if it is closing anyway (it is not handed over).
+        """
+        if self._closing or self._gate is None:
+            return False
+        self._gate.pause(HANDOVER)
+        for timer in (self._idle, self._frame_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._frame_timer = None
+        return True
+
+    def release_hold(self):
+        """The hand-over failed: serve this connection again as before."""
+        if self._gate is None or not self._gate.paused(HANDOVER):
+            return
+        self._gate.resume(HANDOVER)
+        if self._closing:
+            return
+        self._arm_idle()
+        self._watch_frame(False)
+
+    def handover_state(self):
+        """
+        @return: L{None} while the connection is not held, is closing, has a
+            request unanswered or reply bytes unsent; else C{(partial,
+            framing)}: the bytes of an incomplete frame already read, and
+            the framing chosen (C{"THFT"}, C{"RDSN"} or L{None} before the
+            first 4 bytes). Replayed into a fresh connection, the partial
+            bytes choose the same framing: every frame starts with its magic.
+        """
+        if self._gate is None or not self._gate.paused(HANDOVER) or self._closing or self._pending:
+            return None
+        if self.unsent_bytes():
+            return None
+        return self._decoder.held_bytes(), self._decoder.framing
+
+    def detach_for_handover(self):
+        """
+        Forget a connection the new process has adopted: close this
+        process's descriptor without C{shutdown()}, so that the client sees
+        neither FIN nor RST (the socket lives on in the new process).
+        """
+        self._closing = True
+        self._drop_partial()
+        self._out.unregister()
+        self.transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
+        self.transport.loseConnection()
+
+    def restore_handover(self, partial, framing=None):
+        """
+        Go on with a connection adopted from the old process: C{partial}
+        (the bytes of an incomplete frame it had read) is decoded first.
+        C{framing} is what L{handover_state} reported; the partial bytes
+        choose it again by themselves.
+        """
+        if partial:
+            self.dataReceived(partial)
+
+
 def _host(transport):
     try:
         return transport.getHost()
     except Exception:
         return None
+
+    # -- hot upgrade hooks (metaproxy.upgrade sends, metaproxy.takeover adopts; issue 18)
+
+    def hold_for_handover(self):
+        """
+        Stop reading this connection and its idle timer: it is being handed over.
+
+        @return: L{False} if it is closing anyway (it is not handed over).
+        """
+        if self._closing:
+            return False
+        self._handing_over = True
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        return True
+
+    def release_hold(self):
+        """The hand-over failed: serve this connection again as before."""
+        if not self._handing_over:
+            return
+        self._handing_over = False
+        if self._closing:
+            return
+        self._arm_idle()
+        if self._paused and len(self._pending) < self.factory.max_pending_per_connection and not self.factory.draining:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def handover_state(self):
+        """
+        @return: L{None} while the connection is not held, closing, has a
+            request unanswered or reply bytes unsent; else C{(partial,
+            framing)}: the bytes of an incomplete frame already read, and
+            the framing kind (L{None}: THFT) the new process must keep.
+        """
+        transport = self.transport
+        unsent = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        if not self._handing_over or self._closing or self._pending or unsent:
+            return None
+        return bytes(self._decoder._buf), None
+
+    def detach_for_handover(self):
+        """
+        Forget a connection the new process has adopted: close this
+        process's descriptor without C{shutdown()}, so the client sees
+        neither FIN nor RST (the socket lives on in the new process).
+        """
+        self._closing = True
+        self.transport._shouldShutdown = False
+        self.transport.loseConnection()
+
+    def restore_handover(self, partial, framing=None):
+        """
+        Go on with a connection adopted from the old process: C{partial}
+        (bytes of an incomplete frame it had read) is decoded first.
+        C{framing} is the kind L{handover_state} gave (L{None}: THFT).
+        Every frame of either framing starts with its magic, so replaying
+        the partial bytes into a fresh decoder keeps the connection's kind;
+        C{framing} is there to force it where that does not hold.
+        """
+        if partial:
+            self.dataReceived(partial)
 
 
 def _peer(transport):
@@ -577,6 +709,10 @@ class PegasusServerFactory(Factory):
             self._per_peer[host] = left
         else:
             self._per_peer.pop(host, None)
+
+    def open_connections(self):
+        """@return: the open L{PegasusServerProtocol}s (a copy; for a hot upgrade)."""
+        return list(self._connections)
 
     def in_flight(self):
         """@return: requests unanswered across all connections."""

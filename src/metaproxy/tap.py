@@ -90,7 +90,13 @@ def makeService(options, reactor=None, process=None):
 
     config = options["loaded"]
     configure_logging(config.logging)
-    top = build_service(config, reactor)
+    # hot upgrade (SIGUSR2 / systemctl reload): metaproxy.upgrade, metaproxy.takeover
+    from metaproxy.takeover import Takeover
+    from metaproxy.upgrade import attach_hot_upgrade
+
+    takeover = Takeover.from_environ(reactor)
+    top = build_service(config, reactor, endpoint_for=None if takeover is None else takeover.endpoint_for)
+    attach_hot_upgrade(top, reactor, options["config"], takeover)
     if process:
         hooks = [
             ("logfilter", ForeignObserverFilter()),

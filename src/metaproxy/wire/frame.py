@@ -225,6 +225,10 @@ class _Held:
         self.size = len(rest)
         self.need = need
 
+    def held_bytes(self):
+        """@return: the bytes held, joined (a copy; nothing is consumed)."""
+        return b"".join(self.chunks)
+
     def clear(self):
         """Drop everything held."""
         self.chunks = []
@@ -255,6 +259,10 @@ class RequestDecoder:
     def clear(self):
         """Forget the incomplete frame held (the stream is being abandoned)."""
         self._held.clear()
+
+    def held_bytes(self):
+        """@return: the bytes of the incomplete frame held (a copy)."""
+        return self._held.held_bytes()
 
     def feed(self, data):
         """

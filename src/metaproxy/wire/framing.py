@@ -83,6 +83,16 @@ class FramingSelector:
         if self._decoder is not None:
             self._decoder.clear()
 
+    def held_bytes(self):
+        """
+        @return: the bytes of the incomplete frame held (a copy), including
+            the first bytes while no framing is chosen yet: fed to a fresh
+            selector they choose the same framing again.
+        """
+        if self._decoder is None:
+            return self._head
+        return self._decoder.held_bytes()
+
     def feed(self, data):
         """@return: a L{list} of the requests decoded. @raise FramingError: see L{feed_iter}."""
         return list(self.feed_iter(data))

@@ -280,6 +280,10 @@ class _FrameSplitter:
         self._buf = bytearray()
         self._pos = 0
 
+    def held_bytes(self):
+        """@return: the bytes of the incomplete frame held (a copy)."""
+        return bytes(self._buf[self._pos:])
+
     def feed(self, data):
         """
         Add bytes and decode every complete frame.

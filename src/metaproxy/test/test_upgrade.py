@@ -1,0 +1,485 @@
+# -*- test-case-name: metaproxy.test.test_upgrade -*-
+"""
+Tests for the hot upgrade: the hand-over channel (L{metaproxy.handover}),
+the server's hooks, the old process (L{metaproxy.upgrade}) and the new
+one (L{metaproxy.takeover}), down to real processes under client load.
+"""
+
+import os
+import socket
+import sys
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from metaproxy import handover
+from metaproxy.app import build_service
+from metaproxy.config import parse_config
+from metaproxy.dispatch import RpcDispatcher
+from metaproxy.sdnotify import NotifyService
+from metaproxy.server import PegasusServerFactory
+from metaproxy.testing.harness import start_cluster, stop_all
+from metaproxy.testing.pegasus_client import connect_client
+from metaproxy.testing.proxyproc import config_text, pid_alive
+from metaproxy.testing.upgrade_run import UpgradeRun
+from metaproxy.upgrade import Upgrader, successor_command, successor_environ
+from metaproxy.wire import codes, frame, querycfg
+
+
+def _workdir(case):
+    path = os.path.abspath(case.mktemp())
+    os.makedirs(path)
+    return path
+
+
+class ProcessUpgradeTests(TestCase):
+    """Real twistd processes on loopback, Go-profile clients in this process."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_upgrade_keeps_every_connection(self):
+        """
+        200 Go-profile connections, some with slow queries in flight, one
+        with half a frame sent, queries before, during and after SIGUSR2:
+        every query is answered ERR_OK, no client sees FIN or RST, the
+        successor announces MAINPID=<its pid> with READY=1, the old process
+        exits 0 without STOPPING=1.
+        """
+        run = UpgradeRun(reactor, _workdir(self), connections=200, in_flight=10)
+        self.addCleanup(run.stop)
+        yield run.start()
+        figures = yield run.upgrade()
+        self.assertEqual(figures.queries_failed, [], figures.log_tail)
+        self.assertGreaterEqual(figures.queries_ok, 2 * 200 + 10)
+        self.assertEqual(figures.closed_connections, 0)
+        self.assertNotEqual(figures.new_pid, figures.old_pid)
+        self.assertTrue(pid_alive(figures.new_pid))
+        self.assertEqual(figures.old_exit, 0)
+        self.assertEqual(figures.stopping_sent, 0)
+        self.assertIn("200 connections handed over to pid", figures.handed_over)
+        self.assertNotIn("Traceback", figures.log_tail)
+
+    @defer.inlineCallbacks
+    def test_invalid_config_refused(self):
+        """
+        With an invalid config file on disk, SIGUSR2 is refused (logged with
+        the config's own message), nothing is started, and the old process
+        goes on serving every connection.
+        """
+        run = UpgradeRun(reactor, _workdir(self), connections=20, in_flight=3)
+        self.addCleanup(run.stop)
+        yield run.start()
+        with open(run.config_path, "w") as f:
+            f.write(run.config_text + "drain_timeout: soon\n")
+        figures = yield run.upgrade(expect_switch=False)
+        self.assertTrue(figures.refused_logged)
+        self.assertIn("is not a valid config (still serving)", figures.log_tail)
+        self.assertIn("metaproxy.yaml:8:", figures.log_tail)  # the loader's located message
+        self.assertEqual(figures.queries_failed, [])
+        self.assertEqual(figures.closed_connections, 0)
+        self.assertIsNone(run.proc.poll())
+        self.assertFalse(any(m.startswith("MAINPID=") for m in run._notify.messages))
+
+
+class FailedUpgradeTests(TestCase):
+    """The old side in this process: a successor that fails changes nothing."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.cluster = start_cluster(reactor, "a", {"temp": 8})
+        self.addCleanup(stop_all, self.cluster)
+        self.path = os.path.join(_workdir(self), "metaproxy.yaml")
+        with open(self.path, "w") as f:
+            f.write(config_text("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1",
+                                {"temp": ("a", self.cluster.meta_addrs())}))
+        self.fatal = []
+        self.top = build_service(parse_config(open(self.path).read()), reactor, fatal=self.fatal.append)
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        self.proxy = self.top.getServiceNamed("proxy")
+        port = yield self.proxy.when_listening()
+        self.port = port.getHost().port
+        self.client = yield connect_client(reactor, "127.0.0.1", self.port)
+        self.addCleanup(lambda: self.client.transport.loseConnection() or self.client.closed)
+        response = yield self.client.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+
+    def upgrader(self, code, timeout=30.0, **kw):
+        return Upgrader(reactor, self.path, self.proxy, self.top.getServiceNamed("admin"), self.top.factory,
+                        command=[sys.executable, "-c", code], timeout=timeout, **kw)
+
+    @defer.inlineCallbacks
+    def still_serving(self, upgrader):
+        while upgrader.state != "idle":
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        response = yield self.client.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        self.assertFalse(self.client.closed.called)
+        other = yield connect_client(reactor, "127.0.0.1", self.port)
+        self.addCleanup(lambda: other.transport.loseConnection() or other.closed)
+        response = yield other.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        self.assertEqual(self.fatal, [])
+
+    @defer.inlineCallbacks
+    def test_successor_exits(self):
+        """A new process that exits at once: logged, this one serves on (old and new connections)."""
+        upgrader = self.upgrader("import sys; sys.exit(3)")
+        self.assertTrue((yield upgrader.request()))
+        yield self.still_serving(upgrader)
+        self.assertEqual(upgrader.handed, 0)
+
+    @defer.inlineCallbacks
+    def test_successor_never_ready(self):
+        """A new process that never says ready is killed after the timeout; this one serves on."""
+        upgrader = self.upgrader("import time; time.sleep(60)", timeout=1.0)
+        self.assertTrue((yield upgrader.request()))
+        pid = upgrader._process.pid
+        yield self.still_serving(upgrader)
+        while pid_alive(pid):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_successor_breaks_during_hand_over(self):
+        """
+        A new process that says ready, then dies: the listener accepts here
+        again and the held connections are read again.
+        """
+        code = (
+            "import json, os, socket, struct, time\n"
+            "s = socket.socket(fileno=3)\n"
+            "h = json.dumps({'type': 'ready', 'pid': os.getpid()}).encode()\n"
+            "s.sendall(struct.pack('!II', len(h), 0) + h)\n"
+            "time.sleep(0.3)\n"
+        )
+        upgrader = self.upgrader(code)
+        self.assertTrue((yield upgrader.request()))
+        yield self.still_serving(upgrader)
+
+    @defer.inlineCallbacks
+    def test_invalid_config_refused(self):
+        """An invalid config file (read in a thread): request() refuses, starts nothing, counts it."""
+        with open(self.path, "a") as f:
+            f.write("drain_timeout: x\n")
+        upgrader = self.upgrader("raise SystemExit(0)")
+        self.assertFalse((yield upgrader.request()))
+        self.assertEqual((upgrader.refused, upgrader.state, upgrader._process), (1, "idle", None))
+
+    @defer.inlineCallbacks
+    def test_second_request_ignored(self):
+        """SIGUSR2 during an upgrade (also while the config is being checked) does not start a second one."""
+        checks = []
+        upgrader = self.upgrader("import time; time.sleep(1)",
+                                 in_thread=lambda f, *a: checks.append(defer.Deferred()) or checks[-1])
+        first = upgrader.request()
+        self.assertFalse((yield upgrader.request()))
+        checks[0].callback(None)
+        self.assertTrue((yield first))
+        self.assertFalse((yield upgrader.request()))
+        self.assertEqual(len(checks), 1)
+        upgrader._abort("test over")
+
+
+class CommandTests(SynchronousTestCase):
+    def test_script_argv(self):
+        """A twistd script start is re-run with the same interpreter and arguments."""
+        self.assertEqual(successor_command([sys.executable, "-n", "metaproxy"], "/py"), ["/py", sys.executable, "-n", "metaproxy"])
+
+    def test_dash_c_argv(self):
+        """A `python -c` start becomes twistd's entry point with the same arguments."""
+        command = successor_command(["-c", "-n", "metaproxy"], "/py")
+        self.assertEqual(command[:2], ["/py", "-c"])
+        self.assertIn("twistd import run", command[2])
+        self.assertEqual(command[3:], ["-n", "metaproxy"])
+
+    def test_environ(self):
+        """Per-process variables (LISTEN_*, WATCHDOG_PID) are dropped; the channel is fd 3."""
+        env = successor_environ({"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "x", "WATCHDOG_PID": "1",
+                                 "WATCHDOG_USEC": "5", "PATH": "/bin"})
+        self.assertEqual(env, {"WATCHDOG_USEC": "5", "PATH": "/bin", handover.ENV_FD: "3"})
+
+
+def _connect(factory):
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransportWithDisconnection()
+    transport.protocol = proto
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+class ServerHookTests(SynchronousTestCase):
+    """The hooks of L{metaproxy.server.PegasusServerProtocol} a hand-over uses."""
+
+    def setUp(self):
+        self.answers = []
+        self.factory = PegasusServerFactory(
+            RpcDispatcher({querycfg.QUERY_CFG: lambda r, c: self.answers.append(defer.Deferred()) or self.answers[-1]}),
+            MemoryReactorClock(), idle_timeout=5.0,
+        )
+        self.request = frame.encode_request(querycfg.QUERY_CFG, 1, querycfg.encode_args("t"))
+
+    def test_ready_only_when_nothing_pending(self):
+        """A held connection is ready to go only once its request was answered; it is not read meanwhile."""
+        proto, transport = _connect(self.factory)
+        proto.dataReceived(self.request)
+        self.assertTrue(proto.hold_for_handover())
+        self.assertEqual(transport.producerState, "paused")
+        self.assertIsNone(proto.handover_state())
+        self.answers[0].callback(frame.Reply(querycfg.error_result(codes.ERR_OK)))
+        self.assertEqual(transport.producerState, "paused")  # answered, but not read again
+        self.assertEqual(proto.handover_state(), (b"", "THFT"))
+        self.assertEqual(self.factory.open_connections(), [proto])
+
+    def test_partial_frame_travels(self):
+        """The bytes of an incomplete frame go with the connection and complete there."""
+        proto, _ = _connect(self.factory)
+        proto.dataReceived(self.request[:7])
+        proto.hold_for_handover()
+        partial, framing = proto.handover_state()
+        self.assertEqual(partial, self.request[:7])
+        successor, _ = _connect(self.factory)
+        successor.restore_handover(partial, framing)
+        successor.dataReceived(self.request[7:])
+        self.assertEqual(len(self.answers), 1)
+
+    def test_release_reads_again(self):
+        """A failed hand-over releases the connection: read again, idle timer back."""
+        proto, transport = _connect(self.factory)
+        proto.hold_for_handover()
+        self.assertIsNone(proto._idle)
+        proto.release_hold()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertIsNotNone(proto._idle)
+
+    def test_idle_timer_stopped_while_held(self):
+        """A held connection is not closed as idle."""
+        proto, transport = _connect(self.factory)
+        proto.hold_for_handover()
+        self.factory.clock.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+    def test_closing_not_held(self):
+        """A connection already closing is not handed over."""
+        proto, _ = _connect(self.factory)
+        proto._closing = True
+        self.assertFalse(proto.hold_for_handover())
+
+    def test_detach_without_shutdown(self):
+        """Detaching closes this process's copy only: no shutdown(), so no FIN."""
+        proto, transport = _connect(self.factory)
+        proto.hold_for_handover()
+        proto.detach_for_handover()
+        self.assertIs(transport._shouldShutdown, False)
+        self.assertEqual(self.factory.open_connections(), [])
+
+
+class ChannelTests(TestCase):
+    """The hand-over channel over a real Unix socket pair."""
+
+    timeout = 20
+
+    def pair(self):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        got, lost = [], []
+        left = handover.adopt_channel(reactor, a.detach(), handover.HandoverChannel(lambda *r: None, lambda r: None))
+        right = handover.adopt_channel(
+            reactor, b.detach(), handover.HandoverChannel(lambda h, p, f: got.append((h, p, f)), lost.append)
+        )
+        self.addCleanup(left.transport.loseConnection)
+        self.addCleanup(right.transport.loseConnection)
+        return left, right, got, lost
+
+    @defer.inlineCallbacks
+    def until(self, condition):
+        for _ in range(500):
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition never met")
+
+    @defer.inlineCallbacks
+    def test_records_with_descriptors(self):
+        """Records arrive in order with their payloads and their own descriptors, usable."""
+        left, right, got, _ = self.pair()
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        left.send({"type": "a"})
+        left.send({"type": "b", "n": 1}, b"partial", fds=[w])
+        left.send({"type": "c"}, b"x" * 100000)
+        yield self.until(lambda: len(got) == 3)
+        self.assertEqual([h["type"] for h, _, _ in got], ["a", "b", "c"])
+        self.assertEqual(got[1][1], b"partial")
+        self.assertEqual([len(f) for _, _, f in got], [0, 1, 0])
+        os.write(got[1][2][0], b"!")
+        os.close(got[1][2][0])
+        self.assertEqual(os.read(r, 1), b"!")
+
+    @defer.inlineCallbacks
+    def test_oversized_record_breaks_channel(self):
+        """A record announcing more than the bound closes the channel; nothing is delivered."""
+        left, right, got, lost = self.pair()
+        left.transport.write(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+        yield self.until(lambda: lost)
+        self.assertEqual(got, [])
+        self.assertTrue(right.broken)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_unreadable_header_breaks_channel(self):
+        """A header that is not JSON closes the channel."""
+        left, right, got, lost = self.pair()
+        left.transport.write(b"\x00\x00\x00\x03\x00\x00\x00\x00{{{")
+        yield self.until(lambda: lost)
+        self.assertEqual(got, [])
+
+    def test_encode_bounds(self):
+        """A payload over the bound cannot be encoded."""
+        self.assertRaises(ValueError, handover.encode_record, {}, b"x" * (handover.MAX_PAYLOAD + 1))
+
+
+class NotifyHookTests(SynchronousTestCase):
+    def test_take_over_sends_mainpid_with_ready(self):
+        """The new process's READY waits for the take-over and carries MAINPID=<its pid>."""
+        sent = []
+        clock = MemoryReactorClock()
+        service = NotifyService(clock, environ={"NOTIFY_SOCKET": "/x"}, send=lambda m, e: sent.append(m))
+        done = defer.Deferred()
+        service.take_over(lambda: done)
+        service.startService()
+        clock.run()
+        self.assertEqual(sent, [])
+        done.callback(None)
+        self.assertEqual(sent, [b"MAINPID=%d\nREADY=1" % os.getpid()])
+
+    def test_handed_over_sends_no_stopping(self):
+        """The old process says nothing more to systemd once it handed over (no STOPPING=1, no watchdog)."""
+        sent = []
+        clock = MemoryReactorClock()
+        service = NotifyService(clock, environ={"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000"},
+                                send=lambda m, e: sent.append(m))
+        service.startService()
+        clock.run()
+        service.handed_over()
+        del sent[:]
+        clock.advance(5)
+        service.stopService()
+        self.assertEqual(sent, [])
+
+
+class WiringTests(SynchronousTestCase):
+    def test_tap_attaches_upgrader_and_metric(self):
+        """twistd's service tree gets an Upgrader and the hand-over counter, both directions at 0."""
+        from prometheus_client import generate_latest
+
+        from metaproxy import tap
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("routes: {t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}}\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        top = tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(top.upgrader.config_path, path)
+        self.assertIs(top.upgrader.factory, top.factory)
+        text = generate_latest(top.metrics.registry).decode()
+        self.assertIn('metaproxy_handover_connections_total{direction="sent"} 0.0', text)
+        self.assertIn('metaproxy_handover_connections_total{direction="received"} 0.0', text)
+
+    def test_takeover_only_when_started_by_an_upgrade(self):
+        """The successor side exists only with METAPROXY_HANDOVER_FD, which it takes out of the environment."""
+        from metaproxy.takeover import HandedOverEndpoint, Takeover
+
+        self.assertIsNone(Takeover.from_environ(MemoryReactorClock(), {}))
+        env = {handover.ENV_FD: "7"}
+        takeover = Takeover.from_environ(MemoryReactorClock(), env)
+        self.assertEqual((takeover._fd, env), (7, {}))
+        endpoint = takeover.endpoint_for("proxy", "systemd:domain=INET:index=0")
+        self.assertIsInstance(endpoint, HandedOverEndpoint)
+        d = endpoint.listen(object())
+        self.assertNoResult(d)
+
+
+class TakeoverInProcessTests(TestCase):
+    """The new process's side, with this test playing the old process over a real channel."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def until(self, condition):
+        for _ in range(1000):
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition never met")
+
+    @defer.inlineCallbacks
+    def test_takes_over_listener_and_connection(self):
+        """
+        The successor says ready once its routes are, adopts the listener
+        and a connection whose half frame the old process had read, acks
+        it, answers the completed query, accepts new clients on the
+        adopted port and says switched after done.
+        """
+        from metaproxy.takeover import Takeover
+
+        cluster = start_cluster(reactor, "a", {"temp": 8})
+        self.addCleanup(stop_all, cluster)
+        config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
+                                          {"temp": ("a", cluster.meta_addrs())}))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        takeover = Takeover(reactor, theirs.detach(), poll=0.01)
+        fatal = []
+        top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
+        takeover.attach(top)
+        top.startService()
+        self.addCleanup(top.stopService)
+        got = []
+        old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
+            lambda h, p, f: got.append(h), lambda r: None))
+        self.addCleanup(old.transport.loseConnection)
+        yield self.until(lambda: got)
+        self.assertEqual(got[0], {"type": "ready", "pid": os.getpid(), "fds": 0})
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        client = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        server_side, _ = listener.accept()
+        self.addCleanup(server_side.close)
+        write, sent = client.transport.write, []
+        client.transport.write = sent.append
+        answered = client.query("temp")
+        client.transport.write = write
+        half = len(sent[0]) // 2
+
+        old.send({"type": "listener", "name": "proxy", "family": int(socket.AF_INET)}, fds=[listener.fileno()])
+        old.send({"type": "conn", "id": 5, "family": int(socket.AF_INET), "framing": None}, sent[0][:half],
+                 fds=[server_side.fileno()])
+        yield self.until(lambda: len(got) == 2)
+        self.assertEqual(got[1]["type"], "ack")
+        self.assertEqual(got[1]["id"], 5)
+        listener.close()
+        server_side.close()
+        write(sent[0][half:])
+        response = yield answered
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        other = yield connect_client(reactor, "127.0.0.1", port)
+        self.addCleanup(lambda: other.transport.loseConnection() or other.closed)
+        response = yield other.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        self.assertTrue(top.getServiceNamed("proxy").listening)
+
+        old.send({"type": "done", "count": 1})
+        yield self.until(lambda: len(got) == 3)
+        self.assertEqual(got[2]["type"], "switched")
+        self.assertEqual(takeover.received, 1)
+        self.assertEqual(fatal, [])

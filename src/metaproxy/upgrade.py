@@ -1,0 +1,295 @@
+# -*- test-case-name: metaproxy.test.test_upgrade -*-
+"""
+Hot upgrade, old process: on SIGUSR2 (C{systemctl reload}), start the
+installed code again and hand it the listeners and every client connection.
+
+ 1. The config file is loaded with the project's own loader first (in a
+    thread: the reactor never waits on a disk); if it is invalid the
+    upgrade is refused (each problem logged) and this process goes on
+    serving.
+ 2. A fresh C{exec} of the same command line (same interpreter, same
+    twistd arguments, so the current config file) is started with one end
+    of a Unix socket pair as its fd 3 (L{metaproxy.handover.ENV_FD}).
+ 3. It builds its services and, once its route source is ready, says
+    C{ready}. Only then does this process stop accepting and send the
+    listening sockets (clients, admin HTTP), then every client connection
+    once nothing is pending on it (requests in flight are answered here
+    first), with the bytes of an incomplete frame it had already read.
+ 4. The new process adopts each, acknowledges it (only then is it closed
+    here, without C{shutdown()}: the client sees neither FIN nor RST),
+    sends C{MAINPID=}/C{READY=1} to systemd and says C{switched}; this
+    process then stops (no C{STOPPING=1}) and exits 0.
+
+If the new process exits, never says ready, or does not finish within
+L{UPGRADE_TIMEOUT} seconds, it is killed, the listeners accept here again
+and every connection not yet acknowledged is served here as before.
+"""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+import attrs
+from twisted.internet import defer, threads
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from metaproxy.config import ConfigError, load_config
+from metaproxy.handover import ENV_FD, HandoverChannel, adopt_channel
+
+log = Logger()
+
+#: Seconds the new process has to take everything over.
+UPGRADE_TIMEOUT = 60.0
+#: Environment variables that describe this process only.
+_PER_PROCESS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_PID", ENV_FD)
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def successor_command(argv=None, executable=None):
+    """
+    @return: the command line that starts this program again: the same
+        interpreter and arguments (a C{python -c} start, whose code is
+        lost, becomes twistd's entry point with the same arguments).
+    """
+    argv = sys.argv if argv is None else argv
+    executable = sys.executable if executable is None else executable
+    if argv and os.path.isfile(argv[0]):
+        return [executable] + list(argv)
+    return [executable, "-c", _TWISTD] + list(argv[1:])
+
+
+def successor_environ(environ=None):
+    """@return: this environment minus what only held for this process, plus the channel's fd (3)."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in _PER_PROCESS}
+    env[ENV_FD] = "3"
+    return env
+
+
+class _Watch(ProcessProtocol):
+    def __init__(self, upgrader):
+        self.upgrader = upgrader
+
+    def processEnded(self, reason):
+        self.upgrader._child_ended(reason)
+
+
+@attrs.define(eq=False)
+class Upgrader:
+    """
+    Runs hot upgrades of this process (see the module docstring).
+
+    @ivar handed: client connections handed over (acknowledged) so far.
+    @ivar refused: upgrades refused because the config was invalid.
+    """
+
+    reactor: object
+    config_path: str
+    proxy: object  # DrainingServerService of the clients
+    admin: object  # DrainingServerService of the admin HTTP
+    factory: object  # PegasusServerFactory
+    notify: object = None  # NotifyService
+    command: list = attrs.Factory(successor_command)
+    timeout: float = UPGRADE_TIMEOUT
+    poll: float = 0.01
+    load: object = load_config
+    in_thread: object = None  # callable(f, *args) -> Deferred; default: the reactor's thread pool
+    state: str = "idle"
+    handed: int = 0
+    refused: int = 0
+    _process: object = None
+    _channel: object = None
+    _timer: object = None
+    _pump: object = None
+    _waiting: dict = attrs.Factory(dict)
+    _sent: dict = attrs.Factory(dict)
+    _ports: list = attrs.Factory(list)
+    _started: float = 0.0
+    _done_sent: bool = False
+
+    def install_signal(self):
+        """Run L{request} on SIGUSR2 (in the reactor thread)."""
+        signal.signal(signal.SIGUSR2, lambda signum, frame: self.reactor.callFromThread(self.request))
+
+    def request(self):
+        """
+        Start a hot upgrade unless one runs or the config file is invalid.
+
+        @return: a L{Deferred} firing with L{True} if the new process was
+            started, L{False} if not (the log says why).
+        """
+        if self.state != "idle":
+            log.warn("hot upgrade already in progress ({state}); SIGUSR2 ignored", state=self.state)
+            return defer.succeed(False)
+        self.state = "checking"
+        run = self.in_thread
+        if run is None:
+            def run(f, *args):
+                return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+        d = defer.maybeDeferred(run, self.load, self.config_path)
+        d.addCallbacks(lambda _: self._spawn(), self._refuse)
+        return d
+
+    def _refuse(self, failure):
+        self.state = "idle"
+        self.refused += 1
+        if failure.check(ConfigError):
+            log.error("hot upgrade refused, {path} is not a valid config (still serving):\n{error}",
+                      path=self.config_path, error=failure.getErrorMessage())
+        else:
+            log.failure("hot upgrade refused, cannot load {path} (still serving)", failure, path=self.config_path)
+        return False
+
+    def _spawn(self):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = self.reactor.spawnProcess(
+                _Watch(self), self.command[0], self.command, env=successor_environ(),
+                childFDs={0: 0, 1: 1, 2: 2, 3: child.fileno()},
+            )
+        except Exception as e:
+            parent.close()
+            self.state = "idle"
+            log.error("hot upgrade: cannot start {command}: {error} (still serving)", command=self.command, error=e)
+            return False
+        finally:
+            child.close()
+        self.state = "starting"
+        self._started = time.monotonic()
+        self._done_sent = False
+        self._channel = adopt_channel(self.reactor, parent.detach(), HandoverChannel(self._record, self._lost))
+        self._timer = self.reactor.callLater(self.timeout, self._abort, f"not done after {self.timeout:g} s")
+        log.info("hot upgrade: started pid {pid}: {command}", pid=self._process.pid, command=" ".join(self.command))
+        return True
+
+    # -- the hand-over
+
+    def _record(self, header, payload, fds):
+        for fd in fds:  # the new process sends none
+            os.close(fd)
+        kind = header.get("type")
+        if kind == "ready" and self.state == "starting":
+            self._hand_over()
+        elif kind == "ack" and self.state == "handing":
+            proto = self._sent.pop(header.get("id"), None)
+            if proto is not None:
+                proto.detach_for_handover()
+                self.handed += 1
+        elif kind == "switched" and self.state == "handing":
+            self._switched(header)
+
+    def _hand_over(self):
+        self.state = "handing"
+        for name, service in (("proxy", self.proxy), ("admin", self.admin)):
+            port = getattr(service, "port", None)
+            if port is None or not service.listening:
+                continue
+            port.stopReading()
+            self._ports.append(port)
+            self._channel.send({"type": "listener", "name": name, "family": int(port.socket.family)},
+                               fds=[port.fileno()])
+        for i, proto in enumerate(self.factory.open_connections()):
+            if proto.hold_for_handover() is not False:
+                self._waiting[i] = proto
+        log.info("hot upgrade: accepting stopped, handing over {count} connections", count=len(self._waiting))
+        self._pump = LoopingCall(self._send_idle_connections)
+        self._pump.clock = self.reactor
+        self._pump.start(self.poll, now=True)
+
+    def _send_idle_connections(self):
+        for cid, proto in list(self._waiting.items()):
+            transport = proto.transport
+            if not getattr(transport, "connected", True):
+                del self._waiting[cid]  # closed meanwhile: nothing to hand over
+                continue
+            state = proto.handover_state()
+            if state is None:
+                continue
+            partial, framing = state
+            del self._waiting[cid]
+            self._sent[cid] = proto
+            self._channel.send({"type": "conn", "id": cid, "family": int(transport.socket.family), "framing": framing},
+                               partial, fds=[transport.fileno()])
+        if not self._waiting and not self._done_sent:
+            self._done_sent = True
+            self._channel.send({"type": "done", "count": len(self._sent) + self.handed})
+            self._pump.stop()
+
+    def _switched(self, header):
+        self.state = "done"
+        if self._timer.active():
+            self._timer.cancel()
+        for port in self._ports:
+            port._shouldShutdown = False  # closing our copy must not stop the new process's listener
+        if self.notify is not None:
+            self.notify.handed_over()
+        log.info(
+            "hot upgrade done in {seconds:.3f} s: {count} connections handed over to pid {pid}; exiting",
+            seconds=time.monotonic() - self._started, count=self.handed, pid=self._process.pid,
+        )
+        self.reactor.stop()
+
+    # -- failures: keep serving here
+
+    def _lost(self, reason):
+        if self.state in ("starting", "handing"):
+            self._abort(f"the hand-over channel closed ({reason.getErrorMessage()})")
+
+    def _child_ended(self, reason):
+        if self.state in ("starting", "handing"):
+            self._abort(f"the new process ended ({reason.getErrorMessage()})")
+
+    def _abort(self, why):
+        if self.state not in ("starting", "handing"):
+            return
+        lost = self.handed
+        self.state = "idle"
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._pump is not None and self._pump.running:
+            self._pump.stop()
+        try:
+            self._process.signalProcess("KILL")
+        except Exception:
+            pass  # already gone
+        self._channel.transport.loseConnection()
+        for port in self._ports:
+            port.startReading()
+        for proto in list(self._waiting.values()) + list(self._sent.values()):
+            proto.release_hold()
+        self._ports, self._waiting, self._sent = [], {}, {}
+        log.error(
+            "hot upgrade failed: {why}; this process keeps serving ({lost} connections had been handed over)",
+            why=why, lost=lost,
+        )
+
+
+def attach_hot_upgrade(top, reactor, config_path, takeover=None):
+    """
+    Give a built service tree its hot upgrade: an L{Upgrader} (SIGUSR2,
+    installed when the global reactor runs) as C{top.upgrader}; when this
+    process is itself a successor, C{takeover} (a
+    L{metaproxy.takeover.Takeover}) is attached too. Adds the metric
+    C{metaproxy_handover_connections_total{direction=sent|received}}.
+    """
+    from twisted.internet import reactor as global_reactor
+
+    upgrader = Upgrader(
+        reactor, config_path, top.getServiceNamed("proxy"), top.getServiceNamed("admin"), top.factory,
+        top.getServiceNamed("notify"),
+    )
+    top.upgrader = upgrader
+    if reactor is global_reactor and hasattr(signal, "SIGUSR2"):
+        reactor.callWhenRunning(upgrader.install_signal)
+    if takeover is not None:
+        takeover.attach(top)
+    top.metrics.watch_counts(
+        "metaproxy_handover_connections",
+        "Client connections handed over by hot upgrades (sent by this process, received from its predecessor).",
+        "direction",
+        lambda: {"sent": upgrader.handed, "received": 0 if takeover is None else takeover.received},
+    )
+    return upgrader
