@@ -55,27 +55,29 @@ class ReadGate:
     the last one goes; L{CLOSING} never goes.
     """
 
+    # One per client connection: the reasons are a tuple (usually empty,
+    # shared), not a set (216 bytes each, even empty).
     __slots__ = ("_transport", "reasons")
 
     def __init__(self, transport):
         self._transport = transport
-        self.reasons = set()
+        self.reasons = ()
 
     def pause(self, reason):
         """Stop reading for C{reason} (no effect if already paused for it)."""
         reasons = self.reasons
         if reason in reasons:
             return
+        self.reasons = reasons + (reason,)
         if not reasons:
             self._transport.pauseProducing()
-        reasons.add(reason)
 
     def resume(self, reason):
         """Withdraw C{reason}; read again if no other reason remains."""
         reasons = self.reasons
         if reason not in reasons or CLOSING in reasons:
             return
-        reasons.discard(reason)
+        self.reasons = reasons = tuple(r for r in reasons if r != reason)
         if not reasons:
             self._transport.resumeProducing()
 

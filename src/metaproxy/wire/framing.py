@@ -54,6 +54,9 @@ class FramingSelector:
         which RDSN replies carry as C{from_address}; set it before feeding.
     """
 
+    # One per client connection: no instance dict.
+    __slots__ = ("max_frame_bytes", "_counts", "framer", "local_address", "_decoder", "_head")
+
     def __init__(self, max_frame_bytes=1 << 20, counts=None):
         """
         @param counts: a L{dict} of framing name (C{"THFT"}, C{"RDSN"}) to
