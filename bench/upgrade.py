@@ -17,7 +17,6 @@ process it starts is stopped by PID.
 """
 
 import argparse
-import os
 import sys
 import tempfile
 

@@ -258,6 +258,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         max_buffered_bytes_total=config.limits.max_buffered_bytes_total,
         frame_timeout=config.limits.frame_timeout,
         max_connections_per_peer=config.limits.max_connections_per_peer,
+        requests_per_turn=config.limits.requests_per_turn,
     )
     metrics.watch_connections(
         lambda: factory.connection_count, limit=config.limits.max_connections,

@@ -230,6 +230,8 @@ class LimitsConfig:
     @ivar frame_timeout: seconds a request frame may stay incomplete
         before its connection is closed; 0 means never. Connections with
         nothing pending are never closed by it.
+    @ivar requests_per_turn: requests of one connection dispatched before
+        the other connections get a turn (0: no limit).
     @ivar max_connections_per_peer: client connections from one IP
         address; 0 means no limit.
     @ivar max_reply_bytes: the largest reply accepted from a meta.
@@ -245,6 +247,7 @@ class LimitsConfig:
     max_buffered_bytes_total: int = 134217728
     frame_timeout: float = 10.0
     max_connections_per_peer: int = 1000
+    requests_per_turn: int = 64
     max_reply_bytes: int = 16777216
     backlog: int = 4096
 
@@ -595,6 +598,7 @@ def _check(config):
          or lim.max_buffered_bytes_per_connection <= lim.max_buffered_bytes_total <= 2**50,
          "$.limits.max_buffered_bytes_total", "must be 0 (no limit) or >= limits.max_buffered_bytes_per_connection")
     need(0 <= lim.frame_timeout <= _MAX_SECONDS, "$.limits.frame_timeout", "must be 0..86400 (0: never)")
+    need(0 <= lim.requests_per_turn <= 1_000_000, "$.limits.requests_per_turn", "must be 0..1000000 (0: no limit)")
     need(0 <= lim.max_connections_per_peer <= 10_000_000, "$.limits.max_connections_per_peer",
          "must be 0..10000000 (0: no limit)")
     need(65536 <= lim.max_reply_bytes <= 2**31 - 1, "$.limits.max_reply_bytes", "must be 65536..2147483647")

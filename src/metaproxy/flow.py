@@ -28,6 +28,7 @@ OUT = "out"  # too many of its reply bytes are unsent
 TOTAL = "total"  # the total held for all connections is over budget
 CLOSING = "closing"  # it is being closed (for good)
 HANDOVER = "handover"  # it is being handed to a new process (hot upgrade)
+TURN = "turn"  # it used its turn; the others go first (requests_per_turn)
 
 #: What the transport is assumed to hold when it cannot say (its default
 #: C{bufferSize}, the point at which it asks its producer to pause).

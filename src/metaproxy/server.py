@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from metaproxy.flow import CLOSING, HANDOVER, PENDING, BufferBudget, ReadGate, WriteBuffer
+from metaproxy.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply
@@ -136,6 +136,7 @@ class PegasusServerProtocol(Protocol):
         self._out = None
         self._held_in = 0
         self._peer_host = None
+        self._turn = None
 
     # -- connection lifecycle
 
@@ -171,10 +172,10 @@ class PegasusServerProtocol(Protocol):
             factory.connection_count -= 1
             factory._connections.discard(self)
             factory._release_peer(self._peer_host)
-        for timer in (self._idle, self._grace, self._frame_timer):
+        for timer in (self._idle, self._grace, self._frame_timer, self._turn):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle = self._grace = self._frame_timer = None
+        self._idle = self._grace = self._frame_timer = self._turn = None
         if self._out is not None:
             self._out.release()
             factory.budget.forget(self._gate)
@@ -192,12 +193,19 @@ class PegasusServerProtocol(Protocol):
     # -- requests
 
     def dataReceived(self, data):
-        """Decode and dispatch every complete request; on a broken stream, stop and close."""
+        """
+        Decode and dispatch the complete requests; on a broken stream, stop
+        and close. At most C{requests_per_turn} are dispatched at once: the
+        rest stay in the decoder, this connection is not read, and the other
+        connections go first (one reactor turn), so a client that pipelines
+        thousands of requests cannot starve the others.
+        """
         if self._closing:
             return
         if self._idle is not None:
             self._arm_idle()
         completed = False
+        turn = self.factory.requests_per_turn
         requests = self._decoder.feed_iter(data)
         try:
             for request in requests:
@@ -205,6 +213,10 @@ class PegasusServerProtocol(Protocol):
                 self._dispatch(request)
                 if self._closing:
                     return
+                turn -= 1
+                if not turn:
+                    self._yield_turn()
+                    break
         except FramingError as e:
             factory = self.factory
             factory.counters.framing_errors += 1
@@ -220,6 +232,19 @@ class PegasusServerProtocol(Protocol):
         self._check_budget()
         if self.factory.draining:
             self._close_if_done()
+
+    def _yield_turn(self):
+        """Let the other connections go first; decode what this one sent next turn."""
+        self._gate.pause(TURN)
+        if self._turn is None:
+            self._turn = self.factory.clock.callLater(0, self._next_turn)
+
+    def _next_turn(self):
+        self._turn = None
+        if self._closing or self._gate.paused(HANDOVER):
+            return  # held bytes go with the connection to the new process
+        self._gate.resume(TURN)
+        self.dataReceived(b"")
 
     def _dispatch(self, request):
         factory = self.factory
@@ -541,6 +566,7 @@ class PegasusServerFactory(Factory):
         max_buffered_bytes_total=128 << 20,
         frame_timeout=10.0,
         max_connections_per_peer=0,
+        requests_per_turn=0,
     ):
         """
         @param handler: an L{metaproxy.interfaces.IRequestHandler}.
@@ -560,6 +586,8 @@ class PegasusServerFactory(Factory):
             still incomplete this many seconds after it began (0: never).
         @param max_connections_per_peer: refuse a connection from an IP
             address that has this many open (0: no limit).
+        @param requests_per_turn: dispatch at most this many requests of one
+            connection before the other connections get a turn (0: no limit).
         """
         self.handler = handler
         self.clock = clock
@@ -570,6 +598,7 @@ class PegasusServerFactory(Factory):
         self.max_buffered_bytes_per_connection = max_buffered_bytes_per_connection
         self.frame_timeout = frame_timeout
         self.max_connections_per_peer = max_connections_per_peer
+        self.requests_per_turn = requests_per_turn
         self.budget = BufferBudget(max_buffered_bytes_total)
         self.connection_count = 0
         self.counters = ServerCounters()

@@ -443,3 +443,57 @@ class WriteBufferTests(SynchronousTestCase):
         self.out.release()
         self.out.write(b"z")
         self.assertEqual((self.out.unsent(), self.budget.out_bytes), (0, 0))
+
+
+class TurnTests(_Base, SynchronousTestCase):
+    """One connection's pipelined requests never starve the others (requests_per_turn)."""
+
+    def test_a_turn_dispatches_at_most_requests_per_turn(self):
+        """
+        Ten requests in one read, four per turn: four now and the connection
+        is not read; the rest on later reactor turns (a Clock runs the turns
+        it schedules within one advance), in order.
+        """
+        factory = self.factory(requests_per_turn=4)
+        proto, transport = _connect(factory)
+        proto.dataReceived(b"".join(_request(seqid=i) for i in range(10)))
+        self.assertEqual(_seqids(transport), [0, 1, 2, 3])
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(0)
+        self.assertEqual(_seqids(transport), [4, 5, 6, 7, 8, 9])
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(factory.budget.in_bytes, 0)
+
+    def test_others_go_first(self):
+        """While one connection waits for its next turn, another connection's request is answered at once."""
+        factory = self.factory(requests_per_turn=2)
+        flood, flood_transport = _connect(factory, port=40001)
+        other, other_transport = _connect(factory, port=40002)
+        flood.dataReceived(b"".join(_request(seqid=i) for i in range(100)))
+        other.dataReceived(_request(seqid=7))
+        self.assertEqual(_seqids(other_transport), [7])
+        self.assertEqual(len(_seqids(flood_transport)), 2)
+
+    def test_no_limit(self):
+        """requests_per_turn 0 dispatches everything read at once."""
+        proto, transport = _connect(self.factory(requests_per_turn=0))
+        proto.dataReceived(b"".join(_request(seqid=i) for i in range(50)))
+        self.assertEqual(_seqids(transport), list(range(50)))
+
+    def test_closed_while_waiting(self):
+        """A connection lost while waiting for its turn cancels that turn."""
+        proto, transport = _connect(self.factory(requests_per_turn=1))
+        proto.dataReceived(_request(seqid=1) + _request(seqid=2))
+        transport.loseConnection()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(_seqids(transport), [1])
+
+    def test_held_for_handover_keeps_the_rest(self):
+        """A connection held for a hot upgrade dispatches nothing more: its undecoded requests go with it."""
+        proto, transport = _connect(self.factory(requests_per_turn=1))
+        rest = _request(seqid=2) + _request(seqid=3)
+        proto.dataReceived(_request(seqid=1) + rest)
+        self.assertTrue(proto.hold_for_handover())
+        self.clock.advance(0)
+        self.assertEqual(_seqids(transport), [1])
+        self.assertEqual(proto.handover_state(), (rest, "THFT"))
