@@ -7,15 +7,14 @@ transport, with the same cases for THFT header v0 and v1 (mixins).
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 
+from metaproxy.testing.transports import connect
 from metaproxy import server
 from metaproxy.dispatch import RpcDispatcher
 from metaproxy.interfaces import IRequestHandler
@@ -48,12 +47,7 @@ class _Deferring:
         return d
 
 
-def _connect(factory, host="127.0.0.1", port=40000):
-    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, port))
-    transport.protocol = proto
-    proto.makeConnection(transport)
-    return proto, transport
+_connect = connect
 
 
 def _replies(transport):

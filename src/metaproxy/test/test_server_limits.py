@@ -6,14 +6,15 @@ and the per-peer connection cap, over fake transports and a L{Clock}.
 """
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
+from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
+from metaproxy.testing.transports import connect
 from metaproxy import flow, server
 from metaproxy.dispatch import RpcDispatcher
 from metaproxy.flow import BufferBudget, ReadGate, WriteBuffer
@@ -28,12 +29,7 @@ def _request(name=querycfg.QUERY_CFG, seqid=1):
     return frame.encode_request(name, seqid, querycfg.encode_args("temp"))
 
 
-def _connect(factory, host="127.0.0.1", port=40000):
-    proto = factory.buildProtocol(None)
-    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, port))
-    transport.protocol = proto
-    proto.makeConnection(transport)
-    return proto, transport
+_connect = connect
 
 
 def _seqids(transport):

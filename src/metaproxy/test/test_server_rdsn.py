@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from metaproxy.testing.transports import connect
 from metaproxy.dispatch import RpcDispatcher
 from metaproxy.resolver import QueryConfigResolver, relay_reply
 from metaproxy.route import MetaAddrs, Route
@@ -54,13 +54,7 @@ class _Recorder:
 
 
 def _connect(factory, host=PROXY):
-    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = StringTransportWithDisconnection(
-        hostAddress=host, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
-    )
-    transport.protocol = proto
-    proto.makeConnection(transport)
-    return proto, transport
+    return connect(factory, local=host)
 
 
 def _rdsn_replies(transport):
