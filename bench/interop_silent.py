@@ -17,8 +17,8 @@ import tempfile
 
 from twisted.internet import defer, task, utils
 
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.testing.harness import ProxyHarness, start_cluster
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "metaproxy", "test", "interop",

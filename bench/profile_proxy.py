@@ -11,8 +11,8 @@ import sys
 
 from twisted.internet import defer, task
 
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.testing.harness import ProxyHarness, start_cluster
 
 

@@ -8,17 +8,17 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from metaproxy.activation import server_endpoint
-from metaproxy.admin import build_admin_root, build_admin_site
+from metaproxy.ops.activation import server_endpoint
+from metaproxy.ops.admin import build_admin_root, build_admin_site
 from metaproxy.backend.pools import ClusterPools
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
-from metaproxy.metrics import Metrics
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
+from metaproxy.ops.metrics import Metrics
 from metaproxy.reporters import find_reporter
-from metaproxy.resolver import QueryConfigResolver
-from metaproxy.route import MetaAddrs, Route, SelfAddresses
-from metaproxy.sdnotify import NotifyService
-from metaproxy.server import PegasusServerFactory
+from metaproxy.frontend.resolver import QueryConfigResolver
+from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
+from metaproxy.ops.sdnotify import NotifyService
+from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.wire.querycfg import QUERY_CFG
 
 log = Logger()
@@ -66,7 +66,7 @@ def build_route_table(config, reactor, self_addresses=None):
         when C{zookeeper:} is given, else the static C{routes:} map.
     """
     if config.zookeeper is not None:
-        from metaproxy.zkroutes import ZooKeeperRouteTable
+        from metaproxy.routes.zookeeper import ZooKeeperRouteTable
 
         zk = config.zookeeper
         return ZooKeeperRouteTable(
@@ -80,7 +80,7 @@ def build_route_table(config, reactor, self_addresses=None):
             max_reads_inflight=zk.max_reads_inflight,
             self_addresses=self_addresses,
         )
-    from metaproxy.staticroutes import StaticRouteTable
+    from metaproxy.routes.static import StaticRouteTable
 
     return StaticRouteTable(
         {
@@ -176,7 +176,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     @param endpoint_for: C{callable(what, description)} returning the server
         endpoint for C{"proxy"} or C{"admin"}; by default the config's
         endpoint string (a hot upgrade's new process passes the handed-over
-        listeners instead, see L{metaproxy.takeover}).
+        listeners instead, see L{metaproxy.ops.takeover}).
     @return: an L{OrderedMultiService}; its C{metrics}, C{resolver} and
         C{factory} attributes expose the live objects (tests, benchmarks).
     """

@@ -28,7 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from metaproxy.route import MetaAddrs, is_ip_literal, parse_host_port
+from metaproxy.routes.route import MetaAddrs, is_ip_literal, parse_host_port
 
 if sys.version_info >= (3, 11):
     _ExceptionGroup = ExceptionGroup  # noqa: F821 (a builtin from 3.11)
@@ -255,7 +255,7 @@ class LimitsConfig:
 @attrs.frozen
 class LoggingConfig:
     """
-    Logging (see L{metaproxy.logs.configure_logging}).
+    Logging (see L{metaproxy.ops.logs.configure_logging}).
 
     @ivar level: C{debug}, C{info}, C{warn}, C{error} or C{critical}.
     @ivar file: also log to this file; L{None} means only stdout.
@@ -464,7 +464,7 @@ def _endpoint_ok(description):
     if len(description) > 1024:
         return "not a valid Twisted endpoint (too long)"
     if description.startswith("systemd:"):  # its socket is only there at run time
-        from metaproxy.activation import systemd_endpoint_problem
+        from metaproxy.ops.activation import systemd_endpoint_problem
 
         return systemd_endpoint_problem(description)
     try:
@@ -574,7 +574,7 @@ def _check(config):
     if config.metric.type != "none":
         problem = _reporter_problem(config.metric.type)
         need(problem is None, "$.metric.type", problem)
-    from metaproxy.metrics import const_label_problem
+    from metaproxy.ops.metrics import const_label_problem
 
     tag_problem = const_label_problem(config.metric.tags)
     need(tag_problem is None, "$.metric.tags", tag_problem)

@@ -2,7 +2,7 @@
 """
 Exceptions that cross metaproxy's seams.
 
-Each one says what a client is told: L{metaproxy.resolver} maps them to the
+Each one says what a client is told: L{metaproxy.frontend.resolver} maps them to the
 Pegasus error codes of L{metaproxy.wire.codes}.
 """
 

@@ -24,7 +24,7 @@ class IRouteTable(Interface):
         @param table: the table name as the client sent it.
         @type table: L{str}
 
-        @return: a L{Deferred} that fires with a L{metaproxy.route.Route}, or
+        @return: a L{Deferred} that fires with a L{metaproxy.routes.route.Route}, or
             fails with L{metaproxy.errors.TableNotFound} (no such table is
             configured), L{metaproxy.errors.InvalidRoute} (the table's route
             data is malformed) or L{metaproxy.errors.RouteUnavailable} (the
@@ -41,7 +41,7 @@ class IRouteTable(Interface):
 
     def clusters():
         """
-        @return: the L{frozenset} of L{metaproxy.route.MetaAddrs} referenced
+        @return: the L{frozenset} of L{metaproxy.routes.route.MetaAddrs} referenced
             by the routes currently cached; pools for any other meta set may
             be closed once idle.
         """
@@ -65,7 +65,7 @@ class IMetaCluster(Interface):
     Follows the leader itself: C{ERR_FORWARD_TO_OTHERS} never comes out.
     """
 
-    meta_addrs = Attribute("The L{metaproxy.route.MetaAddrs} of this cluster.")
+    meta_addrs = Attribute("The L{metaproxy.routes.route.MetaAddrs} of this cluster.")
 
     def query_config(app_name, partition_indices, timeout):
         """
@@ -104,7 +104,7 @@ class IClusterPools(Interface):
 
     def get(meta_addrs):
         """
-        @param meta_addrs: a L{metaproxy.route.MetaAddrs}.
+        @param meta_addrs: a L{metaproxy.routes.route.MetaAddrs}.
         @return: the L{IMetaCluster} for that set, created on first use.
         """
 
@@ -158,7 +158,7 @@ class IMetricsReporter(Interface):
         Set the reporter up; called once, while the service tree is built
         and before anything listens.
 
-        @param metrics: the process's L{metaproxy.metrics.Metrics}: read
+        @param metrics: the process's L{metaproxy.ops.metrics.Metrics}: read
             it with C{snapshot()} (push) or serve its C{registry} (pull);
             C{watch_counts()} adds counters of the reporter's own.
         @param metric_config: the config's C{metric:} section

@@ -72,9 +72,9 @@ def makeService(options, reactor=None, process=None):
     @param reactor: the reactor to build on; the global one by default
         (imported here, so that twistd's C{--reactor} choice is honoured).
     @param process: also add the process-wide hooks: C{sighup} (a
-        L{metaproxy.signals.HangupService}: SIGHUP reopens the log file and
+        L{metaproxy.ops.signals.HangupService}: SIGHUP reopens the log file and
         reloads C{logging.level}) and C{logfilter}
-        (L{metaproxy.logs.ForeignObserverFilter}, started first:
+        (L{metaproxy.ops.logs.ForeignObserverFilter}, started first:
         C{logging.level} also filters twistd's default log observer). By default only when no
         reactor is given, i.e. when twistd calls this.
     @return: metaproxy's L{MultiService<twisted.application.service.MultiService>}
@@ -85,14 +85,14 @@ def makeService(options, reactor=None, process=None):
     if reactor is None:
         from twisted.internet import reactor
     from metaproxy.app import build_service
-    from metaproxy.logs import ForeignObserverFilter, configure_logging
-    from metaproxy.signals import HangupService, LogReloader, run_in_thread
+    from metaproxy.ops.logs import ForeignObserverFilter, configure_logging
+    from metaproxy.ops.signals import HangupService, LogReloader, run_in_thread
 
     config = options["loaded"]
     configure_logging(config.logging)
-    # hot upgrade (SIGUSR2 / systemctl reload): metaproxy.upgrade, metaproxy.takeover
-    from metaproxy.takeover import Takeover
-    from metaproxy.upgrade import attach_hot_upgrade
+    # hot upgrade (SIGUSR2 / systemctl reload): metaproxy.ops.upgrade, metaproxy.ops.takeover
+    from metaproxy.ops.takeover import Takeover
+    from metaproxy.ops.upgrade import attach_hot_upgrade
 
     takeover = Takeover.from_environ(reactor)
     top = build_service(config, reactor, endpoint_for=None if takeover is None else takeover.endpoint_for)

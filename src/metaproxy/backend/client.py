@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from metaproxy.sendnow import send_now
+from metaproxy.frontend.sendnow import send_now
 from metaproxy.wire import frame
 
 log = Logger()

@@ -51,7 +51,7 @@ class MetaCluster:
 
     @ivar reactor: provides L{IReactorTime} (and L{IReactorTCP} for the
         default connection factory).
-    @ivar meta_addrs: the cluster's L{metaproxy.route.MetaAddrs}.
+    @ivar meta_addrs: the cluster's L{metaproxy.routes.route.MetaAddrs}.
     @ivar hedge_delay: seconds to wait for the believed leader before every
         other meta is asked too (at most half of a query's deadline); also
         the interval at which idle metas are asked again while an attempt
@@ -68,7 +68,7 @@ class MetaCluster:
         C{state}, C{connected_since}, C{last_error}); built from
         C{reactor}, C{connect_timeout} and C{reconnect_max} when L{None}.
     @ivar metrics: an object with C{backend_call(cluster_name, meta,
-        outcome, seconds)} (L{metaproxy.metrics.Metrics}), or L{None}; told
+        outcome, seconds)} (L{metaproxy.ops.metrics.Metrics}), or L{None}; told
         of every answer or failure of every meta (not of calls cancelled
         because another meta already won).
     @ivar cluster_name: the name routes give this cluster (for metrics and

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES, MetaClientProtocol, NotConnected
-from metaproxy.route import is_ip_literal
+from metaproxy.routes.route import is_ip_literal
 
 log = Logger()
 

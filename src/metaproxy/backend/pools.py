@@ -3,7 +3,7 @@
 One L{MetaCluster} per distinct set of meta addresses, for the whole process.
 
 Routes name their cluster by a meta address list; two lists naming the same
-metas in another order share one pool (L{metaproxy.route.MetaAddrs} is
+metas in another order share one pool (L{metaproxy.routes.route.MetaAddrs} is
 normalised). A periodic sweep closes pools that no route references any
 more and that have been idle for C{idle_close} seconds, so connections to
 decommissioned metas do not leak.
@@ -18,7 +18,7 @@ from zope.interface import implementer
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.interfaces import IClusterPools
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 
 log = Logger()
 

@@ -13,7 +13,7 @@ from metaproxy.wire import querycfg
 
 def query_table(reactor, meta_addrs, table, timeout, header_version=0):
     """
-    @param meta_addrs: a L{metaproxy.route.MetaAddrs}: a cluster's metas,
+    @param meta_addrs: a L{metaproxy.routes.route.MetaAddrs}: a cluster's metas,
         or the one address of a metaproxy.
     @param timeout: seconds for the whole query (connects included).
     @param header_version: the THFT header version to send (0 or 1).

@@ -9,7 +9,7 @@ import json
 from metaproxy.cli.common import USAGE, CommandError, run_on_reactor
 from metaproxy.cli.metaquery import as_json, partition_rows, query_table
 from metaproxy.errors import BackendUnavailable
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 from metaproxy.wire.binary import DecodeError
 
 

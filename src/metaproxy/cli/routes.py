@@ -9,7 +9,7 @@ import json
 
 from metaproxy.cli.common import USAGE, CommandError, confirm, load
 from metaproxy.cli.zkstore import RouteStore, check_table
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.routes.route import MetaAddrs, Route
 
 
 def add_parsers(subparsers):

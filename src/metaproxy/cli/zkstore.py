@@ -2,8 +2,8 @@
 """
 Route nodes in ZooKeeper, read and written synchronously (the CLI is
 short-lived and does nothing else meanwhile), with kazoo as metaproxy uses
-it. Node paths and contents are those of L{metaproxy.zkroutes} and
-L{metaproxy.route.Route}. Every write is a compare-and-set on the version
+it. Node paths and contents are those of L{metaproxy.routes.zookeeper} and
+L{metaproxy.routes.route.Route}. Every write is a compare-and-set on the version
 that was read, so that a concurrent writer is never clobbered.
 """
 
@@ -17,8 +17,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from metaproxy.cli.common import CommandError
 from metaproxy.errors import InvalidRoute
-from metaproxy.route import Route
-from metaproxy.zkroutes import valid_table_name
+from metaproxy.routes.route import Route
+from metaproxy.routes.zookeeper import valid_table_name
 
 
 def quiet_logger():

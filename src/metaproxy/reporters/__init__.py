@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_reporters -*-
 """
-Metric reporters: ways of getting L{metaproxy.metrics.Metrics} out.
+Metric reporters: ways of getting L{metaproxy.ops.metrics.Metrics} out.
 
 Reporters are Twisted plugins providing
 L{metaproxy.interfaces.IMetricsReporter}; the config's C{metric.type}

@@ -41,7 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from metaproxy.metrics import SnapshotWindow
+from metaproxy.ops.metrics import SnapshotWindow
 
 log = Logger()
 
@@ -131,7 +131,7 @@ def tags_string(labels):
 
 def falcon_payload(snapshot, endpoint, step, timestamp):
     """
-    @param snapshot: L{metaproxy.metrics.Metrics.snapshot} output.
+    @param snapshot: L{metaproxy.ops.metrics.Metrics.snapshot} output.
     @return: the list of falcon items: one per sample, labels as C{tags};
         the names in L{GO_NAMES} are pushed under the Go proxy's names.
     """
@@ -182,10 +182,10 @@ class _GoCompat:
 @attrs.define(eq=False)
 class FalconPusher:
     """
-    Pushes L{metaproxy.metrics.Metrics} to a falcon-agent, one push at a
+    Pushes L{metaproxy.ops.metrics.Metrics} to a falcon-agent, one push at a
     time.
 
-    @ivar metrics: the L{metaproxy.metrics.Metrics} to push.
+    @ivar metrics: the L{metaproxy.ops.metrics.Metrics} to push.
     @ivar url: the agent's push URL (C{http://}).
     @ivar endpoint: the falcon endpoint; empty means this host's name.
     @ivar step: seconds between pushes (sent with every item).

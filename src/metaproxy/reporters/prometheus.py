@@ -60,7 +60,7 @@ def mount(metrics, admin_root):
     """
     Serve C{metrics} as C{/metrics} of C{admin_root}.
 
-    @param metrics: a L{metaproxy.metrics.Metrics}.
+    @param metrics: a L{metaproxy.ops.metrics.Metrics}.
     @param admin_root: the admin listener's root resource.
     """
     admin_root.putChild(b"metrics", MetricsPage(metrics.registry))

@@ -22,9 +22,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.route import is_ip_literal
-from metaproxy.server import PegasusServerFactory
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.routes.route import is_ip_literal
+from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Reply

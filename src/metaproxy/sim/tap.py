@@ -10,7 +10,7 @@ from typing import Optional
 import attrs
 from twisted.python import usage
 
-from metaproxy.route import is_ip_literal, parse_host_port
+from metaproxy.routes.route import is_ip_literal, parse_host_port
 from metaproxy.sim.model import is_power_of_two
 
 

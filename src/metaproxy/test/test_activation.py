@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_activation -*-
 """
-Tests for systemd socket activation (L{metaproxy.activation}, the units in etc/).
+Tests for systemd socket activation (L{metaproxy.ops.activation}, the units in etc/).
 """
 
 import os
@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metaproxy.activation import server_endpoint, systemd_endpoint_problem
+from metaproxy.ops.activation import server_endpoint, systemd_endpoint_problem
 from metaproxy.config import ConfigError, parse_config
 from metaproxy.testing.harness import start_cluster, stop_all
 from metaproxy.testing.net import free_port

@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_admin -*-
 """
-Tests for L{metaproxy.admin}.
+Tests for L{metaproxy.ops.admin}.
 """
 
 import json
@@ -12,14 +12,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import Logger, formatEvent
 
-from metaproxy import admin as adminmod
+from metaproxy.ops import admin as adminmod
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from metaproxy.admin import QuietSite, build_admin_root, build_admin_site
+from metaproxy.ops.admin import QuietSite, build_admin_root, build_admin_site
 from metaproxy.reporters.falcon import _BodyCollector
 
 _A = ["10.0.0.1:34601", "10.0.0.2:34601"]

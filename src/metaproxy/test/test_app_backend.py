@@ -14,7 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from metaproxy.app import build_service
 from metaproxy.config import parse_config
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 
 CONFIG = (
     "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: 'tcp:0:interface=127.0.0.1'}\n"

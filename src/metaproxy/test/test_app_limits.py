@@ -10,10 +10,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.admin import LimitedSite
+from metaproxy.ops.admin import LimitedSite
 from metaproxy.app import build_service
 from metaproxy.config import ConfigError, parse_config
-from metaproxy.lifecycle import with_backlog
+from metaproxy.ops.lifecycle import with_backlog
 
 ROUTES = "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\nmetric: {type: prometheus}\n"
 

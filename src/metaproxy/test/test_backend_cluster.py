@@ -18,7 +18,7 @@ from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.connection import MetaConnection
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IMetaCluster
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Response

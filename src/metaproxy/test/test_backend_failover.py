@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.errors import BackendUnavailable
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
 from metaproxy.test.test_backend_cluster import FakeNetwork, close_all
 from metaproxy.wire import codes, querycfg

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.pools import ClusterPools, answer_budget
 from metaproxy.interfaces import IClusterPools
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 
 
 class FakePool:

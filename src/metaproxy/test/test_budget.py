@@ -16,8 +16,8 @@ from metaproxy import errors
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.interfaces import IRouteTable
-from metaproxy.resolver import QueryConfigResolver
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.frontend.resolver import QueryConfigResolver
+from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.sim.server import SimulatedCluster
 from metaproxy.test.test_backend_cluster import FakeNetwork, close_all
 from metaproxy.wire import codes, querycfg

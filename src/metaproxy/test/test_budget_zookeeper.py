@@ -12,14 +12,14 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from metaproxy.resolver import QueryConfigResolver
+from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.test.test_budget import PROFILES
 from metaproxy.test.test_zkroutes import wait_until
 from metaproxy.testing.fakemeta import FakeClusterPools
 from metaproxy.testing.zookeeper import ZooKeeperServer, available, quiet_client
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Request, RequestHeader
-from metaproxy.zkroutes import ZooKeeperRouteTable
+from metaproxy.routes.zookeeper import ZooKeeperRouteTable
 
 _names = itertools.count()
 log = Logger()

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from metaproxy.cli.common import CommandError
 from metaproxy.cli.zkstore import Conflict, RouteStore, quiet_logger
 from metaproxy.config import parse_config
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.test.test_cli import simulator
 from metaproxy.testing.net import free_port
 from metaproxy.testing.commandline import cli_argv, run_cli, start_metaproxy, start_simulator, stop_at_exit

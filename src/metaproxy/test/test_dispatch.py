@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_dispatch -*-
 """
-Tests for L{metaproxy.dispatch.RpcDispatcher}: routing by rpc name and the
+Tests for L{metaproxy.frontend.dispatch.RpcDispatcher}: routing by rpc name and the
 RPCs it answers on its own, as a real meta server does.
 """
 
@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from metaproxy.dispatch import RpcDispatcher
+from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.interfaces import IRequestHandler
 from metaproxy.wire import codes, frame, querycfg
 from metaproxy.wire.negotiation import NEGOTIATION, auth_disable_result

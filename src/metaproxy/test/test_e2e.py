@@ -6,8 +6,8 @@ over loopback in one reactor.
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.testing.harness import ProxyHarness, start_cluster, stop_all
 from metaproxy.testing.pegasus_client import FLAVOURS
 from metaproxy.wire import codes, querycfg
@@ -266,7 +266,7 @@ class ZooKeeperE2ETests(_E2EBase):
         from kazoo.client import KazooClient
 
         from metaproxy.testing.zookeeper import ZooKeeperServer
-        from metaproxy.zkroutes import ZooKeeperRouteTable
+        from metaproxy.routes.zookeeper import ZooKeeperRouteTable
 
         self.zk = ZooKeeperServer()
         self.zk.start()

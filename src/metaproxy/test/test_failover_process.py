@@ -13,8 +13,8 @@ within the client's own timeout), so a slow, busy machine passes.
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.testing.harness import ProxyHarness
 from metaproxy.testing.load import connect_clients, ok_fraction, steady_load
 from metaproxy.testing.metaprocs import MetaProcesses

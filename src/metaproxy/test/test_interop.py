@@ -11,8 +11,8 @@ import os
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.testing.harness import ProxyHarness, start_cluster, stop_all
 from metaproxy.wire.querycfg import address_host_port
 

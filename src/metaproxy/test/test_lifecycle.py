@@ -1,5 +1,5 @@
 """
-Tests for L{metaproxy.lifecycle}: ordered stop and draining listener.
+Tests for L{metaproxy.ops.lifecycle}: ordered stop and draining listener.
 """
 
 from twisted.application.service import Service
@@ -9,7 +9,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.lifecycle import DrainingServerService, OrderedMultiService
+from metaproxy.ops.lifecycle import DrainingServerService, OrderedMultiService
 
 
 class _Recording(Service):

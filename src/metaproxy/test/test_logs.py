@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_logs -*-
 """
-Tests for L{metaproxy.logs}.
+Tests for L{metaproxy.ops.logs}.
 """
 
 from typing import Optional
@@ -15,7 +15,7 @@ from twisted.logger import ILogObserver, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy import logs
+from metaproxy.ops import logs
 
 
 def _event(level, text, **kw):

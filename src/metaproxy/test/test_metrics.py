@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_metrics -*-
 """
-Tests for L{metaproxy.metrics}.
+Tests for L{metaproxy.ops.metrics}.
 """
 
 import platform
@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import __version__
-from metaproxy.metrics import OTHER_TABLE, Metrics, SnapshotWindow, const_label_problem
+from metaproxy.ops.metrics import OTHER_TABLE, Metrics, SnapshotWindow, const_label_problem
 
 
 class _Routes:

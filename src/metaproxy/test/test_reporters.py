@@ -23,7 +23,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
 from metaproxy.interfaces import IMetricsReporter
-from metaproxy.metrics import Metrics
+from metaproxy.ops.metrics import Metrics
 from metaproxy.reporters import UnknownReporter, available_reporters, find_reporter
 from metaproxy.reporters.falcon import (
     GO_NAMES,
@@ -53,7 +53,7 @@ site = _Site()
 _IMPORT_CHECK = '''
 import sys
 import twisted.plugins.metaproxy_reporters
-light = sorted(m for m in ("prometheus_client", "twisted.web.client", "metaproxy.metrics",
+light = sorted(m for m in ("prometheus_client", "twisted.web.client", "metaproxy.ops.metrics",
                            "metaproxy.reporters.falcon") if m in sys.modules)
 import metaproxy.reporters.prometheus
 print(light, "prometheus_client.twisted" in sys.modules, "twisted.internet.reactor" in sys.modules)

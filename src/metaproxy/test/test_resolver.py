@@ -1,5 +1,5 @@
 """
-Tests for L{metaproxy.resolver}: routing, error mapping, relay, coalescing.
+Tests for L{metaproxy.frontend.resolver}: routing, error mapping, relay, coalescing.
 """
 
 from twisted.internet import defer
@@ -10,8 +10,8 @@ from zope.interface.verify import verifyObject
 
 from metaproxy import errors
 from metaproxy.interfaces import IClusterPools, IMetaCluster, IRouteTable
-from metaproxy.resolver import QueryConfigResolver, relay_reply
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.frontend.resolver import QueryConfigResolver, relay_reply
+from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import Request, RequestHeader, Response

@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_route -*-
 """
-Tests for L{metaproxy.route}: node decoding that never echoes content, and
+Tests for L{metaproxy.routes.route}: node decoding that never echoes content, and
 the refusal of routes that point at the proxy itself.
 """
 
@@ -10,8 +10,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metaproxy.errors import InvalidRoute
-from metaproxy.route import MetaAddrs, Route, SelfAddresses, is_local_address
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses, is_local_address
+from metaproxy.routes.static import StaticRouteTable
 
 
 class FromJsonTests(SynchronousTestCase):

@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_sdnotify -*-
 """
-Tests for L{metaproxy.sdnotify}.
+Tests for L{metaproxy.ops.sdnotify}.
 """
 
 import os
@@ -11,7 +11,7 @@ import tempfile
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.sdnotify import NotifyService, notify, watchdog_interval
+from metaproxy.ops.sdnotify import NotifyService, notify, watchdog_interval
 
 
 def _short_socket_path(case):

@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_server -*-
 """
-Tests for L{metaproxy.server}: the server-side protocol over a fake
+Tests for L{metaproxy.frontend.server}: the server-side protocol over a fake
 transport, with the same cases for THFT header v0 and v1 (mixins).
 """
 
@@ -15,10 +15,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 
 from metaproxy.testing.transports import connect
-from metaproxy import server
-from metaproxy.dispatch import RpcDispatcher
+from metaproxy.frontend import server
+from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.interfaces import IRequestHandler
-from metaproxy.server import CLOSE_GRACE, PegasusServerFactory
+from metaproxy.frontend.server import CLOSE_GRACE, PegasusServerFactory
 from metaproxy.test.reference import samples
 from metaproxy.wire import codes, frame, querycfg
 from metaproxy.wire.binary import DecodeError

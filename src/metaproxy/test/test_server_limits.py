@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_server_limits -*-
 """
-Tests for the bounds of L{metaproxy.server} and L{metaproxy.flow}: write
+Tests for the bounds of L{metaproxy.frontend.server} and L{metaproxy.frontend.flow}: write
 backpressure, the total buffer budget, stalled frames, idle connections
 and the per-peer connection cap, over fake transports and a L{Clock}.
 """
@@ -15,10 +15,11 @@ from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
 from metaproxy.testing.transports import connect
-from metaproxy import flow, server
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.flow import BufferBudget, ReadGate, WriteBuffer
-from metaproxy.server import CLOSE_GRACE, PegasusServerFactory
+from metaproxy.frontend import flow
+from metaproxy.frontend import server
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.frontend.flow import BufferBudget, ReadGate, WriteBuffer
+from metaproxy.frontend.server import CLOSE_GRACE, PegasusServerFactory
 from metaproxy.wire import codes, frame, querycfg
 
 OK_BODY = querycfg.error_result(codes.ERR_OK)

@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_server_rdsn -*-
 """
-Tests for RDSN connections in L{metaproxy.server} and the per-connection
+Tests for RDSN connections in L{metaproxy.frontend.server} and the per-connection
 framing choice of L{metaproxy.wire.framing}: over fake transports, through
 the same dispatcher and resolver as THFT, and end to end over loopback with
 the harness (the C++ client's framing against simulated metas).
@@ -19,11 +19,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metaproxy.testing.transports import connect
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.resolver import QueryConfigResolver, relay_reply
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.server import PegasusServerFactory
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.frontend.resolver import QueryConfigResolver, relay_reply
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.frontend.server import PegasusServerFactory
+from metaproxy.routes.static import StaticRouteTable
 from metaproxy.test.test_resolver import _Pools, _Routes, _table_response
 from metaproxy.test.test_wire_rdsn import VECTOR, VECTOR_NOT_FOUND_REPLY
 from metaproxy.testing.harness import ProxyHarness, start_cluster, stop_all

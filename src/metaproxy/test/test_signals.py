@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_signals -*-
 """
-Tests for L{metaproxy.signals} (SIGHUP) and the process-level log
+Tests for L{metaproxy.ops.signals} (SIGHUP) and the process-level log
 behaviour of a real C{twistd metaproxy}: the start-up line, the level
 filter on twistd's own observer, SIGHUP survival, and a metrics scrape.
 """
@@ -20,9 +20,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, LogPublisher, capturedLogs, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy import logs
+from metaproxy.ops import logs
 from metaproxy.config import load_config
-from metaproxy.signals import HangupService, LogReloader
+from metaproxy.ops.signals import HangupService, LogReloader
 from metaproxy.test.test_logs import keep_logging_state
 from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 
@@ -49,7 +49,7 @@ class _LogState(SynchronousTestCase):
     def reload(self, path):
         with capturedLogs() as events:
             self.successResultOf(LogReloader(path, _now).reload())
-        return [(e["log_level"], formatEvent(e)) for e in events if e.get("log_namespace") == "metaproxy.signals"]
+        return [(e["log_level"], formatEvent(e)) for e in events if e.get("log_namespace") == "metaproxy.ops.signals"]
 
 
 class LevelReloadTests(_LogState):
@@ -74,7 +74,7 @@ class LevelReloadTests(_LogState):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.successResultOf(LogReloader(path, _now).reload())
         self.assertEqual(logs.current_level(), LogLevel.warn)
-        self.assertIn("<6>[metaproxy.signals] SIGHUP: no log file to reopen; logging.level info -> warn\n",
+        self.assertIn("<6>[metaproxy.ops.signals] SIGHUP: no log file to reopen; logging.level info -> warn\n",
                       out.getvalue())
 
     def test_invalid_file_keeps_the_level(self):
@@ -105,7 +105,7 @@ class LevelReloadTests(_LogState):
 
         with capturedLogs() as events:
             self.successResultOf(LogReloader("x.yaml", _now, read_config=broken).reload())
-        [text] = [formatEvent(e) for e in events if e.get("log_namespace") == "metaproxy.signals"]
+        [text] = [formatEvent(e) for e in events if e.get("log_namespace") == "metaproxy.ops.signals"]
         self.assertIn("RecursionError: too deep", text)
 
     def test_stdlib_bridge_follows(self):

@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IClusterPools, IMetaCluster
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim import tap
 from metaproxy.testing.net import twistd_argv
 from metaproxy.sim.model import SimModel, select_partitions

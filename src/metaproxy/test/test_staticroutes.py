@@ -1,5 +1,5 @@
 """
-Tests for L{metaproxy.staticroutes}.
+Tests for L{metaproxy.routes.static}.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -7,8 +7,8 @@ from zope.interface.verify import verifyObject
 
 from metaproxy.errors import TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.route import MetaAddrs, Route
-from metaproxy.staticroutes import StaticRouteTable
+from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.static import StaticRouteTable
 
 A = MetaAddrs.parse("127.0.0.1:34601, 127.0.0.1:34602")
 B = MetaAddrs.parse("127.0.0.1:34701")

@@ -118,7 +118,7 @@ class MakeServiceTests(SynchronousTestCase):
         """makeService applies the config's logging level before building the tree."""
         from twisted.logger import LogLevel
 
-        from metaproxy import logs
+        from metaproxy.ops import logs
 
         path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\nlogging: {level: error}\n")
         options = tap.Options()

@@ -1,8 +1,8 @@
 # -*- test-case-name: metaproxy.test.test_upgrade -*-
 """
-Tests for the hot upgrade: the hand-over channel (L{metaproxy.handover}),
-the server's hooks, the old process (L{metaproxy.upgrade}) and the new
-one (L{metaproxy.takeover}), down to real processes under client load.
+Tests for the hot upgrade: the hand-over channel (L{metaproxy.ops.handover}),
+the server's hooks, the old process (L{metaproxy.ops.upgrade}) and the new
+one (L{metaproxy.ops.takeover}), down to real processes under client load.
 """
 
 import os
@@ -14,17 +14,17 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metaproxy import handover
+from metaproxy.ops import handover
 from metaproxy.app import build_service
 from metaproxy.config import parse_config
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.sdnotify import NotifyService
-from metaproxy.server import PegasusServerFactory
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.ops.sdnotify import NotifyService
+from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.testing.harness import start_cluster, stop_all
 from metaproxy.testing.pegasus_client import connect_client
 from metaproxy.testing.proxyproc import config_text, pid_alive
 from metaproxy.testing.upgrade_run import UpgradeRun
-from metaproxy.upgrade import Upgrader, successor_command, successor_environ
+from metaproxy.ops.upgrade import Upgrader, successor_command, successor_environ
 from metaproxy.wire import codes, frame, querycfg
 
 
@@ -213,7 +213,7 @@ def _connect(factory):
 
 
 class ServerHookTests(SynchronousTestCase):
-    """The hooks of L{metaproxy.server.PegasusServerProtocol} a hand-over uses."""
+    """The hooks of L{metaproxy.frontend.server.PegasusServerProtocol} a hand-over uses."""
 
     def setUp(self):
         self.answers = []
@@ -393,7 +393,7 @@ class WiringTests(SynchronousTestCase):
 
     def test_takeover_only_when_started_by_an_upgrade(self):
         """The successor side exists only with METAPROXY_HANDOVER_FD, which it takes out of the environment."""
-        from metaproxy.takeover import HandedOverEndpoint, Takeover
+        from metaproxy.ops.takeover import HandedOverEndpoint, Takeover
 
         self.assertIsNone(Takeover.from_environ(MemoryReactorClock(), {}))
         env = {handover.ENV_FD: "7"}
@@ -426,7 +426,7 @@ class TakeoverInProcessTests(TestCase):
         it, answers the completed query, accepts new clients on the
         adopted port and says switched after done.
         """
-        from metaproxy.takeover import Takeover
+        from metaproxy.ops.takeover import Takeover
 
         cluster = start_cluster(reactor, "a", {"temp": 8})
         self.addCleanup(stop_all, cluster)

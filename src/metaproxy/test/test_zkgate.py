@@ -1,6 +1,6 @@
 # -*- test-case-name: metaproxy.test.test_zkgate -*-
 """
-Tests for the reactor side of L{metaproxy.zk} and L{metaproxy.zkroutes}
+Tests for the reactor side of L{metaproxy.routes.zkbridge} and L{metaproxy.routes.zookeeper}
 with fakes (no ZooKeeper, no threads, a fake clock): the gate in front of
 kazoo, failing fast while disconnected, waiter cancellation, the error
 state, last-known-good on bad data, positional parse errors and quiet,
@@ -18,11 +18,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
-from metaproxy.route import MetaAddrs, Route, SelfAddresses
-from metaproxy.zk import (
+from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
+from metaproxy.routes.zkbridge import (
     CONNECTED, LOST, SUSPENDED, OneAtATime, TxZooKeeper, ZooKeeperUnavailable, failure_reason,
 )
-from metaproxy.zkroutes import ZooKeeperRouteTable, route_changes
+from metaproxy.routes.zookeeper import ZooKeeperRouteTable, route_changes
 
 
 def node(cluster, addrs):
@@ -127,7 +127,7 @@ class GateTests(SynchronousTestCase):
         self.zk.reason = "Connection dropped: socket connection error: Connection refused"
         self.kazoo.listener(KazooState.SUSPENDED)
         self.clock.pump([10, 10, 5])
-        lines = [e for e in self.log if e.get("log_namespace") == "metaproxy.zk"]
+        lines = [e for e in self.log if e.get("log_namespace") == "metaproxy.routes.zkbridge"]
         texts = [e["log_format"].format(**e) for e in lines]
         self.assertEqual(texts[0], "zookeeper CONNECTED (session 42)")
         self.assertIn("zookeeper SUSPENDED: Connection dropped: socket connection error: Connection refused",
@@ -432,7 +432,7 @@ class RouteTableFakeTests(SynchronousTestCase):
 
     def test_metrics(self):
         """The route cache's states (stale and error included), reads in flight and watches are exported."""
-        from metaproxy.metrics import Metrics
+        from metaproxy.ops.metrics import Metrics
 
         metrics = Metrics()
         metrics.watch_route_table(self.routes)

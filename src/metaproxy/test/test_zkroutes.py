@@ -1,5 +1,5 @@
 """
-Tests for L{metaproxy.zkroutes} and L{metaproxy.zk} against a real
+Tests for L{metaproxy.routes.zookeeper} and L{metaproxy.routes.zkbridge} against a real
 ZooKeeper server (Debian's jar on 127.0.0.1, a free port).
 """
 
@@ -17,9 +17,9 @@ from zope.interface.verify import verifyObject
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.route import MetaAddrs, Route
+from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.testing.zookeeper import ZooKeeperServer, quiet_client, shared_server
-from metaproxy.zkroutes import ZooKeeperRouteTable, valid_table_name
+from metaproxy.routes.zookeeper import ZooKeeperRouteTable, valid_table_name
 
 _roots = itertools.count()
 
@@ -291,7 +291,7 @@ class HealthTests(_ZKBase):
     @defer.inlineCallbacks
     def test_missing_root_makes_readyz_false_with_cause(self):
         """A zookeeper.root that does not exist: /readyz 503 naming it, a retryable error; creating it heals."""
-        from metaproxy.admin import build_admin_root
+        from metaproxy.ops.admin import build_admin_root
         from metaproxy.test.test_admin import _get
 
         routes = ZooKeeperRouteTable([self.server.hosts], self.root + "/typo", reactor, read_timeout=3.0)

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IClusterPools, IMetaCluster
-from metaproxy.route import MetaAddrs
+from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.model import SimModel
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Response

@@ -9,11 +9,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from metaproxy.backend.pools import ClusterPools
-from metaproxy.dispatch import RpcDispatcher
-from metaproxy.lifecycle import DrainingServerService, OrderedMultiService
-from metaproxy.metrics import Metrics
-from metaproxy.resolver import QueryConfigResolver
-from metaproxy.server import PegasusServerFactory
+from metaproxy.frontend.dispatch import RpcDispatcher
+from metaproxy.ops.lifecycle import DrainingServerService, OrderedMultiService
+from metaproxy.ops.metrics import Metrics
+from metaproxy.frontend.resolver import QueryConfigResolver
+from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.sim.model import SimModel
 from metaproxy.sim.server import SimulatedCluster
 from metaproxy.testing.pegasus_client import connect_client

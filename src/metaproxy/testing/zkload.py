@@ -25,7 +25,7 @@ import urllib.request
 
 from twisted.internet import defer, task, threads
 
-from metaproxy.route import Route, MetaAddrs
+from metaproxy.routes.route import Route, MetaAddrs
 from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 from metaproxy.testing.pegasus_client import connect_client
 from metaproxy.testing.zookeeper import ZooKeeperServer, four_letter, quiet_client

@@ -417,7 +417,7 @@ class RdsnFramer:
 
     The body is the reply's L{native_body<metaproxy.wire.frame.Reply>} when
     it has one: query_cfg answers relayed from a meta keep their C{hp_*}
-    fields for C++ clients (see L{metaproxy.resolver.relay_reply}).
+    fields for C++ clients (see L{metaproxy.frontend.resolver.relay_reply}).
 
     @ivar from_address: the rpc_address value written in every reply.
     """

@@ -44,9 +44,9 @@ from zope.interface import implementer
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.route import Route
-from metaproxy.zk import CONNECTED, OneAtATime, TxZooKeeper, failure_reason
-from metaproxy.zklisting import RootListing
+from metaproxy.routes.route import Route
+from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, TxZooKeeper, failure_reason
+from metaproxy.routes.zklisting import RootListing
 
 log = Logger()
 
@@ -179,7 +179,7 @@ class ZooKeeperRouteTable(Service):
         @param zk: a L{TxZooKeeper} to use instead of building one.
         @param max_reads_inflight: ZooKeeper reads in flight at once.
         @param max_waiting: lookups that may wait for the root's listing.
-        @param self_addresses: a L{metaproxy.route.SelfAddresses}: routes
+        @param self_addresses: a L{metaproxy.routes.route.SelfAddresses}: routes
             naming one of them fail with L{InvalidRoute}.
         """
         self._reactor = reactor

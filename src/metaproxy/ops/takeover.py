@@ -1,7 +1,7 @@
 # -*- test-case-name: metaproxy.test.test_upgrade -*-
 """
 Hot upgrade, new process: take the listeners and the client connections
-over from the old process (see L{metaproxy.upgrade} for the sequence).
+over from the old process (see L{metaproxy.ops.upgrade} for the sequence).
 
 The process finds the hand-over channel on the descriptor named by
 C{METAPROXY_HANDOVER_FD}. Its client and admin services listen on the
@@ -21,8 +21,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from metaproxy.handover import ENV_FD, Capture, HandoverChannel, adopt_channel
-from metaproxy.lifecycle import fatal_stop
+from metaproxy.ops.handover import ENV_FD, Capture, HandoverChannel, adopt_channel
+from metaproxy.ops.lifecycle import fatal_stop
 
 log = Logger()
 

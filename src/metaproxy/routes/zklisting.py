@@ -12,7 +12,7 @@ the owner is told so it can report itself not ready.
 from kazoo.exceptions import NoNodeError
 from twisted.logger import Logger
 
-from metaproxy.zk import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
+from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
 
 log = Logger()
 
@@ -28,7 +28,7 @@ class RootListing:
 
     def __init__(self, zk, root, reactor, watch, on_change, watched, retry_delay=1.0):
         """
-        @param zk: a L{metaproxy.zk.TxZooKeeper}.
+        @param zk: a L{metaproxy.routes.zkbridge.TxZooKeeper}.
         @param watch: the watch function to arm (events for C{root} must
             reach L{refresh}).
         @param on_change: C{on_change(problem)} after each listing outcome:

@@ -20,8 +20,8 @@ class StaticRouteTable(Service):
 
     def __init__(self, routes, self_addresses=None):
         """
-        @param routes: a mapping of table name -> L{metaproxy.route.Route}.
-        @param self_addresses: a L{metaproxy.route.SelfAddresses}: routes
+        @param routes: a mapping of table name -> L{metaproxy.routes.route.Route}.
+        @param self_addresses: a L{metaproxy.routes.route.SelfAddresses}: routes
             naming one of them fail with L{InvalidRoute}.
         """
         self._routes = dict(routes)

@@ -126,7 +126,7 @@ class QueryConfigResolver:
     @ivar margin_min: the least safety margin, in seconds
         (C{timeouts.margin_min}).
     @ivar max_upstream: at most this many upstream queries in flight.
-    @ivar metrics: an object with the hooks of L{metaproxy.metrics.Metrics},
+    @ivar metrics: an object with the hooks of L{metaproxy.ops.metrics.Metrics},
         or L{None}.
     @ivar timer: returns the current time in seconds, for latency metrics.
     @ivar refused_upstream: requests answered at once because

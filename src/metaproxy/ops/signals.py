@@ -21,7 +21,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from metaproxy import logs
+from metaproxy.ops import logs
 from metaproxy.config import ConfigError, load_config
 
 log = Logger()

@@ -12,7 +12,7 @@ fine: every client matches replies by seqid). It never lets a handler's
 exception reach the reactor, and it closes a connection whose stream it can
 no longer parse, as a real meta server does.
 
-What one client can make it hold is bounded (see L{metaproxy.flow}): a
+What one client can make it hold is bounded (see L{metaproxy.frontend.flow}): a
 connection is not read while it has too many requests unanswered or too
 many reply bytes unsent, or while all connections together hold too many
 bytes; a request frame that stays incomplete too long closes its
@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from metaproxy.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
+from metaproxy.frontend.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply
@@ -106,7 +106,7 @@ class PegasusServerProtocol(Protocol):
     One client connection.
 
     Requests are answered as their handlers finish, in any order. The
-    connection is not read (see L{metaproxy.flow.ReadGate}) while it has
+    connection is not read (see L{metaproxy.frontend.flow.ReadGate}) while it has
     C{max_pending_per_connection} requests unanswered, while more than
     C{max_buffered_bytes_per_connection} of its reply bytes are unsent,
     or while the factory's L{BufferBudget} is over its total and this
@@ -330,7 +330,7 @@ class PegasusServerProtocol(Protocol):
         """@return: how many of this connection's requests are unanswered."""
         return len(self._pending)
 
-    # -- bounded buffers (see metaproxy.flow)
+    # -- bounded buffers (see metaproxy.frontend.flow)
 
     def _account_in(self):
         """Tell the budget how many bytes of an incomplete frame are held now."""
@@ -449,7 +449,7 @@ class PegasusServerProtocol(Protocol):
         self._close_when_answered()
 
 
-    # -- hot upgrade hooks (metaproxy.upgrade sends, metaproxy.takeover adopts)
+    # -- hot upgrade hooks (metaproxy.ops.upgrade sends, metaproxy.ops.takeover adopts)
 
     def hold_for_handover(self):
         """

@@ -9,7 +9,7 @@ installed code again and hand it the listeners and every client connection.
     serving.
  2. A fresh C{exec} of the same command line (same interpreter, same
     twistd arguments, so the current config file) is started with one end
-    of a Unix socket pair as its fd 3 (L{metaproxy.handover.ENV_FD}).
+    of a Unix socket pair as its fd 3 (L{metaproxy.ops.handover.ENV_FD}).
  3. It builds its services and, once its route source is ready, says
     C{ready}. Only then does this process stop accepting and send the
     listening sockets (clients, admin HTTP), then every client connection
@@ -38,7 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from metaproxy.config import ConfigError, load_config
-from metaproxy.handover import ENV_FD, HandoverChannel, adopt_channel
+from metaproxy.ops.handover import ENV_FD, HandoverChannel, adopt_channel
 
 log = Logger()
 
@@ -272,7 +272,7 @@ def attach_hot_upgrade(top, reactor, config_path, takeover=None):
     Give a built service tree its hot upgrade: an L{Upgrader} (SIGUSR2,
     installed when the global reactor runs) as C{top.upgrader}; when this
     process is itself a successor, C{takeover} (a
-    L{metaproxy.takeover.Takeover}) is attached too. Adds the metric
+    L{metaproxy.ops.takeover.Takeover}) is attached too. Adds the metric
     C{metaproxy_handover_connections_total{direction=sent|received}}.
     """
     from twisted.internet import reactor as global_reactor

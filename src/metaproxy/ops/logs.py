@@ -2,10 +2,10 @@
 """
 Logging for metaproxy, all through L{twisted.logger}.
 
- - C{twistd --logger=metaproxy.logs.journal_text}: plain text on stdout with
+ - C{twistd --logger=metaproxy.ops.logs.journal_text}: plain text on stdout with
    journald priority prefixes (C{<6>} info, C{<4>} warn, C{<3>} error), no
    timestamps (journald adds them). The systemd unit uses it.
- - C{twistd --logger=metaproxy.logs.json_lines}: one JSON object per line,
+ - C{twistd --logger=metaproxy.ops.logs.json_lines}: one JSON object per line,
    with the rendered message in C{"msg"}.
  - L{configure_logging} applies the config's C{logging:} section: a minimum
    level, and optionally a file with size rotation and retention.
@@ -14,7 +14,7 @@ Logging for metaproxy, all through L{twisted.logger}.
    metaproxy did not make (twistd's default one), so C{logging.level}
    applies to every output.
  - L{set_level} and L{reopen_file} are what SIGHUP uses
-   (L{metaproxy.signals}).
+   (L{metaproxy.ops.signals}).
 """
 
 import json
@@ -105,7 +105,7 @@ def filter_foreign_observers(publisher=globalLogPublisher):
     """
     Put C{logging.level} in front of every observer of C{publisher} that
     metaproxy did not make, e.g. twistd's default text observer (twistd
-    builds it itself; C{--logger=metaproxy.logs.journal_text} and
+    builds it itself; C{--logger=metaproxy.ops.logs.journal_text} and
     C{json_lines} filter on their own). Call it once logging has begun.
 
     @return: how many observers were wrapped.
