@@ -123,7 +123,10 @@ class Query:
 
     def _busy(self):
         """@return: the keys with an attempt in flight."""
-        return {key for key, _, _ in self.attempts.values()}
+        attempts = self.attempts
+        if not attempts:
+            return set()
+        return {key for key, _, _ in attempts.values()}
 
     def _answered(self, response, key, started, token):
         self._pop(key, token)
