@@ -107,7 +107,9 @@ class Query:
         conn = cluster._connection(key)
         self.asked.add(key)
         started = cluster.reactor.seconds()
-        d = conn.call(querycfg.QUERY_CFG, self.args, max(self._left(), 0.0), int(max(self._left(), 0.0) * 1000))
+        # No per-call timer: the query's deadline timer cancels every
+        # attempt still in flight (L{_finish}) at the same instant.
+        d = conn.call(querycfg.QUERY_CFG, self.args, None, int(max(self._left(), 0.0) * 1000))
         if d.called:  # failed (or answered) at once: no need to keep it
             d.addCallbacks(self._answered, self._failed, (key, started, None), errbackArgs=(key, started, None))
             return
@@ -121,7 +123,10 @@ class Query:
 
     def _busy(self):
         """@return: the keys with an attempt in flight."""
-        return {key for key, _, _ in self.attempts.values()}
+        attempts = self.attempts
+        if not attempts:
+            return set()
+        return {key for key, _, _ in attempts.values()}
 
     def _answered(self, response, key, started, token):
         self._pop(key, token)

@@ -84,6 +84,7 @@ class _Waiter:
 
     table: str
     deadline_at: float
+    started: float = 0.0
     answer: Optional[defer.Deferred] = None
     timer: object = None
     lookup: Optional[defer.Deferred] = None
@@ -187,24 +188,25 @@ class QueryConfigResolver:
         metrics = self.metrics
         if metrics is not None:
             metrics.query_received(query.app_name)
-        waiter = _Waiter(query.app_name, clock.seconds() + budget)
+        waiter = _Waiter(query.app_name, clock.seconds() + budget, started)
         d = waiter.answer = defer.Deferred(lambda _: self._cancelled(waiter))
         waiter.timer = clock.callLater(budget, self._expired, waiter)
         lookup = self.routes.lookup(query.app_name)
         if not lookup.called:
             waiter.lookup = lookup
         lookup.addCallbacks(self._routed, self._lookup_failed, (waiter, query), errbackArgs=(waiter,))
-        if metrics is not None:
-            d.addCallback(self._observe, query.app_name, started)
         return d
 
-    def _observe(self, reply, table, started):
-        if reply.rpc_error != codes.ERR_OK:
-            err = reply.rpc_error
-        else:
-            err = reply.app_error or codes.ERR_OK
-        self.metrics.query_answered(table, err, self.timer() - started)
-        return reply
+    def _reply(self, waiter, reply):
+        """Fire the request's Deferred with C{reply}, recorded first in the metrics."""
+        metrics = self.metrics
+        if metrics is not None:
+            if reply.rpc_error != codes.ERR_OK:
+                err = reply.rpc_error
+            else:
+                err = reply.app_error or codes.ERR_OK
+            metrics.query_answered(waiter.table, err, self.timer() - waiter.started)
+        waiter.answer.callback(reply)
 
     # -- one request's life
 
@@ -215,7 +217,7 @@ class QueryConfigResolver:
         timer, waiter.timer = waiter.timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        waiter.answer.callback(reply)
+        self._reply(waiter, reply)
 
     def _detach(self, waiter):
         """Stop waiting on the route lookup or the batch (the request is answered otherwise)."""
@@ -235,7 +237,7 @@ class QueryConfigResolver:
         if waiter.done:
             return
         self._detach(waiter)
-        waiter.answer.callback(_RETRY_LATER)
+        self._reply(waiter, _RETRY_LATER)
 
     def _cancelled(self, waiter):
         if not waiter.done:
@@ -296,7 +298,11 @@ class QueryConfigResolver:
         if self.metrics is not None:
             self.metrics.upstream_query(table)
         # The query may run as long as its most patient waiter.
-        timeout = max(w.deadline_at for w in batch.waiters) - self.clock.seconds()
+        waiters = batch.waiters
+        if len(waiters) == 1:
+            timeout = waiters[0].deadline_at - self.clock.seconds()
+        else:
+            timeout = max(w.deadline_at for w in waiters) - self.clock.seconds()
         try:
             cluster = self.pools.get(meta_addrs, self._flights[key].cluster_name)
             upstream = cluster.query_config(table, indices, max(timeout, 0.0))

@@ -56,7 +56,7 @@ def parse_host_port(text):
     return host.lower(), int(port)
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class MetaAddrs:
     """
     A normalised set of meta server addresses: sorted, de-duplicated,
