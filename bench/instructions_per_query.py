@@ -25,8 +25,8 @@ from twisted.internet import defer, task
 
 @defer.inlineCallbacks
 def run(reactor, n):
-    from metaproxy.route import MetaAddrs, Route
-    from metaproxy.staticroutes import StaticRouteTable
+    from metaproxy.routes.route import MetaAddrs, Route
+    from metaproxy.routes.static import StaticRouteTable
     from metaproxy.testing.harness import ProxyHarness, start_cluster
 
     cluster = start_cluster(reactor, "a", {"temp": 8}, host_ports=False)
