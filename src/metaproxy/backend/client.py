@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from metaproxy.frontend.sendnow import send_now
+from metaproxy.transport import send_now, set_nodelay
 from metaproxy.wire import frame
 
 log = Logger()
@@ -100,12 +100,7 @@ class MetaClientProtocol(Protocol):
         """Disable Nagle (requests are small and latency-bound) and accept calls."""
         self._decoder = frame.ResponseDecoder(self.max_frame_bytes)
         self._open = True
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
+        set_nodelay(self.transport)
 
     def unwrapped(self):
         """

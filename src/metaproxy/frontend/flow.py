@@ -20,7 +20,7 @@ and all clients together, can make metaproxy hold.
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from metaproxy.frontend.sendnow import send_now
+from metaproxy.transport import send_now
 
 #: Reasons a connection is not read.
 PENDING = "pending"  # too many of its requests are unanswered

@@ -38,6 +38,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from metaproxy.frontend.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
+from metaproxy.transport import set_nodelay
 from metaproxy.wire import codes
 from metaproxy.wire.binary import DecodeError
 from metaproxy.wire.frame import FramingError, Reply
@@ -156,12 +157,7 @@ class PegasusServerProtocol(Protocol):
         self._out = WriteBuffer(
             self.transport, self._gate, factory.budget, factory.max_buffered_bytes_per_connection
         )
-        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_nodelay is not None:
-            try:
-                set_nodelay(True)
-            except OSError:
-                pass
+        set_nodelay(self.transport)
         self._arm_idle()
 
     def connectionLost(self, reason):

@@ -1,5 +1,5 @@
 """
-Tests for L{metaproxy.frontend.sendnow}: writing at once keeps the promise of
+Tests for L{metaproxy.transport}: writing at once keeps the promise of
 C{transport.write} (every byte, in order) on real loopback TCP and on other
 transports.
 """
@@ -10,7 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from metaproxy.frontend.sendnow import send_now
+from metaproxy.transport import send_now
 
 
 class _Collect(Protocol):

@@ -1,6 +1,8 @@
-# -*- test-case-name: metaproxy.test.test_sendnow -*-
+# -*- test-case-name: metaproxy.test.test_transport -*-
 """
-Send a small reply at once instead of through Twisted's write buffer.
+TCP transport helpers shared by the client side (L{metaproxy.frontend}) and
+the meta side (L{metaproxy.backend}): disable Nagle, and send a small frame
+at once instead of through Twisted's write buffer.
 
 C{transport.write} on a TCP connection only appends to a buffer and asks the
 reactor for a writable event; the bytes leave on the next reactor iteration,
@@ -50,3 +52,18 @@ def send_now(transport, data):
             return
         data = data[sent:]
     transport.write(data)
+
+
+def set_nodelay(transport):
+    """
+    Disable Nagle's algorithm on C{transport} if it is a TCP connection:
+    query_cfg frames are small and latency-bound. Transports without
+    C{setTcpNoDelay} (tests, UNIX sockets) and a socket that refuses are
+    left as they are.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
