@@ -454,3 +454,56 @@ class ScrapeTests(TestCase):
             f"{len(missing)} of {len(wanted)} metric names used by the dashboard or the rules are not in a "
             "scrape of the demo:\n" + "\n".join(f"  {n}  (used by {', '.join(wanted[n])})" for n in missing),
         )
+
+
+def _git(source, *args):
+    """@return: git's output for C{args} in C{source}; skip when it is not a git checkout."""
+    git = shutil.which("git")
+    if git is None:
+        raise SkipTest("git is not installed")
+    rc, out = _run([git, "-C", source, *args])
+    if rc != 0:
+        raise SkipTest(f"{source} is not a git checkout: {out.strip()[-200:]}")
+    return out.strip()
+
+
+class VersionTests(SynchronousTestCase):
+    """Every build says which commit it is (setuptools-scm)."""
+
+    def test_installed_version_names_the_commit(self):
+        """metaproxy installed from a checkout reports that checkout's commit (C{...+g<hash>})."""
+        import metaproxy
+        from metaproxy import __version__
+
+        source = source_dir()
+        if os.path.abspath(metaproxy.__file__).startswith(os.path.join(source, "")):
+            raise SkipTest("metaproxy is imported from the source tree, not installed from it")
+        if "+g" not in __version__:
+            raise SkipTest(f"metaproxy is not installed from a git checkout here (version {__version__})")
+        head = _git(source, "rev-parse", "HEAD")
+        local = __version__.split("+g", 1)[1].split(".", 1)[0]
+        self.assertTrue(len(local) >= 7 and head.startswith(local), (__version__, head))
+
+    def test_git_archive_builds_with_the_commit_in_its_version(self):
+        """A wheel built from C{git archive HEAD} (no .git) carries HEAD's abbreviated hash in its version."""
+        source = source_dir()
+        head = _git(source, "rev-parse", "HEAD")
+        work = tempfile.mkdtemp(prefix="mp-archive-")
+        self.addCleanup(shutil.rmtree, work, True)
+        tree = os.path.join(work, "tree")
+        os.mkdir(tree)
+        archive = os.path.join(work, "head.tar")
+        _git(source, "archive", "-o", archive, "HEAD")
+        rc, out = _run(["tar", "-xf", archive, "-C", tree])
+        self.assertEqual(rc, 0, out)
+        self.assertFalse(os.path.exists(os.path.join(tree, ".git")))
+        rc, out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", os.path.join(work, "out"), tree],
+                       timeout=300)
+        if rc != 0 and "No module named pip" in out:
+            raise SkipTest(f"{sys.executable} has no pip")
+        if rc != 0 and "satisfies the requirement setuptools" in out:
+            raise SkipTest(f"pip cannot fetch the build requirements (offline?): {out[-500:]}")
+        self.assertEqual(rc, 0, out)
+        [wheel] = os.listdir(os.path.join(work, "out"))
+        version = wheel.split("-")[1]
+        self.assertIn(f"+g{head[:7]}", version)

@@ -317,7 +317,7 @@ class TwistdProcessTests(SynchronousTestCase):
         output = _stop(self, proc)
         self.assertRegex(
             output,
-            rf"metaproxy {__version__} \(\w+ [\d.]+, Twisted [\w.]+\) starting: routes from static routes \(1 tables\); "
+            rf"metaproxy {re.escape(__version__)} \(\w+ [\d.]+, Twisted [\w.]+\) starting: routes from static routes \(1 tables\); "
             rf"clients on tcp:{port}:interface=127.0.0.1; admin on tcp:{admin}:interface=127.0.0.1; "
             r"metrics: prometheus \(/metrics on the admin listener\)",
         )
