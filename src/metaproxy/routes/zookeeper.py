@@ -166,6 +166,7 @@ class ZooKeeperRouteTable(Service):
         max_reads_inflight=32,
         max_waiting=10000,
         self_addresses=None,
+        auth=None,
     ):
         """
         @param hosts: ZooKeeper C{"host:port"} strings.
@@ -181,6 +182,8 @@ class ZooKeeperRouteTable(Service):
         @param max_waiting: lookups that may wait for the root's listing.
         @param self_addresses: a L{metaproxy.routes.route.SelfAddresses}: routes
             naming one of them fail with L{InvalidRoute}.
+        @param auth: the L{metaproxy.routes.zkauth.ZooKeeperAuth} to read
+            with, or L{None} (no credential).
         """
         self._reactor = reactor
         self.root = "/" + root.strip().strip("/")
@@ -190,7 +193,9 @@ class ZooKeeperRouteTable(Service):
         self.max_waiting = max_waiting
         self.self_addresses = self_addresses
         self._random = random
-        self._zk = zk or TxZooKeeper(hosts, reactor, session_timeout, max_suspended, max_inflight=max_reads_inflight)
+        self._zk = zk or TxZooKeeper(
+            hosts, reactor, session_timeout, max_suspended, max_inflight=max_reads_inflight, auth=auth
+        )
         self._zk.add_state_listener(self._on_state)
         self._watch = self._zk.watcher(self._on_event)
         self._watched = set()
