@@ -253,13 +253,15 @@ class ZooKeeperRouteTable(Service):
         return len(self._watched)
 
     def is_ready(self):
-        """@return: L{True} once a ZooKeeper session was established, unless C{root} is missing."""
-        return self._ever_connected and not self._listing.missing
+        """@return: L{True} once a ZooKeeper session was established, unless C{root} is missing or may not be listed."""
+        return self._ever_connected and not self._listing.missing and self._listing.refused is None
 
     def unready_reason(self):
         """@return: why L{is_ready} is false (a L{str}), or L{None}."""
         if self._listing.missing:
             return self._listing.missing_text()
+        if self._listing.refused is not None:
+            return self._listing.refused
         if not self._ever_connected:
             why = f": {self._zk.reason}" if self._zk.reason else ""
             return f"no ZooKeeper session yet ({self._zk.state}{why})"

@@ -235,3 +235,41 @@ class ProxyReadsTests(SecuredTreeTestCase):
         self.assertIn('"cluster_name": "beta"', routes)
         self.assertNoSecret(routes, proxy.output())
         self.assertIn("digest as proxy", proxy.output())
+
+    def test_wrong_credential_is_not_ready_and_says_why(self):
+        """
+        A metaproxy whose credential the ACL does not admit is not ready,
+        /readyz names NoAuth, a query gets an error (no hang), and the
+        refusal is logged once, without the password.
+        """
+        self.assertEqual(self.set_route("temp", "alpha", "127.0.0.1:1", "--zk-credential-file",
+                                        self.operator_file).returncode, 0)
+        self.proxy_file = self.secret_file("wrong", "proxy:not-the-password")
+        port, admin_port = free_port(), free_port()
+        config = self.write_config(
+            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n",
+            "wrong.yaml",
+        )
+        workdir = os.path.join(self.dir, "wrong-run")
+        os.makedirs(workdir)
+        proxy = start_metaproxy(workdir, config, port)
+        self.addCleanup(proxy.stop)
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=10)
+                body = "ready"
+            except urllib.error.HTTPError as e:
+                body = e.read().decode()
+            if "NoAuth" in body:
+                break
+            self.assertLess(time.monotonic(), deadline, body)
+            time.sleep(0.2)
+        answer = run_cli("resolve", "temp", "--via", f"127.0.0.1:{port}", "--timeout", "5")
+        self.assertNotEqual(answer.returncode, 0)
+        time.sleep(2.5)  # two more retries of the listing: still one log line
+        self.assertEqual(proxy.output().count("refused: not allowed by the node's ACL (NoAuth)"), 1, proxy.output())
+        self.assertNotIn("not-the-password", proxy.output() + body)
