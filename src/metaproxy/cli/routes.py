@@ -181,6 +181,7 @@ def write_route(store, table, node, route, args, out):
         return 0
     if node is None:
         refuse_world_writable(store, args, out)
+        warn_world_writable(store, None, out)
     else:
         warn_world_writable(store, table, out)
     if args.dry_run:
@@ -213,13 +214,13 @@ def refuse_world_writable(store, args, out):
 
 
 def warn_world_writable(store, table, out):
-    """Print a warning when C{table}'s existing node may be changed by anyone."""
-    acls = store.acl(table)
-    letters = world_writable(acls)
-    if letters:
-        entries = ", ".join(describe_acl_entry(a) for a in acls)
-        out.write(f"warning: {store.path(table)} is world-writable ({entries}); see docs/security.rst to "
-                  "restrict it\n")
+    """Print a warning for each of the root and C{table}'s node that anyone may change."""
+    for name in dict.fromkeys((None, table)):
+        acls = store.acl(name)
+        if world_writable(acls):
+            entries = ", ".join(describe_acl_entry(a) for a in acls)
+            path = store.root if name is None else store.path(name)
+            out.write(f"warning: {path} is world-writable ({entries}); see docs/security.rst to restrict it\n")
 
 
 def run_set(args, out):

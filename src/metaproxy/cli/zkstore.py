@@ -257,10 +257,11 @@ class RouteStore:
 
     # -- ACLs
 
-    def acl(self, table):
-        """@return: the ACL (kazoo L{ACL}s) of C{table}'s node, or C{[]} when it has none."""
+    def acl(self, table=None):
+        """@return: the ACL (kazoo L{ACL}s) of C{table}'s node (the root's for L{None}), or C{[]} when it has none."""
+        path = self.root if table is None else self.path(table)
         try:
-            acls, _ = self._wait(self.client.get_acls_async(self.path(table)), f"the ACL of {self.path(table)}")
+            acls, _ = self._wait(self.client.get_acls_async(path), f"the ACL of {path}")
         except NoNodeError:
             return []
         return acls

@@ -10,17 +10,18 @@ certificate.
 import base64
 import http.client
 import os
+import socket
 import ssl
 import time
 
 import bcrypt
-from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from metaproxy.config import ConfigError, parse_config
-from metaproxy.ops.admin import build_admin_root
+from metaproxy.ops.admin import build_admin_root, build_admin_site
 from metaproxy.ops.adminauth import BasicAuthChecker, GuardedRoot, TooBusy, guard_root
 from metaproxy.ops.admintls import split_tls
 from metaproxy.test.test_admin import _Routes
@@ -276,3 +277,53 @@ class TlsProcessTests(SynchronousTestCase):
             plain.request("GET", "/healthz")
             plain.getresponse()
         self.assertNotIn("scrape-pw", proxy.output())
+
+
+class TlsFactoryTests(TestCase):
+    """The TLS admin factory on a real loopback socket, in this process."""
+
+    def serve(self, idle_timeout=30.0):
+        """Adopt a listening socket with the TLS admin site, as a hot upgrade's new process does."""
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        self.cert, key = self_signed(workdir)
+        tcp, context = split_tls(f"ssl:0:interface=127.0.0.1:certKey={self.cert}:privateKey={key}")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        sock.setblocking(False)
+        site = build_admin_site(build_admin_root(_Routes(), lambda: True), reactor, idle_timeout=idle_timeout,
+                                tls=context)
+        port = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
+        self.port_number = sock.getsockname()[1]
+        sock.close()  # the reactor holds its own duplicate
+        self.addCleanup(port.stopListening)
+
+    def test_adopted_socket_serves_tls(self):
+        """A listening socket adopted with the admin factory serves HTTPS (the hot upgrade's path)."""
+        self.serve()
+        context = ssl.create_default_context(cafile=self.cert)
+
+        def fetch():
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port_number, context=context, timeout=10)
+            try:
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                return response.status, response.read()
+            finally:
+                conn.close()
+
+        return threads.deferToThread(fetch).addCallback(self.assertEqual, (200, b"ok\n"))
+
+    def test_silent_client_is_closed(self):
+        """A client that connects and never starts TLS is closed after admin.idle_timeout."""
+        self.serve(idle_timeout=0.5)
+
+        def silent():
+            with socket.create_connection(("127.0.0.1", self.port_number), timeout=20) as s:
+                try:
+                    return s.recv(100)  # b"": closed (a TLS close may also reset the connection)
+                except ConnectionResetError:
+                    return b""
+
+        return threads.deferToThread(silent).addCallback(self.assertEqual, b"")

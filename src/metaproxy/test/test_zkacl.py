@@ -17,6 +17,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, ANYONE_ID_UNSAFE, Id, Permissions, make_digest_acl_credential
 from twisted.trial.unittest import SynchronousTestCase
 
+from metaproxy.routes import zkauth
 from metaproxy.test.test_cli import simulator
 from metaproxy.test.test_cli_routes import addrs, beta
 from metaproxy.testing.commandline import run_cli, start_metaproxy
@@ -163,6 +164,15 @@ class RoutesWriteTests(SecuredTreeTestCase):
         result = self.set_route("temp", "beta", "127.0.0.1:2", "--zk-credential-file", self.operator_file)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(f"warning: {self.root}/temp is world-writable (world:anyone:cdrwa)", result.stdout)
+        self.assertIn(f"warning: {self.root} is world-writable (world:anyone:cdrwa)", result.stdout)
+
+    def test_new_node_under_an_open_root_warns(self):
+        """A protected node created under a root anyone may change is written, with a warning about the root."""
+        self.anonymous.create(self.root, b"")
+        result = self.set_route("temp", "alpha", "127.0.0.1:1", "--zk-credential-file", self.operator_file)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"warning: {self.root} is world-writable", result.stdout)
+        self.assertEqual(zkauth.world_writable(self.client(OPERATOR).get_acls(f"{self.root}/temp")[0]), "")
 
 
 class CheckTests(SecuredTreeTestCase):
@@ -197,6 +207,19 @@ class CheckTests(SecuredTreeTestCase):
 
 
 class ProxyReadsTests(SecuredTreeTestCase):
+    def start_proxy(self, name):
+        """@return: C{(process, client port, admin port)} of a C{twistd metaproxy} reading with C{self.proxy_file}."""
+        port, admin_port = free_port(), free_port()
+        config = self.write_config(
+            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n",
+            f"{name}.yaml",
+        )
+        workdir = os.path.join(self.dir, f"{name}-run")
+        os.makedirs(workdir)
+        proxy = start_metaproxy(workdir, config, port)
+        self.addCleanup(proxy.stop)
+        return proxy, port, admin_port
+
     def test_proxy_reads_with_its_read_only_credential(self):
         """
         A running metaproxy whose zookeeper.auth is the read-only credential
@@ -206,15 +229,7 @@ class ProxyReadsTests(SecuredTreeTestCase):
         alpha, b = simulator(), beta()
         operator = ("--zk-credential-file", self.operator_file)
         self.assertEqual(self.set_route("temp", "alpha", addrs(alpha), *operator).returncode, 0)
-        port, admin_port = free_port(), free_port()
-        config = self.write_config(
-            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n",
-            "proxy.yaml",
-        )
-        workdir = os.path.join(self.dir, "proxy-run")
-        os.makedirs(workdir)
-        proxy = start_metaproxy(workdir, config, port)
-        self.addCleanup(proxy.stop)
+        proxy, port, admin_port = self.start_proxy("proxy")
         via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
         first = run_cli(*via)
         self.assertEqual((first.returncode, json.loads(first.stdout or "{}").get("app_id")), (0, 2), first.stderr)
@@ -245,15 +260,7 @@ class ProxyReadsTests(SecuredTreeTestCase):
         self.assertEqual(self.set_route("temp", "alpha", "127.0.0.1:1", "--zk-credential-file",
                                         self.operator_file).returncode, 0)
         self.proxy_file = self.secret_file("wrong", "proxy:not-the-password")
-        port, admin_port = free_port(), free_port()
-        config = self.write_config(
-            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n",
-            "wrong.yaml",
-        )
-        workdir = os.path.join(self.dir, "wrong-run")
-        os.makedirs(workdir)
-        proxy = start_metaproxy(workdir, config, port)
-        self.addCleanup(proxy.stop)
+        proxy, port, admin_port = self.start_proxy("wrong")
         import urllib.error
         import urllib.request
 
