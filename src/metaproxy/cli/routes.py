@@ -180,7 +180,7 @@ def write_route(store, table, node, route, args, out):
         out.write(f"{store.path(table)} already holds this route; nothing to do\n")
         return 0
     if node is None:
-        refuse_world_writable(store, args, out)
+        refuse_world_writable(store, table, args, out)
         warn_world_writable(store, None, out)
     else:
         warn_world_writable(store, table, out)
@@ -193,7 +193,7 @@ def write_route(store, table, node, route, args, out):
     return 0
 
 
-def refuse_world_writable(store, args, out):
+def refuse_world_writable(store, table, args, out):
     """
     Print the ACL a new node gets.
 
@@ -206,7 +206,7 @@ def refuse_world_writable(store, args, out):
         return
     if not getattr(args, "allow_world_writable", False):
         raise CommandError(
-            f"refusing to create {store.path(args.table)}: {problem}. Give operator credentials "
+            f"refusing to create {store.path(table)}: {problem}. Give operator credentials "
             f"(--zk-credential-file FILE or ${OPERATOR_ENV}), or --allow-world-writable to create it so anyway; "
             "nothing written"
         )

@@ -15,11 +15,14 @@ import uuid
 
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, ANYONE_ID_UNSAFE, Id, Permissions, make_digest_acl_credential
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from metaproxy.routes import zkauth
+from metaproxy.routes.zookeeper import ZooKeeperRouteTable
 from metaproxy.test.test_cli import simulator
 from metaproxy.test.test_cli_routes import addrs, beta
+from metaproxy.test.test_zkroutes import wait_until
 from metaproxy.testing.commandline import run_cli, start_metaproxy
 from metaproxy.testing.net import free_port
 from metaproxy.testing.zookeeper import quiet_client, shared_server
@@ -280,3 +283,51 @@ class ProxyReadsTests(SecuredTreeTestCase):
         time.sleep(2.5)  # two more retries of the listing: still one log line
         self.assertEqual(proxy.output().count("refused: not allowed by the node's ACL (NoAuth)"), 1, proxy.output())
         self.assertNotIn("not-the-password", proxy.output() + body)
+
+
+class RouteTableAuthTests(TestCase):
+    """L{ZooKeeperRouteTable} in this process, reading a protected tree with a credential."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.zk_server = shared_server()
+        self.root = f"/acl-{uuid.uuid4().hex[:12]}"
+        self.ops = quiet_client(self.zk_server.hosts, auth_data=[("digest", OPERATOR)])
+        self.ops.start(timeout=15)
+        self.addCleanup(lambda: threads.deferToThread(lambda: (self.ops.stop(), self.ops.close())))
+        self.acl = [ACL(Permissions.ALL, Id("digest", _digest(OPERATOR))),
+                    ACL(Permissions.READ, Id("digest", _digest(PROXY)))]
+        self.ops.create(f"{self.root}/temp", b'{"cluster_name": "c1", "meta_addrs": "10.0.0.1:34601"}',
+                        acl=self.acl, makepath=True)
+
+    def table(self, secret):
+        routes = ZooKeeperRouteTable([self.zk_server.hosts], self.root, reactor, read_timeout=3.0,
+                                     auth=zkauth.ZooKeeperAuth("digest", secret))
+        routes.startService()
+        self.addCleanup(routes.stopService)
+        return routes
+
+    @defer.inlineCallbacks
+    def test_reads_with_its_credential(self):
+        """With the read-only credential in the ACL, the route table is ready and serves the route."""
+        routes = self.table(PROXY)
+        yield wait_until(lambda: routes.is_ready() and routes._listing.names is not None)
+        route = yield routes.lookup("temp")
+        self.assertEqual(route.cluster_name, "c1")
+
+    @defer.inlineCallbacks
+    def test_refused_credential_heals_without_restart(self):
+        """
+        A credential the ACL does not admit: not ready, the cause names
+        NoAuth; once the ACL admits it, the table becomes ready by itself.
+        """
+        routes = self.table("other:pw")
+        yield wait_until(lambda: "NoAuth" in (routes.unready_reason() or ""))
+        self.assertFalse(routes.is_ready())
+        other = ACL(Permissions.READ, Id("digest", _digest("other:pw")))
+        yield threads.deferToThread(self.ops.set_acls, self.root, self.acl + [other])
+        yield threads.deferToThread(self.ops.set_acls, f"{self.root}/temp", self.acl + [other])
+        yield wait_until(routes.is_ready)
+        route = yield routes.lookup("temp")
+        self.assertEqual(route.cluster_name, "c1")
