@@ -134,6 +134,17 @@ class RoutesWriteTests(SecuredTreeTestCase):
         self.assertNoSecret(result.stdout, result.stderr)
         self.assertEqual(json.loads(self.client(OPERATOR).get(f"{self.root}/temp")[0])["cluster_name"], "alpha")
 
+    def test_delete_needs_the_operator_credential(self):
+        """routes delete of a protected node is refused (NoAuth) without the operator's credential, done with it."""
+        self.set_route("temp", "alpha", "127.0.0.1:1", "--zk-credential-file", self.operator_file)
+        refused = self.cli("routes", "delete", "temp", "--yes")
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("NoAuth", refused.stderr)
+        self.assertIn("nothing deleted", refused.stderr)
+        done = self.cli("routes", "delete", "temp", "--yes", env={"METAPROXY_ZK_CREDENTIAL": OPERATOR})
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIsNone(self.client(OPERATOR).exists(f"{self.root}/temp"))
+
     def test_world_writable_creation_needs_the_flag(self):
         """
         Without an operator credential the new node would be world-writable:
