@@ -10,6 +10,8 @@ from twisted.logger import Logger
 
 from metaproxy.ops.activation import server_endpoint
 from metaproxy.ops.admin import build_admin_root, build_admin_site
+from metaproxy.ops.adminauth import guard_root
+from metaproxy.ops.admintls import split_tls
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
@@ -66,6 +68,7 @@ def build_route_table(config, reactor, self_addresses=None):
         when C{zookeeper:} is given, else the static C{routes:} map.
     """
     if config.zookeeper is not None:
+        from metaproxy.routes.zkauth import auth_from_config
         from metaproxy.routes.zookeeper import ZooKeeperRouteTable
 
         zk = config.zookeeper
@@ -79,6 +82,7 @@ def build_route_table(config, reactor, self_addresses=None):
             max_suspended=zk.max_suspended,
             max_reads_inflight=zk.max_reads_inflight,
             self_addresses=self_addresses,
+            auth=auth_from_config(zk.auth),
         )
     from metaproxy.routes.static import StaticRouteTable
 
@@ -292,9 +296,15 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     if reporter is not None:
         reporter_service = reporter.makeService(metrics, config.metric, reactor, root)
 
+    admin_listen, admin_tls = split_tls(config.admin.listen)
+    admin_root, admin_auth = guard_root(root, config.admin, reactor)
+    if admin_auth is not None:
+        metrics.watch_counts("metaproxy_admin_auth_failures",
+                             "Admin HTTP requests refused for their credential, by reason.", "reason",
+                             lambda: admin_auth.failures)
     admin = DrainingServerService(
-        endpoint_for("admin", config.admin.listen),
-        build_admin_site(root, reactor, config.admin.max_connections, config.admin.idle_timeout),
+        endpoint_for("admin", admin_listen),
+        build_admin_site(admin_root, reactor, config.admin.max_connections, config.admin.idle_timeout, admin_tls),
         0.0,
         on_bind_failure=cannot_listen("admin HTTP", config.admin.listen),
     )

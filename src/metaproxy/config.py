@@ -61,11 +61,43 @@ class AdminConfig:
     @ivar max_connections: admin HTTP connections at once; more are
         closed at once (0: no limit).
     @ivar idle_timeout: seconds an admin HTTP connection may stay idle.
+    @ivar basic_auth_users: user name -> bcrypt hash: when not empty,
+        every path but C{open_paths} needs HTTP basic auth (see
+        L{metaproxy.ops.adminauth}).
+    @ivar open_paths: the paths (C{/healthz}, C{/readyz}, C{/routes},
+        C{/metrics}, C{/}) served without a credential.
     """
     max_connections: int = 64
     idle_timeout: float = 30.0
 
     listen: str = "tcp:24601:interface=127.0.0.1"
+    #: user -> bcrypt hash (as in Prometheus' web.yml); empty: no credential asked.
+    basic_auth_users: dict[str, str] = attrs.Factory(dict)
+    #: paths served without the credential when C{basic_auth_users} is set.
+    open_paths: tuple[str, ...] = ("/healthz", "/readyz")
+
+
+@attrs.frozen
+class ZooKeeperAuthConfig:
+    """
+    The credential metaproxy reads the route tree with (see
+    L{metaproxy.routes.zkauth}).
+
+    @ivar scheme: C{digest} or C{sasl}.
+    @ivar credential_file: a file whose first line is C{user:password}
+        (digest, SASL DIGEST-MD5); keeps the secret out of the YAML.
+    @ivar credential: C{user:password} given inline (prefer the file).
+    @ivar mechanism: SASL only: C{DIGEST-MD5} or C{GSSAPI}.
+    @ivar service: SASL only: the servers' service name.
+    @ivar principal: SASL GSSAPI only: the client principal.
+    """
+
+    scheme: str = "digest"
+    credential_file: Optional[str] = None
+    credential: Optional[str] = attrs.field(default=None, repr=False)
+    mechanism: str = "DIGEST-MD5"
+    service: str = "zookeeper"
+    principal: Optional[str] = None
 
 
 @attrs.frozen
@@ -83,6 +115,10 @@ class ZooKeeperConfig:
     @ivar max_suspended: seconds disconnected before a new session is forced.
     @ivar max_reads_inflight: ZooKeeper reads in flight at once (1..128);
         more wait in metaproxy's own queue, never in kazoo's.
+    @ivar auth: L{ZooKeeperAuthConfig}, or L{None}: read without a credential.
+    @ivar acl: the ACL C{metaproxy routes} puts on nodes it creates, in
+        zkCli's C{scheme:id:perms} notation; empty: operators all,
+        proxies read (L{metaproxy.routes.zkauth.creation_acl}).
     """
 
     address: HostList
@@ -92,6 +128,8 @@ class ZooKeeperConfig:
     read_timeout: float = 5.0
     max_suspended: float = 30.0
     max_reads_inflight: int = 32
+    auth: Optional[ZooKeeperAuthConfig] = None
+    acl: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -510,6 +548,59 @@ def _reporter_problem(name):
     return None
 
 
+def _zookeeper_auth_problems(zk):
+    """@return: C{(path, message)} for an unusable C{zookeeper.auth} or C{zookeeper.acl}."""
+    from metaproxy.routes import zkauth
+
+    errs = []
+    for i, text in enumerate(zk.acl):
+        try:
+            zkauth.parse_acl(text)
+        except ValueError as e:
+            errs.append((f"$.zookeeper.acl[{i}]", str(e)))
+    auth = zk.auth
+    if auth is None:
+        return errs
+    if auth.scheme not in zkauth.SCHEMES:
+        return errs + [("$.zookeeper.auth.scheme", "must be digest or sasl")]
+    if auth.scheme == zkauth.SASL:
+        if auth.mechanism not in zkauth.SASL_MECHANISMS:
+            return errs + [("$.zookeeper.auth.mechanism", "must be DIGEST-MD5 or GSSAPI")]
+        problem = zkauth.sasl_problem()
+        if problem:
+            errs.append(("$.zookeeper.auth.scheme", problem))
+    gssapi = auth.scheme == zkauth.SASL and auth.mechanism == "GSSAPI"
+    given = [k for k in ("credential", "credential_file") if getattr(auth, k) is not None]
+    if len(given) > 1:
+        return errs + [("$.zookeeper.auth.credential", "give credential_file or credential, not both")]
+    if not given and not gssapi:
+        return errs + [("$.zookeeper.auth", "give credential_file (a file holding user:password)")]
+    try:
+        zkauth.auth_from_config(auth)
+    except zkauth.CredentialError as e:
+        errs.append((f"$.zookeeper.auth.{given[0] if given else 'scheme'}", str(e)))
+    return errs
+
+
+def _admin_auth_problems(admin):
+    """@return: C{(path, message)} for unusable C{admin.basic_auth_users} or C{admin.open_paths}."""
+    from metaproxy.ops import adminauth
+
+    errs = []
+    for user, hashed in admin.basic_auth_users.items():
+        problem = adminauth.user_problem(user, hashed)
+        if problem:
+            errs.append((f"$.admin.basic_auth_users['{user}']", problem))
+    for i, path in enumerate(admin.open_paths):
+        if path not in adminauth.PATHS:
+            errs.append((f"$.admin.open_paths[{i}]", f"{short(path)}: expected one of {', '.join(adminauth.PATHS)}"))
+    if admin.basic_auth_users:
+        problem = adminauth.bcrypt_problem()
+        if problem:
+            errs.append(("$.admin.basic_auth_users", problem))
+    return errs
+
+
 def _table_name_ok(table):
     """@return: whether C{table} could be a table name (and a ZooKeeper node)."""
     if table in ("", ".", "..") or len(table) > 1024:
@@ -544,6 +635,7 @@ def _check(config):
         need(0 < zk.max_suspended <= _MAX_SECONDS, "$.zookeeper.max_suspended", "must be > 0 and <= 86400 (seconds)")
         need(1 <= zk.max_reads_inflight <= 128, "$.zookeeper.max_reads_inflight", "must be 1..128")
         need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
+        errs.extend(_zookeeper_auth_problems(zk))
         if config.routes:
             errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))
     elif not config.routes:
@@ -605,6 +697,7 @@ def _check(config):
     need(1 <= lim.backlog <= 65535, "$.limits.backlog", "must be 1..65535")
     need(0 <= config.admin.max_connections <= 1_000_000, "$.admin.max_connections", "must be 0..1000000 (0: no limit)")
     need(0 < config.admin.idle_timeout <= _MAX_SECONDS, "$.admin.idle_timeout", "must be > 0 and <= 86400 (seconds)")
+    errs.extend(_admin_auth_problems(config.admin))
     need(0 <= config.drain_timeout <= _MAX_SECONDS, "$.drain_timeout", "must be 0..86400 (seconds)")
     log = config.logging
     need(log.level in LOG_LEVELS, "$.logging.level",

@@ -16,6 +16,9 @@ def add_parser(subparsers):
         "or one line saying what would run (exit 0).",
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="seconds to wait for ZooKeeper when checking the route tree's ACL")
+    p.add_argument("--offline", action="store_true", help="do not connect to ZooKeeper (no ACL check)")
     p.set_defaults(command=run)
 
 
@@ -47,6 +50,14 @@ def check_file(path):
 
 
 def run(args, out):
-    """Run C{check}; @return: the exit status."""
-    out.write(check_file(args.config) + "\n")
+    """Run C{check}; @return: the exit status (warnings, see L{metaproxy.cli.securitycheck}, do not change it)."""
+    from metaproxy.cli import securitycheck
+
+    config = load(args.config)
+    out.write(f"{args.config}: ok: {summary(config)}\n")
+    warnings = securitycheck.config_warnings(config)
+    if not args.offline and 0 < args.timeout <= 3600:
+        warnings += securitycheck.tree_warnings(config, args.timeout)
+    for line in warnings:
+        out.write(f"warning: {line}\n")
     return 0

@@ -6,9 +6,11 @@ in L{metaproxy.cli.switch}.)
 """
 
 import json
+import os
 
 from metaproxy.cli.common import USAGE, CommandError, confirm, load
-from metaproxy.cli.zkstore import RouteStore, check_table
+from metaproxy.cli.zkstore import OPERATOR_ENV, RouteStore, check_table, describe_acl_entry, operator_auth
+from metaproxy.routes.zkauth import world_writable
 from metaproxy.routes.route import MetaAddrs, Route
 
 
@@ -23,9 +25,18 @@ def add_parsers(subparsers):
     def common(q, writes=False):
         q.add_argument("--config", "-c", required=True, metavar="FILE")
         q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for ZooKeeper")
+        q.add_argument(
+            "--zk-credential-file", metavar="FILE",
+            help=f"the operator's ZooKeeper digest credential (one line user:password; also ${OPERATOR_ENV} "
+            f"or ${OPERATOR_ENV}_FILE); default: the config's zookeeper.auth",
+        )
         if writes:
             q.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
             q.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+            q.add_argument(
+                "--allow-world-writable", action="store_true",
+                help="create a node anyone who reaches ZooKeeper may change (refused otherwise)",
+            )
         else:
             q.add_argument("--json", action="store_true", help="print a JSON list")
 
@@ -83,7 +94,8 @@ def zookeeper_store(args, config, writing):
                 f"{args.config} has static routes (routes:), not ZooKeeper; edit the file to change them", USAGE
             )
         return None
-    return RouteStore(config.zookeeper, args.timeout)
+    operator = operator_auth(getattr(args, "zk_credential_file", None), os.environ)
+    return RouteStore(config.zookeeper, args.timeout, operator=operator)
 
 
 def static_rows(config):
@@ -167,6 +179,11 @@ def write_route(store, table, node, route, args, out):
     if node is not None and node.route == route:
         out.write(f"{store.path(table)} already holds this route; nothing to do\n")
         return 0
+    if node is None:
+        refuse_world_writable(store, table, args, out)
+        warn_world_writable(store, None, out)
+    else:
+        warn_world_writable(store, table, out)
     if args.dry_run:
         out.write("dry run: nothing written\n")
         return 0
@@ -174,6 +191,36 @@ def write_route(store, table, node, route, args, out):
     written = store.write(table, route, None if node is None else node.version)
     out.write(f"written: {store.path(table)} (version {written.version}, modified {written.mtime})\n")
     return 0
+
+
+def refuse_world_writable(store, table, args, out):
+    """
+    Print the ACL a new node gets.
+
+    @raise CommandError: it would be world-writable and
+        C{--allow-world-writable} was not given (nothing is written).
+    """
+    out.write(f"acl:    {store.describe_create_acl()}\n")
+    problem = store.creation_problem()
+    if problem is None:
+        return
+    if not getattr(args, "allow_world_writable", False):
+        raise CommandError(
+            f"refusing to create {store.path(table)}: {problem}. Give operator credentials "
+            f"(--zk-credential-file FILE or ${OPERATOR_ENV}), or --allow-world-writable to create it so anyway; "
+            "nothing written"
+        )
+    out.write(f"warning: {problem} (--allow-world-writable)\n")
+
+
+def warn_world_writable(store, table, out):
+    """Print a warning for each of the root and C{table}'s node that anyone may change."""
+    for name in dict.fromkeys((None, table)):
+        acls = store.acl(name)
+        if world_writable(acls):
+            entries = ", ".join(describe_acl_entry(a) for a in acls)
+            path = store.root if name is None else store.path(name)
+            out.write(f"warning: {path} is world-writable ({entries}); see docs/security.rst to restrict it\n")
 
 
 def run_set(args, out):

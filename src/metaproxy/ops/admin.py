@@ -137,16 +137,23 @@ class LimitedSite(WrappingFactory):
         return super().buildProtocol(addr)
 
 
-def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0):
+def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0, tls=None):
     """
     @param root: the resource tree (see L{build_admin_root}).
     @param reactor: provides L{IReactorTime}: idle timeouts run on it.
     @param max_connections: admin connections at once (0: no limit).
     @param idle_timeout: seconds a connection may stay idle.
+    @param tls: a TLS context factory (L{metaproxy.ops.admintls.split_tls}),
+        or L{None} for plain HTTP.
     @return: the factory to listen with: a L{LimitedSite} around a
-        L{QuietSite}.
+        L{QuietSite} (around TLS first, when C{tls} is given).
     """
-    return LimitedSite(QuietSite(root, timeout=idle_timeout, reactor=reactor), max_connections, reactor)
+    site = QuietSite(root, timeout=idle_timeout, reactor=reactor)
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        site = TLSMemoryBIOFactory(tls, False, site)
+    return LimitedSite(site, max_connections, reactor)
 
 
 def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None):

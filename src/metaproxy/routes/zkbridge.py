@@ -34,6 +34,7 @@ import logging
 from collections import deque
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import AuthFailedError, NoAuthError
 from kazoo.protocol.states import EventType
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -58,6 +59,10 @@ def failure_reason(failure_or_exc):
         C{ConnectionLoss()} has none).
     """
     exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
+    if isinstance(exc, NoAuthError):
+        return "not allowed by the node's ACL (NoAuth): check zookeeper.auth and the ACL"
+    if isinstance(exc, AuthFailedError):
+        return "ZooKeeper refused the credential (AuthFailed): check zookeeper.auth"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return text or f"{type(exc).__name__}()"
 
@@ -148,7 +153,7 @@ class TxZooKeeper:
 
     def __init__(
         self, hosts, reactor, session_timeout=10.0, max_suspended=30.0, client=None,
-        max_inflight=32, max_queued=4096, reminder=60.0,
+        max_inflight=32, max_queued=4096, reminder=60.0, auth=None,
     ):
         """
         @param hosts: C{"host:port"} strings.
@@ -159,14 +164,18 @@ class TxZooKeeper:
             below the ~280 that fill kazoo's wake-up pipe).
         @param max_queued: requests waiting for a slot; beyond, they fail.
         @param reminder: seconds between "still down" lines.
+        @param auth: the L{metaproxy.routes.zkauth.ZooKeeperAuth} the
+            session presents, or L{None}.
         """
         self._reactor = reactor
         self.reason = ""
+        self.auth = auth
         self.client = client or KazooClient(
             hosts=",".join(hosts),
             timeout=session_timeout,
             connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 2.0},
             logger=_kazoo_logger(self),
+            **(auth.kazoo_options() if auth is not None else {}),
         )
         self.client.add_listener(self._state_from_thread)
         self.max_suspended = max_suspended
@@ -316,7 +325,8 @@ class TxZooKeeper:
         self.state = name
         sid = self.session_id()
         if name == CONNECTED:
-            log.info("zookeeper CONNECTED (session {sid})", sid=f"{sid:x}" if sid else "-")
+            log.info("zookeeper CONNECTED (session {sid}, {auth})", sid=f"{sid:x}" if sid else "-",
+                     auth=self.auth.describe() if self.auth is not None else "no credential")
             self._down_since = None
             self.reason = ""
             self._cancel_reminder()

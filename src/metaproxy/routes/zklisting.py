@@ -9,7 +9,7 @@ watch and nothing remembered per name. While the root does not exist
 the owner is told so it can report itself not ready.
 """
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NoAuthError, NoNodeError
 from twisted.logger import Logger
 
 from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
@@ -23,6 +23,8 @@ class RootListing:
 
     @ivar names: the set of child names, or L{None} while unknown.
     @ivar missing: L{True} while ZooKeeper says the root does not exist.
+    @ivar refused: why listing the root is not allowed (NoAuth: the
+        credential or the ACL is wrong), or L{None}.
     @ivar requests: reads sent to ZooKeeper so far.
     """
 
@@ -41,6 +43,7 @@ class RootListing:
         self.root = root
         self.names = None
         self.missing = False
+        self.refused = None
         self.requests = 0
         self._zk = zk
         self._reactor = reactor
@@ -94,6 +97,9 @@ class RootListing:
         if self.missing:
             log.info("zookeeper.root {root} exists now ({count} tables)", root=self.root, count=len(names))
         self.missing = False
+        if self.refused is not None:
+            log.info("listing {root} is allowed again", root=self.root)
+            self.refused = None
         self._on_change(None)
 
     def _failed(self, failure):
@@ -115,7 +121,12 @@ class RootListing:
             )
             return
         why = failure_reason(failure)
-        log.info("listing {root} failed: {why}", root=self.root, why=why)
+        if failure.check(NoAuthError):  # retried quietly: an ACL or credential fix needs no restart
+            if self.refused is None:
+                log.warn("listing {root} refused: {why}; not ready", root=self.root, why=why)
+            self.refused = f"listing {self.root} failed: {why}"
+        else:
+            log.info("listing {root} failed: {why}", root=self.root, why=why)
         self._on_change(f"listing {self.root} failed: {why}")
         if not failure.check(ZooKeeperUnavailable) and self._zk.state == CONNECTED and not self._stopped:
             if self._retry is None or not self._retry.active():

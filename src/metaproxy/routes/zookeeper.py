@@ -166,6 +166,7 @@ class ZooKeeperRouteTable(Service):
         max_reads_inflight=32,
         max_waiting=10000,
         self_addresses=None,
+        auth=None,
     ):
         """
         @param hosts: ZooKeeper C{"host:port"} strings.
@@ -181,6 +182,8 @@ class ZooKeeperRouteTable(Service):
         @param max_waiting: lookups that may wait for the root's listing.
         @param self_addresses: a L{metaproxy.routes.route.SelfAddresses}: routes
             naming one of them fail with L{InvalidRoute}.
+        @param auth: the L{metaproxy.routes.zkauth.ZooKeeperAuth} to read
+            with, or L{None} (no credential).
         """
         self._reactor = reactor
         self.root = "/" + root.strip().strip("/")
@@ -190,7 +193,9 @@ class ZooKeeperRouteTable(Service):
         self.max_waiting = max_waiting
         self.self_addresses = self_addresses
         self._random = random
-        self._zk = zk or TxZooKeeper(hosts, reactor, session_timeout, max_suspended, max_inflight=max_reads_inflight)
+        self._zk = zk or TxZooKeeper(
+            hosts, reactor, session_timeout, max_suspended, max_inflight=max_reads_inflight, auth=auth
+        )
         self._zk.add_state_listener(self._on_state)
         self._watch = self._zk.watcher(self._on_event)
         self._watched = set()
@@ -248,13 +253,15 @@ class ZooKeeperRouteTable(Service):
         return len(self._watched)
 
     def is_ready(self):
-        """@return: L{True} once a ZooKeeper session was established, unless C{root} is missing."""
-        return self._ever_connected and not self._listing.missing
+        """@return: L{True} once a ZooKeeper session was established, unless C{root} is missing or may not be listed."""
+        return self._ever_connected and not self._listing.missing and self._listing.refused is None
 
     def unready_reason(self):
         """@return: why L{is_ready} is false (a L{str}), or L{None}."""
         if self._listing.missing:
             return self._listing.missing_text()
+        if self._listing.refused is not None:
+            return self._listing.refused
         if not self._ever_connected:
             why = f": {self._zk.reason}" if self._zk.reason else ""
             return f"no ZooKeeper session yet ({self._zk.state}{why})"

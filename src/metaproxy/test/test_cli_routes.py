@@ -152,8 +152,10 @@ class ListGetTests(RoutesTestCase):
 class SetDeleteTests(RoutesTestCase):
     def test_set_creates_and_delete_removes(self):
         """set creates the node (normalised meta list); delete --yes removes it."""
-        result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", "127.0.0.1:2, 127.0.0.1:1", "--yes")
+        result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", "127.0.0.1:2, 127.0.0.1:1",
+                          "--yes", "--allow-world-writable")
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("warning: the new node would be world-writable", result.stdout)
         self.assertIn("before: (none)", result.stdout)
         self.assertEqual(self.node("temp"), ({"cluster_name": "alpha", "meta_addrs": "127.0.0.1:1,127.0.0.1:2"}, 0))
         result = self.cli("routes", "delete", "temp", "--yes")

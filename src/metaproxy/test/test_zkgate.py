@@ -129,7 +129,7 @@ class GateTests(SynchronousTestCase):
         self.clock.pump([10, 10, 5])
         lines = [e for e in self.log if e.get("log_namespace") == "metaproxy.routes.zkbridge"]
         texts = [e["log_format"].format(**e) for e in lines]
-        self.assertEqual(texts[0], "zookeeper CONNECTED (session 42)")
+        self.assertEqual(texts[0], "zookeeper CONNECTED (session 42, no credential)")
         self.assertIn("zookeeper SUSPENDED: Connection dropped: socket connection error: Connection refused",
                       texts)
         self.assertEqual([t for t in texts if "still" in t][-1],

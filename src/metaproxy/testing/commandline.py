@@ -30,14 +30,16 @@ def cli_argv():
     return [sys.executable, "-m", "metaproxy.cli"]
 
 
-def run_cli(*args, stdin=subprocess.DEVNULL, timeout=60):
+def run_cli(*args, stdin=subprocess.DEVNULL, timeout=60, env=None):
     """
     Run C{metaproxy ARGS...} to completion.
 
+    @param env: variables to set on top of this process's environment.
     @return: a L{subprocess.CompletedProcess} with text C{stdout}/C{stderr}.
     """
     return subprocess.run(
-        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/"
+        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/",
+        env=None if env is None else dict(os.environ, **env),
     )
 
 
