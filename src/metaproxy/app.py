@@ -58,6 +58,32 @@ class _StartupLine(Service):
             log.info(STARTUP_LINE, **self._fields)
 
 
+def _watch_never_worse(metrics, resolver, pools):
+    """Report the client families, suspicious headers, late answers, breaker and pool counts."""
+    metrics.watch_counts("metaproxy_client_family_requests", "query_cfg requests by client family (header shape).",
+                         "family", lambda: dict(resolver.family_counts))
+    metrics.watch_counts("metaproxy_suspicious_headers", "query_cfg requests whose header timeout is not "
+                         "the client's own (0 from Java 1.x, negative, huge, unknown shape).",
+                         "reason", lambda: dict(resolver.suspicious_counts))
+    metrics.watch_counts("metaproxy_late_answers", "Requests answered by a query started for an earlier "
+                         "attempt of theirs on the same connection.", None, lambda: resolver.late_answers)
+    metrics.watch_counts("metaproxy_cluster_unavailable_answers", "Batches answered with the retryable "
+                         "error because their cluster was unavailable.", None, lambda: resolver.unavailable_answers)
+
+    def fast():
+        out = {}
+        for pool in pools.pools().values():
+            name = getattr(pool, "cluster_name", "") or str(pool.meta_addrs)
+            out[name] = out.get(name, 0) + getattr(pool, "fast_failures", 0)
+        return out
+
+    metrics.watch_counts("metaproxy_breaker_fast_failures", "Queries failed at once because every meta of "
+                         "the cluster was down longer than timeouts.breaker_window.", "cluster", fast)
+    metrics.watch_counts("metaproxy_pools_closed", "Meta pools closed because no route referred to them.",
+                         None, lambda: pools.closed_count)
+    metrics.watch_gauges("metaproxy_pools", "Meta pools open now.", None, lambda: len(pools.pools()))
+
+
 def build_route_table(config, reactor, self_addresses=None):
     """
     @param self_addresses: a L{SelfAddresses} the route source refuses
@@ -228,6 +254,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         reconnect_max=config.timeouts.reconnect_max,
         metrics=metrics,
         max_reply_bytes=config.limits.max_reply_bytes,
+        idle_close=config.timeouts.pool_grace,
+        breaker_window=config.timeouts.breaker_window,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")
@@ -242,7 +270,11 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         margin_min=config.timeouts.margin_min,
         metrics=metrics,
         clock=reactor,
+        untrusted_timeout=config.timeouts.untrusted,
+        new_connection_margin=config.timeouts.new_connection_margin,
+        late_answer=config.timeouts.late_answer,
     )
+    _watch_never_worse(metrics, resolver, pools)
     metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
                         resolver.in_flight)
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",

@@ -19,13 +19,14 @@ C{retry_delay} while the deadline allows (an election may be running). While
 attempts hang (a silent meta), every meta is asked again every
 C{hedge_delay} (beside its attempt still in flight, if any): the followers may
 know a new leader by then, and a hung meta may be back. At the deadline
-the caller gets L{BackendUnavailable}.
+the caller gets L{BackendUnavailable}; before it, at the next round, when
+the cluster's circuit breaker opens (L{ClusterDown}).
 """
 
 import attrs
 from twisted.internet import defer
 
-from metaproxy.errors import BackendUnavailable
+from metaproxy.errors import BackendUnavailable, ClusterDown
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
 
@@ -74,6 +75,11 @@ class Query:
         self.hedged = False
         cluster = self.cluster
         if self.rounds > 1:
+            why = cluster.breaker_reason()
+            if why is not None:
+                cluster.fast_failures += 1
+                self._fail(why, ClusterDown)
+                return
             self._hedge()
             return
         leader = cluster._leader
@@ -234,9 +240,9 @@ class Query:
         self._finish()
         self.result.callback(response)
 
-    def _fail(self, why):
+    def _fail(self, why, error=BackendUnavailable):
         self._finish()
-        self.result.errback(BackendUnavailable(why))
+        self.result.errback(error(why))
 
     def _expired(self):
         self.deadline_timer = None

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.backend.client import CallTimedOut, NotConnected
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.connection import MetaConnection
-from metaproxy.errors import BackendUnavailable
+from metaproxy.errors import BackendUnavailable, ClusterDown
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
@@ -598,7 +598,8 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.assertTrue(self.cluster.connections()["127.0.0.1:34601"].is_connected())
 
     def test_all_metas_down(self):
-        """With every meta down the caller gets L{BackendUnavailable}, not a hang."""
+        """With every meta down (no breaker) the caller gets L{BackendUnavailable}, not a hang."""
+        self.cluster.breaker_window = 0
         for i in range(3):
             self.successResultOf(self.sim.stop_meta(i))
         self.net.flush()
@@ -607,6 +608,33 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.net.run(0.15)
         self.failureResultOf(d, BackendUnavailable)
+
+    def test_breaker(self):
+        """
+        Every meta down: a fresh failure is hidden within the budget (a
+        meta back in time answers); once down longer than
+        C{breaker_window}, queries in flight and new ones fail at once with
+        L{ClusterDown}, and the first meta back closes the breaker.
+        """
+        for i in range(3):
+            self.successResultOf(self.sim.stop_meta(i))
+        self.net.flush()
+        d = self.query(timeout=10.0)
+        self.net.run(1.0)
+        self.assertNoResult(d)
+        self.net.run(1.2)
+        self.failureResultOf(d, ClusterDown)
+        started = self.clock.seconds()
+        self.failureResultOf(self.query(timeout=10.0), ClusterDown)
+        self.assertEqual(self.clock.seconds(), started)
+        self.assertEqual(self.cluster.describe()["breaker_open"], True)
+        self.sim.start_meta(0)
+        self.net.run(1.5)  # the links keep probing
+        self.assertIsNone(self.cluster.breaker_reason())
+        d = self.query(timeout=5.0)
+        self.net.run(0.5)
+        self.assertEqual(self.successResultOf(d).rpc_error, "ERR_OK")
+        self.assertGreaterEqual(self.cluster.fast_failures, 2)
 
     def test_slow_leader_within_deadline(self):
         """A slow leader's answer is still used when it comes before the deadline."""
