@@ -5,6 +5,8 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 (ZooKeeper data-watch cache or static routes) + per-cluster meta pools.
 """
 
+import os
+
 from twisted.application.service import Service
 from twisted.logger import Logger
 
@@ -19,7 +21,9 @@ from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
 from metaproxy.ops.sdnotify import NotifyService
 from metaproxy.frontend.server import PegasusServerFactory
+from metaproxy.wire.clusterinfo import CLUSTER_INFO, metaproxy_result
 from metaproxy.wire.querycfg import QUERY_CFG
+from metaproxy.wire.frame import Reply
 
 log = Logger()
 
@@ -56,6 +60,18 @@ class _StartupLine(Service):
         if not self._said:
             self._said = True
             log.info(STARTUP_LINE, **self._fields)
+
+
+def _identify_as_metaproxy(config):
+    """
+    @return: the C{RPC_CM_CLUSTER_INFO} handler of a metaproxy: it never
+        answers as a meta would (see L{metaproxy.wire.clusterinfo}), so that
+        route checks (ours, Pegasus's migrator) refuse a route to it.
+    """
+    from metaproxy import __version__
+
+    reply = Reply(metaproxy_result(f"metaproxy {__version__} pid {os.getpid()} listening on {config.listen}"))
+    return lambda request, connection: reply
 
 
 def _watch_never_worse(metrics, resolver, pools):
@@ -280,7 +296,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        RpcDispatcher({QUERY_CFG: resolver.handle}),
+        RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)}),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,

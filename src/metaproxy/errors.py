@@ -39,6 +39,15 @@ class BackendUnavailable(MetaProxyError):
     """
 
 
+class RouteLoop(BackendUnavailable):
+    """
+    A meta of the route is a metaproxy (it refused a query marked as coming
+    from a metaproxy): the route is a loop. The route source keeps the
+    table's last good route (reported stale); clients get the retryable
+    error at once.
+    """
+
+
 class ClusterDown(BackendUnavailable):
     """
     Every meta server of the cluster has refused or failed for longer than

@@ -30,6 +30,7 @@ from metaproxy.backend.query import Query
 from metaproxy.errors import BackendUnavailable, ClusterDown
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.wire import querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 
 log = Logger()
 
@@ -46,7 +47,7 @@ def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNEC
     def make(host, port):
         return MetaConnection(
             reactor, host, port, connect_timeout=connect_timeout, reconnect_max=reconnect_max,
-            max_frame_bytes=max_reply_bytes,
+            max_frame_bytes=max_reply_bytes, partition_hash=LOOP_MARKER,
         )
 
     return make

@@ -103,9 +103,12 @@ class _ProtocolFactory(Factory):
     max_frame_bytes: int
     on_lost: object
     header_version: int = 0
+    partition_hash: int = 0
 
     def buildProtocol(self, addr):
-        proto = MetaClientProtocol(self.clock, self.max_frame_bytes, self.on_lost, self.header_version)
+        proto = MetaClientProtocol(
+            self.clock, self.max_frame_bytes, self.on_lost, self.header_version, self.partition_hash
+        )
         proto.factory = self
         return proto
 
@@ -131,6 +134,8 @@ class MetaConnection:
     @ivar endpoint: the client endpoint; L{default_endpoint} when L{None}.
     @ivar max_frame_bytes: the largest reply accepted.
     @ivar header_version: the THFT request header version sent (0 or 1).
+    @ivar partition_hash: the header's C{client_partition_hash} sent
+        (metaproxy's pools send L{metaproxy.wire.clusterinfo.LOOP_MARKER}).
     @ivar state: one of C{connecting}, C{connected}, C{down}, C{stopped}.
     @ivar last_error: why the link last went down or failed to come up
         (empty while it is up).
@@ -149,6 +154,7 @@ class MetaConnection:
     endpoint: object = None
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     header_version: int = 0
+    partition_hash: int = 0
     down_reports: object = DOWN_REPORTS
     state: str = attrs.field(init=False, default=STOPPED)
     last_error: str = attrs.field(init=False, default="")
@@ -179,7 +185,9 @@ class MetaConnection:
             self.endpoint = default_endpoint(self.reactor, self.host, self.port, self.connect_timeout)
         if self.retry_policy is None:
             self.retry_policy = default_retry_policy(self.reconnect_max)
-        self._factory = _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost, self.header_version)
+        self._factory = _ProtocolFactory(
+            self.reactor, self.max_frame_bytes, self._lost, self.header_version, self.partition_hash
+        )
         self._connect()
 
     def stop(self):

@@ -26,7 +26,7 @@ the cluster's circuit breaker opens (L{ClusterDown}).
 import attrs
 from twisted.internet import defer
 
-from metaproxy.errors import BackendUnavailable, ClusterDown
+from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
 
@@ -150,6 +150,13 @@ class Query:
             return
         cluster._heard_from(key)
         if peek is None:
+            if response.rpc_error == codes.ERR_HANDLER_NOT_FOUND:
+                # Every meta handles query_cfg: this is a metaproxy that
+                # saw our loop marker (metaproxy.wire.clusterinfo).
+                why = f"{cluster._label(key)} is a metaproxy, not a meta (a route loop)"
+                cluster._heard_error(key, why)
+                self._fail(why, RouteLoop)
+                return
             self._note_failure(key, f"rpc error {response.rpc_error}")
             return
         if isinstance(peek, DecodeError):

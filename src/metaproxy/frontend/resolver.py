@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from metaproxy import errors
 from metaproxy.frontend import families
 from metaproxy.wire import codes, querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import Reply
 
 log = Logger()
@@ -61,6 +62,9 @@ def _error_reply(err):
 _RELAY_CACHE_SIZE = 4096
 
 _NOT_FOUND = _error_reply(codes.ERR_OBJECT_NOT_FOUND)
+#: The answer to a query marked as sent by a metaproxy: an rpc-level error
+#: no meta gives query_cfg, so the sender knows its route loops.
+_LOOP = Reply(None, codes.ERR_HANDLER_NOT_FOUND)
 _RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
 _SAFE_ERRORS = {}
 
@@ -266,6 +270,10 @@ class QueryConfigResolver:
             the caller cancels it.
         """
         query = querycfg.decode_args(request.args)
+        if request.header.partition_hash == LOOP_MARKER:
+            # Another metaproxy (or this one) routes a table to us: refuse.
+            self.suspicious_counts["from_metaproxy"] = self.suspicious_counts.get("from_metaproxy", 0) + 1
+            return defer.succeed(_LOOP)
         clock = self.clock
         budget = self.budget(request, connection)
         started = self.timer()
@@ -442,6 +450,10 @@ class QueryConfigResolver:
         return reply
 
     def _upstream_failed(self, failure, key):
+        if failure.check(errors.RouteLoop):
+            reject = getattr(self.routes, "reject_route", None)
+            if reject is not None:
+                reject(key[1], key[0], failure.getErrorMessage())
         if failure.check(errors.BackendUnavailable):
             return self.cluster_unavailable(key, failure)
         if not failure.check(defer.CancelledError):

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.backend.client import CallTimedOut, NotConnected
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.connection import MetaConnection
-from metaproxy.errors import BackendUnavailable, ClusterDown
+from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
@@ -267,9 +267,18 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
     def test_rpc_error_counts_as_failure(self):
         """An rpc-level error from a meta is not an answer: the others are asked."""
         d = self.query()
-        self.conns["10.0.0.1:34601"].answer(None, "ERR_HANDLER_NOT_FOUND")
+        self.conns["10.0.0.1:34601"].answer(None, "ERR_BUSY")
         self.assertNoResult(d)
         self.assertEqual(self.conns["10.0.0.2:34601"].sent, 1)
+
+    def test_metaproxy_in_route_is_a_loop(self):
+        """
+        ERR_HANDLER_NOT_FOUND for query_cfg (what a metaproxy answers a
+        marked query) fails the query at once with L{RouteLoop}.
+        """
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(None, "ERR_HANDLER_NOT_FOUND")
+        self.assertIn("10.0.0.1:34601 is a metaproxy", str(self.failureResultOf(d, RouteLoop).value))
 
     def test_malformed_answer_counts_as_failure(self):
         """A body that cannot be decoded is not an answer: the others are asked."""

@@ -124,7 +124,7 @@ class ListGetTests(RoutesTestCase):
             f.write("routes:\n  temp: {cluster_name: c1, meta_addrs: '127.0.0.1:1'}\n")
         rows = json.loads(self.cli("routes", "list", "--json").stdout)
         self.assertEqual(rows, [{"table": "temp", "cluster_name": "c1", "meta_addrs": "127.0.0.1:1", "version": None, "mtime": None}])
-        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:2", "--yes")
+        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:2", "--yes", "--no-verify")
         self.assertEqual(result.returncode, 2)
         self.assertIn("static routes", result.stderr)
 
@@ -152,7 +152,8 @@ class ListGetTests(RoutesTestCase):
 class SetDeleteTests(RoutesTestCase):
     def test_set_creates_and_delete_removes(self):
         """set creates the node (normalised meta list); delete --yes removes it."""
-        result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", "127.0.0.1:2, 127.0.0.1:1", "--yes")
+        result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", "127.0.0.1:2, 127.0.0.1:1", "--yes",
+                          "--no-verify")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("before: (none)", result.stdout)
         self.assertEqual(self.node("temp"), ({"cluster_name": "alpha", "meta_addrs": "127.0.0.1:1,127.0.0.1:2"}, 0))
@@ -163,7 +164,7 @@ class SetDeleteTests(RoutesTestCase):
     def test_writes_need_confirmation(self):
         """Without --yes and without a terminal, set and delete refuse and write nothing."""
         self.put("temp", "alpha", "127.0.0.1:1")
-        for args in (("set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:9"), ("delete", "temp")):
+        for args in (("set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:9", "--no-verify"), ("delete", "temp")):
             result = self.cli("routes", *args)
             self.assertEqual(result.returncode, 1)
             self.assertIn("give --yes", result.stderr)
