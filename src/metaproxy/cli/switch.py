@@ -59,7 +59,7 @@ def _ask_both(target, current, table, timeout, config=None):
     def work(reactor):
         if config is None:
             return ask(None, reactor)
-        return verify_target(reactor, config, target, timeout).addCallback(ask, reactor)
+        return verify_target(reactor, config, target, timeout, unreachable_ok=True).addCallback(ask, reactor)
 
     return work
 

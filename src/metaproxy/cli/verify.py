@@ -12,7 +12,8 @@ C{RPC_CM_CLUSTER_INFO} (L{metaproxy.wire.clusterinfo}):
    config's C{listen}) is refused without asking;
  - a meta that answers as a metaproxy (key C{metaproxy}) is refused;
  - a target where no meta answers C{ERR_OK} (the leader does) is not a
-   meta cluster and is refused;
+   meta cluster and is refused; one where nothing answers at all (down,
+   unreachable) fails with status 1;
  - the leader's C{cluster_name} must equal the route's.
 
 A refusal exits with L{REFUSED} (3).
@@ -21,7 +22,7 @@ A refusal exits with L{REFUSED} (3).
 from twisted.internet import defer
 
 from metaproxy.backend.connection import MetaConnection
-from metaproxy.cli.common import CommandError
+from metaproxy.cli.common import FAILED, CommandError
 from metaproxy.routes.route import SelfAddresses
 from metaproxy.wire import clusterinfo
 from metaproxy.wire.binary import DecodeError
@@ -131,19 +132,26 @@ def target_problem(route, answers):
     return None, leader
 
 
-def verify_target(reactor, config, route, timeout):
+def verify_target(reactor, config, route, timeout, unreachable_ok=False):
     """
     Check a route's target (see the module docstring).
 
+    @param unreachable_ok: when no meta answers at all, fire with L{None}
+        (the caller reports it) instead of failing.
     @return: a L{Deferred} firing with the leader's
         L{clusterinfo.ClusterInfo}, or failing with L{CommandError}
-        (status L{REFUSED}).
+        (status L{REFUSED}; L{FAILED} when nothing answered).
     """
     problem = own_addresses(config).problem(route.meta_addrs)
     if problem is not None:
         return defer.fail(CommandError(f"refusing {route.meta_addrs}: {problem}", REFUSED))
 
     def judge(answers):
+        if all(info is None for _, info, _ in answers):
+            if unreachable_ok:
+                return None
+            whys = "; ".join(f"{address}: {why}" for address, _, why in answers)
+            raise CommandError(f"no meta of {route.meta_addrs} answered RPC_CM_CLUSTER_INFO ({whys})", FAILED)
         problem, leader = target_problem(route, answers)
         if problem is not None:
             raise CommandError(f"refusing {route.meta_addrs}: {problem}", REFUSED)

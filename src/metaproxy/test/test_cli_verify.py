@@ -161,12 +161,19 @@ class LoopRefusalTests(RoutesTestCase):
         self.assertEqual(self.node("temp")[1], 0)
 
     def test_not_a_meta_refused(self):
-        """Nothing listening is not a meta: exit 3."""
-        self.put("temp", "alpha", addrs(simulator()))
-        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs",
-                          f"127.0.0.1:{free_port()}", "--yes", "--timeout", "2")
+        """
+        A pegasus-sim meta that is not the leader (it forwards) alone is not
+        a meta cluster: exit 3. Nothing listening: exit 1.
+        """
+        follower = f"127.0.0.1:{simulator().ports[1]}"
+        result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", follower, "--yes")
         self.assertEqual(result.returncode, 3, result.stderr)
         self.assertIn("not a meta cluster", result.stderr)
+        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs",
+                          f"127.0.0.1:{free_port()}", "--yes", "--timeout", "2")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("answered RPC_CM_CLUSTER_INFO (127.0.0.1:", result.stderr)
+        self.assertIsNone(self.zk.exists(f"{self.root}/temp"))
 
     def test_check(self):
         """check refuses a static route to its own address; --verify-routes also another metaproxy."""
