@@ -227,8 +227,6 @@ def main(args):
     out = open(os.path.join(workdir, "metaproxy.log"), "w")
     proc = start_proxy(path, workdir, out)
     try:
-        yield task.deferLater(reactor, 0, lambda: None)
-        yield defer.maybeDeferred(lambda: None)
         wait_for_port(proxy_port, proc)
         columns = [c for c in COLUMNS if args.only is None or c == args.only]
         table = {}

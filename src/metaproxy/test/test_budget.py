@@ -73,6 +73,15 @@ class _Routes:
         return []
 
 
+def resolver_over(clock, net, routes):
+    """@return: C{(pools, resolver)}: a L{QueryConfigResolver} over pools reaching C{net}'s metas, on C{clock}."""
+    pools = ClusterPools(
+        clock,
+        cluster_factory=lambda a: MetaCluster(clock, a, connection_factory=net.connection_factory),
+    )
+    return pools, QueryConfigResolver(routes, pools, clock=clock)
+
+
 class BudgetTests(SynchronousTestCase):
     """Each failure, each profile: answered in time with the retryable error."""
 
@@ -85,11 +94,7 @@ class BudgetTests(SynchronousTestCase):
         self.net.add(self.sim)
         addrs = MetaAddrs.parse(",".join(METAS))
         self.routes = _Routes({"temp": Route("c1", addrs), "fresh": Route("c1", addrs)})
-        self.pools = ClusterPools(
-            self.clock,
-            cluster_factory=lambda a: MetaCluster(self.clock, a, connection_factory=self.net.connection_factory),
-        )
-        self.resolver = QueryConfigResolver(self.routes, self.pools, clock=self.clock)
+        self.pools, self.resolver = resolver_over(self.clock, self.net, self.routes)
         self.addCleanup(self._close)
         self.net.run(0.1)
 

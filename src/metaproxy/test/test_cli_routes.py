@@ -75,6 +75,30 @@ class RoutesTestCase(SynchronousTestCase):
     def cli(self, *args, **kw):
         return run_cli(*args, "--config", self.config, **kw)
 
+    def start_proxy(self, admin_port=0):
+        """
+        Start a C{twistd metaproxy} serving this test's ZooKeeper root; check
+        that it resolves temp to app_id 2 (the alpha simulator).
+
+        @return: the C{resolve --via} arguments that query it.
+        """
+        port = free_port()
+        config = os.path.abspath(self.mktemp() + "-proxy.yaml")
+        with open(config, "w") as f:
+            f.write(
+                f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n"
+                f"metric: {{type: none}}\nzookeeper: {{address: '{self.zk_server.hosts}', root: {self.root}}}\n"
+            )
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        proxy = start_metaproxy(workdir, config, port)
+        self.addCleanup(proxy.stop)
+        via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
+        first = run_cli(*via)
+        self.assertEqual((first.returncode, json.loads(first.stdout)["app_id"]), (0, 2), first.stderr)
+        self.proxy = proxy
+        return via
+
 
 class ListGetTests(RoutesTestCase):
     def test_list_and_get(self):
@@ -230,20 +254,7 @@ class SwitchTests(RoutesTestCase):
         """
         alpha, b = simulator(), beta()
         self.put("temp", "alpha", addrs(alpha))
-        port = free_port()
-        config = os.path.abspath(self.mktemp() + "-proxy.yaml")
-        with open(config, "w") as f:
-            f.write(
-                f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:0:interface=127.0.0.1'}}\n"
-                f"metric: {{type: none}}\nzookeeper: {{address: '{self.zk_server.hosts}', root: {self.root}}}\n"
-            )
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        proxy = start_metaproxy(workdir, config, port)
-        self.addCleanup(proxy.stop)
-        via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
-        first = run_cli(*via)
-        self.assertEqual((first.returncode, json.loads(first.stdout)["app_id"]), (0, 2), first.stderr)
+        via = self.start_proxy()
         result = self.cli(
             "routes", "switch", "temp", "--cluster-name", "beta", "--meta-addrs", addrs(b), "--expect-cluster", "alpha", "--yes"
         )

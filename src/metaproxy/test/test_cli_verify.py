@@ -94,12 +94,10 @@ class SimulatorTests(SynchronousTestCase):
         self.assertIn("cluster_name is 'prod', not 'onebox'", target_problem(route, [("a", other, "")])[0])
 
 
-def _proxy_config(path, port, admin_port=0, zookeeper=None, routes=None):
+def _proxy_config(path, port, routes=None):
     with open(path, "w") as f:
-        f.write(f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n"
+        f.write(f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:0:interface=127.0.0.1'}}\n"
                 "metric: {type: none}\n")
-        if zookeeper is not None:
-            f.write(f"zookeeper: {{address: '{zookeeper[0]}', root: {zookeeper[1]}}}\n")
         if routes is not None:
             f.write("routes:\n")
             for table, (name, metas) in routes.items():
@@ -197,18 +195,10 @@ class LoopRefusalTests(RoutesTestCase):
         the running proxy keeps answering from the last good cluster and
         /routes reports the table stale with the loop.
         """
-        alpha = simulator()
-        self.put("temp", "alpha", addrs(alpha))
-        port, admin = free_port(), free_port()
-        config = _proxy_config(os.path.abspath(self.mktemp() + "-proxy.yaml"), port, admin,
-                               zookeeper=(self.zk_server.hosts, self.root))
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        proxy = start_metaproxy(workdir, config, port)
-        self.addCleanup(proxy.stop)
-        via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
-        first = run_cli(*via)
-        self.assertEqual((first.returncode, json.loads(first.stdout)["app_id"]), (0, 2), first.stderr)
+        self.put("temp", "alpha", addrs(simulator()))
+        admin = free_port()
+        via = self.start_proxy(admin)
+        proxy = self.proxy
         other = self.other_metaproxy()
         self.put("temp", "beta", other)
         deadline = time.monotonic() + 30

@@ -12,14 +12,11 @@ the all-zero header of pypegasus3 and NodeJS, Java 2.x's v1 header.
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from metaproxy.backend.cluster import MetaCluster
-from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend import families
-from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.sim.server import SimulatedCluster
 from metaproxy.test.test_backend_cluster import FakeNetwork, close_all
-from metaproxy.test.test_budget import _Routes
+from metaproxy.test.test_budget import _Routes, resolver_over
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Request, RequestHeader
 from metaproxy.wire.rdsn import RdsnHeader
@@ -104,11 +101,7 @@ class FamilyReplayTests(SynchronousTestCase):
         self.net.add(self.other)
         self.addrs = MetaAddrs.parse(",".join(METAS))
         self.routes = _Routes({"temp": Route("c1", self.addrs)})
-        self.pools = ClusterPools(
-            self.clock,
-            cluster_factory=lambda a: MetaCluster(self.clock, a, connection_factory=self.net.connection_factory),
-        )
-        self.resolver = QueryConfigResolver(self.routes, self.pools, clock=self.clock)
+        self.pools, self.resolver = resolver_over(self.clock, self.net, self.routes)
         self.addCleanup(self._close)
         self.net.run(0.1)
 
