@@ -11,10 +11,12 @@ feeds the ranking of metas, L{describe} and L{is_up}.
 
 A circuit breaker keeps a dead cluster from holding every request for its
 whole budget: once every meta's link has been down (refused, unreachable,
-lost) for longer than C{breaker_window}, L{query_config} fails at once with
-L{ClusterDown}, and so do queries still retrying. The links keep probing
-in the background (each reconnects at least every C{reconnect_max}), and
-the first meta that connects closes the breaker. A fresh failure, such as
+lost) for longer than C{breaker_window}, a query only probes: it may take
+C{BREAKER_PROBE} seconds (a link that connects at once, a meta just back,
+still answers it), then fails with L{ClusterDown}; queries still retrying
+fail at once. The links keep probing in the background too (each
+reconnects at least every C{reconnect_max}), and the first meta that
+connects closes the breaker. A fresh failure, such as
 a meta restarting, is younger than the window and is still hidden within
 the budget by retry rounds.
 """
@@ -40,6 +42,9 @@ _ARGS_CACHE_SIZE = 1024
 
 #: A cluster whose last usable answer is at most this old counts as up.
 UP_WINDOW = 10.0
+
+#: Seconds a query may take while the circuit breaker is open (a probe).
+BREAKER_PROBE = 0.1
 
 
 def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
@@ -216,10 +221,10 @@ class MetaCluster:
             return defer.fail(BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
         now = self.reactor.seconds()
         self.last_used = now
-        why = self.breaker_reason()
-        if why is not None:
+        probe = self.breaker_reason() is not None
+        if probe:
             self.fast_failures += 1
-            return defer.fail(ClusterDown(why))
+            timeout = min(timeout, BREAKER_PROBE)
         key = (app_name, tuple(partition_indices))
         args = self._args.get(key)
         if args is None:
@@ -228,6 +233,8 @@ class MetaCluster:
                 self._args.clear()
             self._args[key] = args
         query = Query(self, args, now + timeout)
+        if probe:
+            query.error = ClusterDown
         self._queries.add(query)
         return query.start()
 

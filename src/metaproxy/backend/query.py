@@ -51,6 +51,9 @@ class Query:
     done: bool = attrs.field(init=False, default=False)
     rounds: int = attrs.field(init=False, default=0)
     last_error: str = attrs.field(init=False, default="")
+    #: What the caller gets at the deadline (L{ClusterDown} for a probe
+    #: while the cluster's circuit breaker is open).
+    error: type = attrs.field(init=False, default=BackendUnavailable)
     _sending: int = attrs.field(init=False, default=0)
     hedge_timer: object = attrs.field(init=False, default=None)
     poll_timer: object = attrs.field(init=False, default=None)
@@ -75,7 +78,7 @@ class Query:
         self.hedged = False
         cluster = self.cluster
         if self.rounds > 1:
-            why = cluster.breaker_reason()
+            why = cluster.breaker_reason() if self.error is BackendUnavailable else None
             if why is not None:
                 cluster.fast_failures += 1
                 self._fail(why, ClusterDown)
@@ -256,6 +259,9 @@ class Query:
         if self.done:
             return
         why = self.last_error or "no answer"
+        if self.error is ClusterDown:
+            self._fail(f"every meta of {self.cluster.meta_addrs} is down ({why})", ClusterDown)
+            return
         self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
 
     def _cancelled(self, result):

@@ -33,9 +33,12 @@ class BackendWiringTests(SynchronousTestCase):
         return self.top.metrics.registry.get_sample_value(name, dict(labels, service="mp"))
 
     def test_budget_settings_reach_the_resolver(self):
-        """The resolver gets the default budget of 1.5 s and the 10 % / 100 ms margin."""
+        """The resolver gets the default budget of 1.8 s, the 10 % / 100 ms margin and the family settings."""
         resolver = self.top.resolver
-        self.assertEqual((resolver.default_timeout, resolver.margin_ratio, resolver.margin_min), (1.5, 0.1, 0.1))
+        self.assertEqual((resolver.default_timeout, resolver.margin_ratio, resolver.margin_min), (1.8, 0.1, 0.1))
+        self.assertEqual((resolver.untrusted_timeout, resolver.new_connection_margin, resolver.late_answer),
+                         (30.0, 0.2, 5.0))
+        self.assertEqual((self.top.pools.idle_close, self.top.pools.breaker_window), (10.0, 2.0))
         self.assertIs(resolver.clock, self.reactor)
 
     def test_gauges(self):
