@@ -5,6 +5,8 @@ Thrift-framed protocol factory -> Deferred table resolver -> route source
 (ZooKeeper data-watch cache or static routes) + per-cluster meta pools.
 """
 
+import os
+
 from twisted.application.service import Service
 from twisted.logger import Logger
 
@@ -21,7 +23,9 @@ from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
 from metaproxy.ops.sdnotify import NotifyService
 from metaproxy.frontend.server import PegasusServerFactory
+from metaproxy.wire.clusterinfo import CLUSTER_INFO, metaproxy_result
 from metaproxy.wire.querycfg import QUERY_CFG
+from metaproxy.wire.frame import Reply
 
 log = Logger()
 
@@ -58,6 +62,44 @@ class _StartupLine(Service):
         if not self._said:
             self._said = True
             log.info(STARTUP_LINE, **self._fields)
+
+
+def _identify_as_metaproxy(config):
+    """
+    @return: the C{RPC_CM_CLUSTER_INFO} handler of a metaproxy: it never
+        answers as a meta would (see L{metaproxy.wire.clusterinfo}), so that
+        route checks (ours, Pegasus's migrator) refuse a route to it.
+    """
+    from metaproxy import __version__
+
+    reply = Reply(metaproxy_result(f"metaproxy {__version__} pid {os.getpid()} listening on {config.listen}"))
+    return lambda request, connection: reply
+
+
+def _watch_never_worse(metrics, resolver, pools):
+    """Report the client families, suspicious headers, late answers, breaker and pool counts."""
+    metrics.watch_counts("metaproxy_client_family_requests", "query_cfg requests by client family (header shape).",
+                         "family", lambda: dict(resolver.family_counts))
+    metrics.watch_counts("metaproxy_suspicious_headers", "query_cfg requests whose header timeout is not "
+                         "the client's own (0 from Java 1.x, negative, huge, unknown shape).",
+                         "reason", lambda: dict(resolver.suspicious_counts))
+    metrics.watch_counts("metaproxy_late_answers", "Requests answered by a query started for an earlier "
+                         "attempt of theirs on the same connection.", None, lambda: resolver.late_answers)
+    metrics.watch_counts("metaproxy_cluster_unavailable_answers", "Batches answered with the retryable "
+                         "error because their cluster was unavailable.", None, lambda: resolver.unavailable_answers)
+
+    def fast():
+        out = {}
+        for pool in pools.pools().values():
+            name = getattr(pool, "cluster_name", "") or str(pool.meta_addrs)
+            out[name] = out.get(name, 0) + getattr(pool, "fast_failures", 0)
+        return out
+
+    metrics.watch_counts("metaproxy_breaker_fast_failures", "Queries failed at once because every meta of "
+                         "the cluster was down longer than timeouts.breaker_window.", "cluster", fast)
+    metrics.watch_counts("metaproxy_pools_closed", "Meta pools closed because no route referred to them.",
+                         None, lambda: pools.closed_count)
+    metrics.watch_gauges("metaproxy_pools", "Meta pools open now.", None, lambda: len(pools.pools()))
 
 
 def build_route_table(config, reactor, self_addresses=None):
@@ -232,6 +274,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         reconnect_max=config.timeouts.reconnect_max,
         metrics=metrics,
         max_reply_bytes=config.limits.max_reply_bytes,
+        idle_close=config.timeouts.pool_grace,
+        breaker_window=config.timeouts.breaker_window,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")
@@ -246,13 +290,17 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         margin_min=config.timeouts.margin_min,
         metrics=metrics,
         clock=reactor,
+        untrusted_timeout=config.timeouts.untrusted,
+        new_connection_margin=config.timeouts.new_connection_margin,
+        late_answer=config.timeouts.late_answer,
     )
+    _watch_never_worse(metrics, resolver, pools)
     metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
                         resolver.in_flight)
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        RpcDispatcher({QUERY_CFG: resolver.handle}),
+        RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)}),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,

@@ -237,15 +237,32 @@ class TimeoutConfig:
     @ivar connect: one connection attempt to a meta.
     @ivar reconnect_max: cap of the (jittered) delay between attempts to
         reconnect to a meta.
+    @ivar untrusted: the budget of a request whose header timeout is known
+        not to be its client's: Go's wrapped value, Java 1.x's 0 (<=
+        C{client_max}; see C{docs/clients.rst}).
+    @ivar new_connection_margin: budget kept besides for the first request
+        on a connection (the client's timer also counted its connect).
+    @ivar late_answer: how long an upstream query runs on after its
+        requests' budgets ran out, and its answer is kept, for their
+        retries on the same connection (0: off).
+    @ivar breaker_window: how long every meta of a cluster must have been
+        down before its queries get the retryable error at once (0: never).
+    @ivar pool_grace: how long a meta pool no route refers to (and nothing
+        queried) is kept before it is closed.
     """
 
-    client_default: float = 1.5
+    client_default: float = 1.8
     client_max: float = 30.0
     hedge_delay: float = 1.0
     connect: float = 3.0
     margin_ratio: float = 0.1
     margin_min: float = 0.1
     reconnect_max: float = 1.0
+    untrusted: float = 30.0
+    new_connection_margin: float = 0.2
+    late_answer: float = 5.0
+    breaker_window: float = 2.0
+    pool_grace: float = 10.0
 
 
 @attrs.frozen
@@ -673,9 +690,14 @@ def _check(config):
     need(1 <= config.metric.falcon.step <= 86400, "$.metric.falcon.step", "must be 1..86400 (seconds)")
     need(0 < config.metric.falcon.timeout <= _MAX_SECONDS, "$.metric.falcon.timeout", "must be > 0 and <= 86400 (seconds)")
     t = config.timeouts
-    for name in ("client_default", "client_max", "hedge_delay", "connect", "margin_min", "reconnect_max"):
+    for name in ("client_default", "client_max", "hedge_delay", "connect", "margin_min", "reconnect_max",
+                 "untrusted", "pool_grace"):
         need(0 < getattr(t, name) <= _MAX_SECONDS, f"$.timeouts.{name}", "must be > 0 and <= 86400 (seconds)")
+    for name in ("late_answer", "breaker_window"):
+        need(0 <= getattr(t, name) <= _MAX_SECONDS, f"$.timeouts.{name}", "must be 0..86400 (seconds; 0: off)")
+    need(0 <= t.new_connection_margin <= 10, "$.timeouts.new_connection_margin", "must be 0..10 (seconds)")
     need(t.client_default <= t.client_max, "$.timeouts.client_default", "must not exceed timeouts.client_max")
+    need(t.untrusted <= t.client_max, "$.timeouts.untrusted", "must not exceed timeouts.client_max")
     need(0 < t.margin_ratio < 0.5, "$.timeouts.margin_ratio", "must be > 0 and < 0.5")
     lim = config.limits
     need(1024 <= lim.max_frame_bytes <= 2**31 - 1, "$.limits.max_frame_bytes", "must be 1024..2147483647")

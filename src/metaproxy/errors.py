@@ -37,3 +37,21 @@ class BackendUnavailable(MetaProxyError):
     No meta server of the cluster gave a usable answer in time.
     Clients get a retryable error (C{ERR_SERVICE_NOT_ACTIVE} for query_cfg).
     """
+
+
+class RouteLoop(BackendUnavailable):
+    """
+    A meta of the route is a metaproxy (it refused a query marked as coming
+    from a metaproxy): the route is a loop. The route source keeps the
+    table's last good route (reported stale); clients get the retryable
+    error at once.
+    """
+
+
+class ClusterDown(BackendUnavailable):
+    """
+    Every meta server of the cluster has refused or failed for longer than
+    the circuit breaker's window: the query is not even tried (the links
+    keep probing in the background). Clients get the retryable error at
+    once, through the same path as L{BackendUnavailable}.
+    """

@@ -84,12 +84,15 @@ class MetaClientProtocol(Protocol):
     @ivar stray_replies: how many replies matched no pending call.
     @ivar header_version: the THFT request header version, 0 (as metaproxy
         and most clients send) or 1 (as Java 2.x sends).
+    @ivar partition_hash: the header's C{client_partition_hash} (metaproxy
+        sends L{metaproxy.wire.clusterinfo.LOOP_MARKER} to metas).
     """
 
     clock: object
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     on_lost: object = None
     header_version: int = 0
+    partition_hash: int = 0
     stray_replies: int = attrs.field(init=False, default=0)
     _seqid: int = attrs.field(init=False, default=0)
     _pending: dict = attrs.field(init=False, factory=dict)
@@ -153,7 +156,8 @@ class MetaClientProtocol(Protocol):
         send_now(
             self.transport,
             frame.encode_request(
-                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms))
+                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms)),
+                partition_hash=self.partition_hash,
             ),
         )
         return d

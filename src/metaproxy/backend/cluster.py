@@ -8,6 +8,17 @@ deadline). The cluster keeps what the queries share: one reconnecting
 connection per meta (plus a few to leaders outside the configured list),
 the believed leader, and what each meta last did (answered, failed), which
 feeds the ranking of metas, L{describe} and L{is_up}.
+
+A circuit breaker keeps a dead cluster from holding every request for its
+whole budget: once every meta's link has been down (refused, unreachable,
+lost) for longer than C{breaker_window}, a query only probes: it may take
+C{BREAKER_PROBE} seconds (a link that connects at once, a meta just back,
+still answers it), then fails with L{ClusterDown}; queries still retrying
+fail at once. The links keep probing in the background too (each
+reconnects at least every C{reconnect_max}), and the first meta that
+connects closes the breaker. A fresh failure, such as
+a meta restarting, is younger than the window and is still hidden within
+the budget by retry rounds.
 """
 
 import attrs
@@ -18,9 +29,10 @@ from zope.interface import implementer
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
 from metaproxy.backend.connection import RECONNECT_MAX, MetaConnection
 from metaproxy.backend.query import Query
-from metaproxy.errors import BackendUnavailable
+from metaproxy.errors import BackendUnavailable, ClusterDown
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.wire import querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 
 log = Logger()
 
@@ -31,13 +43,16 @@ _ARGS_CACHE_SIZE = 1024
 #: A cluster whose last usable answer is at most this old counts as up.
 UP_WINDOW = 10.0
 
+#: Seconds a query may take while the circuit breaker is open (a probe).
+BREAKER_PROBE = 0.1
+
 
 def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
                                 max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
     def make(host, port):
         return MetaConnection(
             reactor, host, port, connect_timeout=connect_timeout, reconnect_max=reconnect_max,
-            max_frame_bytes=max_reply_bytes,
+            max_frame_bytes=max_reply_bytes, partition_hash=LOOP_MARKER,
         )
 
     return make
@@ -79,6 +94,9 @@ class MetaCluster:
     @ivar last_ok: the clock time of the last usable answer, or L{None}.
     @ivar last_error: the last failure of any meta, C{"host:port: why"}.
     @ivar last_error_at: its clock time, or L{None}.
+    @ivar breaker_window: seconds every meta's link must have been down
+        before queries fail at once (0: never).
+    @ivar fast_failures: queries failed at once by the breaker.
     """
 
     reactor: object
@@ -92,6 +110,9 @@ class MetaCluster:
     reconnect_max: float = RECONNECT_MAX
     cluster_name: str = ""
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    breaker_window: float = 2.0
+    fast_failures: int = attrs.field(init=False, default=0)
+    _breaker_open: bool = attrs.field(init=False, default=False)
     last_used: float = attrs.field(init=False, default=0.0)
     last_ok: object = attrs.field(init=False, default=None)
     last_error: str = attrs.field(init=False, default="")
@@ -166,6 +187,7 @@ class MetaCluster:
             "last_error": self.last_error or None,
             "last_error_age": age(self.last_error_at),
             "up": self.is_up(),
+            "breaker_open": self._breaker_open,
             "in_flight": len(self._queries),
             "last_used": self.last_used,
             "metas": metas,
@@ -199,6 +221,10 @@ class MetaCluster:
             return defer.fail(BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
         now = self.reactor.seconds()
         self.last_used = now
+        probe = self.breaker_reason() is not None
+        if probe:
+            self.fast_failures += 1
+            timeout = min(timeout, BREAKER_PROBE)
         key = (app_name, tuple(partition_indices))
         args = self._args.get(key)
         if args is None:
@@ -207,8 +233,43 @@ class MetaCluster:
                 self._args.clear()
             self._args[key] = args
         query = Query(self, args, now + timeout)
+        if probe:
+            query.error = ClusterDown
         self._queries.add(query)
         return query.start()
+
+    def breaker_reason(self):
+        """
+        @return: why the circuit breaker is open (every meta's link down for
+            longer than C{breaker_window}), or L{None} while it is closed.
+            Opening and closing are logged once each.
+        """
+        window = self.breaker_window
+        if window <= 0:
+            return None
+        now = self.reactor.seconds()
+        shortest = None
+        for conn in (*self._configured.values(), *self._extra.values()):
+            since = getattr(conn, "down_since", None)
+            if since is None:
+                shortest = None
+                break
+            down_for = now - since
+            shortest = down_for if shortest is None else min(shortest, down_for)
+        is_open = shortest is not None and shortest > window
+        if is_open != self._breaker_open:
+            self._breaker_open = is_open
+            if is_open:
+                log.warn(
+                    "every meta of {cluster} has been down for {seconds:.1f}s ({error}); answering its queries "
+                    "with a retryable error at once while the links keep probing",
+                    cluster=self.cluster_name, seconds=shortest, error=self.last_error or "no answer",
+                )
+            else:
+                log.info("a meta of {cluster} is reachable again; queries go to it", cluster=self.cluster_name)
+        if not is_open:
+            return None
+        return f"every meta of {self.meta_addrs} down for {shortest:.1f}s (last: {self.last_error or 'no answer'})"
 
     def close(self):
         """

@@ -14,6 +14,10 @@ moves on to the other metas instead of waiting.
 
 The link's state changes are logged once each: down (with the reason), up
 again, and a reminder every C{remind_every} seconds while it stays down.
+Several pools may hold a link to the same meta (a table switched between
+meta lists that share one): a meta is logged down once by the first of its
+links to go down and up again once by the last to come back
+(L{DownReports}).
 """
 
 import random
@@ -34,6 +38,35 @@ CONNECTING, CONNECTED, DOWN, STOPPED = "connecting", "connected", "down", "stopp
 
 #: Default cap of the reconnect delay, in seconds.
 RECONNECT_MAX = 1.0
+
+
+class DownReports:
+    """
+    Which meta addresses some link reports down, process-wide, so that a
+    dead meta is logged once however many pools connect to it.
+    """
+
+    def __init__(self):
+        self._down = {}
+
+    def went_down(self, address):
+        """@return: L{True} if no other link reported C{address} down (log it)."""
+        count = self._down.get(address, 0)
+        self._down[address] = count + 1
+        return count == 0
+
+    def came_back(self, address):
+        """@return: L{True} if no other link still reports C{address} down (log it)."""
+        count = self._down.get(address, 0) - 1
+        if count <= 0:
+            self._down.pop(address, None)
+            return True
+        self._down[address] = count
+        return False
+
+
+#: The process-wide L{DownReports}.
+DOWN_REPORTS = DownReports()
 
 
 def default_retry_policy(maximum=RECONNECT_MAX, initial=0.05):
@@ -70,9 +103,12 @@ class _ProtocolFactory(Factory):
     max_frame_bytes: int
     on_lost: object
     header_version: int = 0
+    partition_hash: int = 0
 
     def buildProtocol(self, addr):
-        proto = MetaClientProtocol(self.clock, self.max_frame_bytes, self.on_lost, self.header_version)
+        proto = MetaClientProtocol(
+            self.clock, self.max_frame_bytes, self.on_lost, self.header_version, self.partition_hash
+        )
         proto.factory = self
         return proto
 
@@ -98,6 +134,8 @@ class MetaConnection:
     @ivar endpoint: the client endpoint; L{default_endpoint} when L{None}.
     @ivar max_frame_bytes: the largest reply accepted.
     @ivar header_version: the THFT request header version sent (0 or 1).
+    @ivar partition_hash: the header's C{client_partition_hash} sent
+        (metaproxy's pools send L{metaproxy.wire.clusterinfo.LOOP_MARKER}).
     @ivar state: one of C{connecting}, C{connected}, C{down}, C{stopped}.
     @ivar last_error: why the link last went down or failed to come up
         (empty while it is up).
@@ -116,6 +154,8 @@ class MetaConnection:
     endpoint: object = None
     max_frame_bytes: int = DEFAULT_MAX_REPLY_BYTES
     header_version: int = 0
+    partition_hash: int = 0
+    down_reports: object = DOWN_REPORTS
     state: str = attrs.field(init=False, default=STOPPED)
     last_error: str = attrs.field(init=False, default="")
     connected_since: object = attrs.field(init=False, default=None)
@@ -128,6 +168,7 @@ class MetaConnection:
     _retry: object = attrs.field(init=False, default=None)
     _failures: int = attrs.field(init=False, default=0)
     _reported_down: bool = attrs.field(init=False, default=False)
+    _logged_down: bool = attrs.field(init=False, default=False)
     _reminded_at: float = attrs.field(init=False, default=0.0)
     _stopped: object = attrs.field(init=False, default=None)
 
@@ -144,7 +185,9 @@ class MetaConnection:
             self.endpoint = default_endpoint(self.reactor, self.host, self.port, self.connect_timeout)
         if self.retry_policy is None:
             self.retry_policy = default_retry_policy(self.reconnect_max)
-        self._factory = _ProtocolFactory(self.reactor, self.max_frame_bytes, self._lost, self.header_version)
+        self._factory = _ProtocolFactory(
+            self.reactor, self.max_frame_bytes, self._lost, self.header_version, self.partition_hash
+        )
         self._connect()
 
     def stop(self):
@@ -155,6 +198,9 @@ class MetaConnection:
         """
         self.state = STOPPED
         self._factory = None
+        if self._reported_down:
+            self._reported_down = False
+            self.down_reports.came_back(self.address)
         self._cancel_retry()
         attempt, self._attempt = self._attempt, None
         if attempt is not None:
@@ -278,7 +324,7 @@ class MetaConnection:
         self.state = CONNECTED
         self._failures = 0
         self.connected_since = now
-        if self._reported_down:
+        if self._reported_down and self.down_reports.came_back(self.address):
             log.info(
                 "meta {meta} is up again after {seconds:.1f}s down",
                 meta=self.address,
@@ -314,8 +360,10 @@ class MetaConnection:
         if not self._reported_down:
             self._reported_down = True
             self._reminded_at = now
-            log.warn("meta {meta} is down: {reason}", meta=self.address, reason=why)
-        elif now - self._reminded_at >= self.remind_every:
+            self._logged_down = self.down_reports.went_down(self.address)
+            if self._logged_down:
+                log.warn("meta {meta} is down: {reason}", meta=self.address, reason=why)
+        elif self._logged_down and now - self._reminded_at >= self.remind_every:
             self._reminded_at = now
             log.warn(
                 "meta {meta} still down after {seconds:.0f}s: {reason}",

@@ -5,8 +5,10 @@ One L{MetaCluster} per distinct set of meta addresses, for the whole process.
 Routes name their cluster by a meta address list; two lists naming the same
 metas in another order share one pool (L{metaproxy.routes.route.MetaAddrs} is
 normalised). A periodic sweep closes pools that no route references any
-more and that have been idle for C{idle_close} seconds, so connections to
-decommissioned metas do not leak.
+more and that have been idle for C{idle_close} seconds (C{timeouts.pool_grace},
+10 s by default: a switched-away cluster's pool, which nothing queries any
+more, is gone within it plus one sweep interval), so connections to
+decommissioned (or dead) metas do not leak nor keep reconnecting.
 """
 
 from typing import Optional
@@ -28,7 +30,7 @@ log = Logger()
 MAX_SANE_CLIENT_TIMEOUT_MS = 3_600_000
 
 
-def answer_budget(client_timeout_ms, default, maximum, margin_ratio=0.1, margin_min=0.1):
+def answer_budget(client_timeout_ms, default, maximum, margin_ratio=0.1, margin_min=0.1, extra_margin=0.0):
     """
     Choose how many seconds metaproxy may take to answer one request, so
     that even the retryable error reaches the client before its own timer
@@ -44,12 +46,16 @@ def answer_budget(client_timeout_ms, default, maximum, margin_ratio=0.1, margin_
     @param margin_ratio: the safety margin as a part of the client's
         timeout (network, the client's own scheduling).
     @param margin_min: the least safety margin, in seconds.
-    @return: seconds: the client's timeout minus the larger margin (at
-        least half of the client's timeout), at most C{maximum}.
+    @param extra_margin: seconds kept besides (the first request on a new
+        connection: the client's timer also counted the connect).
+    @return: seconds: the client's timeout minus the larger margin and
+        C{extra_margin} (at least half of the client's timeout), at most
+        C{maximum}. Which clients' timeouts are taken as true is
+        L{metaproxy.frontend.families}' business.
     """
     if 0 < client_timeout_ms <= MAX_SANE_CLIENT_TIMEOUT_MS:
         t = client_timeout_ms / 1000.0
-        budget = max(t - max(t * margin_ratio, margin_min), t / 2.0)
+        budget = max(t - max(t * margin_ratio, margin_min) - extra_margin, t / 2.0)
         return min(budget, maximum)
     return min(default, maximum)
 
@@ -70,8 +76,10 @@ class ClusterPools:
     @ivar connect_timeout: seconds one connection attempt may take.
     @ivar retry_delay: see L{MetaCluster.retry_delay}.
     @ivar max_extra: see L{MetaCluster.max_extra}.
-    @ivar sweep_interval: seconds between sweeps; by default half of
-        C{idle_close}, between 1 and 60 seconds.
+    @ivar sweep_interval: seconds between sweeps; by default a quarter of
+        C{idle_close}, between 0.5 and 60 seconds.
+    @ivar breaker_window: see L{MetaCluster.breaker_window}.
+    @ivar closed_count: pools closed by the sweep so far.
     @ivar reconnect_max: see L{MetaCluster.reconnect_max}.
     @ivar metrics: passed to each L{MetaCluster} (backend call metrics).
     @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
@@ -91,6 +99,8 @@ class ClusterPools:
     cluster_factory: object = None
     metrics: object = None
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    breaker_window: float = 2.0
+    closed_count: int = attrs.field(init=False, default=0)
     _pools: dict = attrs.field(init=False, factory=dict)
     _sweeper: object = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
@@ -136,6 +146,7 @@ class ClusterPools:
             reconnect_max=self.reconnect_max,
             cluster_name=cluster_name or "",
             max_reply_bytes=self.max_reply_bytes,
+            breaker_window=self.breaker_window,
         )
 
     def pools(self):
@@ -167,7 +178,7 @@ class ClusterPools:
             return
         interval = self.sweep_interval
         if interval is None:
-            interval = max(1.0, min(60.0, self.idle_close / 2.0))
+            interval = max(0.5, min(60.0, self.idle_close / 4.0))
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
         d = self._sweeper.start(interval, now=False)
@@ -193,6 +204,7 @@ class ClusterPools:
             if now - pool.last_used < self.idle_close:
                 continue
             del self._pools[addrs]
+            self.closed_count += 1
             log.info("closing idle meta pool for {cluster}", cluster=str(addrs))
             closing.append(defer.maybeDeferred(pool.close))
         return defer.gatherResults(closing, consumeErrors=True).addCallbacks(

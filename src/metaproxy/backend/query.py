@@ -19,13 +19,14 @@ C{retry_delay} while the deadline allows (an election may be running). While
 attempts hang (a silent meta), every meta is asked again every
 C{hedge_delay} (beside its attempt still in flight, if any): the followers may
 know a new leader by then, and a hung meta may be back. At the deadline
-the caller gets L{BackendUnavailable}.
+the caller gets L{BackendUnavailable}; before it, at the next round, when
+the cluster's circuit breaker opens (L{ClusterDown}).
 """
 
 import attrs
 from twisted.internet import defer
 
-from metaproxy.errors import BackendUnavailable
+from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
 
@@ -50,6 +51,9 @@ class Query:
     done: bool = attrs.field(init=False, default=False)
     rounds: int = attrs.field(init=False, default=0)
     last_error: str = attrs.field(init=False, default="")
+    #: What the caller gets at the deadline (L{ClusterDown} for a probe
+    #: while the cluster's circuit breaker is open).
+    error: type = attrs.field(init=False, default=BackendUnavailable)
     _sending: int = attrs.field(init=False, default=0)
     hedge_timer: object = attrs.field(init=False, default=None)
     poll_timer: object = attrs.field(init=False, default=None)
@@ -74,6 +78,11 @@ class Query:
         self.hedged = False
         cluster = self.cluster
         if self.rounds > 1:
+            why = cluster.breaker_reason() if self.error is BackendUnavailable else None
+            if why is not None:
+                cluster.fast_failures += 1
+                self._fail(why, ClusterDown)
+                return
             self._hedge()
             return
         leader = cluster._leader
@@ -144,6 +153,13 @@ class Query:
             return
         cluster._heard_from(key)
         if peek is None:
+            if response.rpc_error == codes.ERR_HANDLER_NOT_FOUND:
+                # Every meta handles query_cfg: this is a metaproxy that
+                # saw our loop marker (metaproxy.wire.clusterinfo).
+                why = f"{cluster._label(key)} is a metaproxy, not a meta (a route loop)"
+                cluster._heard_error(key, why)
+                self._fail(why, RouteLoop)
+                return
             self._note_failure(key, f"rpc error {response.rpc_error}")
             return
         if isinstance(peek, DecodeError):
@@ -234,15 +250,18 @@ class Query:
         self._finish()
         self.result.callback(response)
 
-    def _fail(self, why):
+    def _fail(self, why, error=BackendUnavailable):
         self._finish()
-        self.result.errback(BackendUnavailable(why))
+        self.result.errback(error(why))
 
     def _expired(self):
         self.deadline_timer = None
         if self.done:
             return
         why = self.last_error or "no answer"
+        if self.error is ClusterDown:
+            self._fail(f"every meta of {self.cluster.meta_addrs} is down ({why})", ClusterDown)
+            return
         self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
 
     def _cancelled(self, result):

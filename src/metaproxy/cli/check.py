@@ -2,9 +2,18 @@
 """
 C{metaproxy check --config FILE} (and C{twistd metaproxy --check}): load a
 config as the service would and say what would run, or every problem.
+
+A static route naming the proxy's own listening address is refused (exit
+3); with C{--verify-routes} every static route's metas are also asked
+C{RPC_CM_CLUSTER_INFO} (L{metaproxy.cli.verify}): another metaproxy,
+something that is not a meta, or another C{cluster_name} is refused too.
 """
 
-from metaproxy.cli.common import load
+from twisted.internet import defer
+
+from metaproxy.cli.common import CommandError, load, run_on_reactor
+from metaproxy.cli.verify import REFUSED, own_addresses, verify_target
+from metaproxy.routes.route import MetaAddrs, Route
 
 
 def add_parser(subparsers):
@@ -13,12 +22,16 @@ def add_parser(subparsers):
         "check",
         help="check a configuration file without serving",
         description="Load FILE as `twistd metaproxy` would. Print every problem as file:line:col (exit 2), "
-        "or one line saying what would run (exit 0).",
+        "a static route that loops (exit 3), or one line saying what would run (exit 0).",
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                   help="seconds to wait for ZooKeeper when checking the route tree's ACL")
+                   help="seconds to wait for ZooKeeper when checking the route tree's ACL, and with "
+                   "--verify-routes for each route's metas")
     p.add_argument("--offline", action="store_true", help="do not connect to ZooKeeper (no ACL check)")
+    p.add_argument("--verify-routes", action="store_true",
+                   help="ask each static route's metas RPC_CM_CLUSTER_INFO: refuse metaproxies, non-metas and "
+                   "another cluster_name (exit 3)")
     p.set_defaults(command=run)
 
 
@@ -49,11 +62,42 @@ def check_file(path):
     return f"{path}: ok: {summary(load(path))}"
 
 
+def static_route_problems(config, verify=False, timeout=5.0):
+    """
+    @return: one line per static route that loops: names this proxy's own
+        listening address, or (with C{verify}) fails L{verify_target}.
+    """
+    routes = {t: Route(r.cluster_name, MetaAddrs.parse(r.meta_addrs)) for t, r in sorted(config.routes.items())}
+    own = own_addresses(config)
+    problems = []
+    for table, route in routes.items():
+        problem = own.problem(route.meta_addrs)
+        if problem is not None:
+            problems.append(f"route of {table}: refusing {route.meta_addrs}: {problem}")
+    if verify and not problems and routes:
+
+        def work(reactor):
+            checks = [verify_target(reactor, config, r, timeout) for r in routes.values()]
+            return defer.DeferredList(checks, consumeErrors=True)
+
+        for table, (ok, result) in zip(routes, run_on_reactor(work)):
+            if not ok:
+                problems.append(f"route of {table}: {result.getErrorMessage()}")
+    return problems
+
+
 def run(args, out):
-    """Run C{check}; @return: the exit status (warnings, see L{metaproxy.cli.securitycheck}, do not change it)."""
+    """
+    Run C{check}; @return: the exit status. Warnings (see
+    L{metaproxy.cli.securitycheck}) do not change it; a static route that
+    loops does (L{static_route_problems}).
+    """
     from metaproxy.cli import securitycheck
 
     config = load(args.config)
+    problems = static_route_problems(config, args.verify_routes, args.timeout)
+    if problems:
+        raise CommandError(f"{args.config}: " + "\n".join(problems), REFUSED)
     out.write(f"{args.config}: ok: {summary(config)}\n")
     warnings = securitycheck.config_warnings(config)
     if not args.offline and 0 < args.timeout <= 3600:

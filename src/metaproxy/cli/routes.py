@@ -8,7 +8,8 @@ in L{metaproxy.cli.switch}.)
 import json
 import os
 
-from metaproxy.cli.common import USAGE, CommandError, confirm, load
+from metaproxy.cli.common import USAGE, CommandError, confirm, load, run_on_reactor
+from metaproxy.cli.verify import REFUSED, own_addresses, verify_target
 from metaproxy.cli.zkstore import OPERATOR_ENV, RouteStore, check_table, describe_acl_entry, operator_auth
 from metaproxy.routes.zkauth import world_writable
 from metaproxy.routes.route import MetaAddrs, Route
@@ -48,9 +49,17 @@ def add_parsers(subparsers):
     common(q)
     q.set_defaults(command=run_get)
     switch.add_parser(sub, common)
-    q = sub.add_parser("set", help="write a table's route without validating it (bootstrapping)")
+    q = sub.add_parser(
+        "set",
+        help="write a table's route after checking that its metas are a real meta cluster of that name",
+        description="Verify the target with RPC_CM_CLUSTER_INFO (real metas of --cluster-name; not this proxy, "
+        "not another metaproxy: exit 3 otherwise), then write the table's node with a compare-and-set.",
+    )
     q.add_argument("table")
     target_arguments(q)
+    q.add_argument("--no-verify", action="store_true",
+                   help="do not ask the metas (bootstrapping before they run); this proxy's own address is "
+                   "still refused")
     common(q, writes=True)
     q.set_defaults(command=run_set)
     q = sub.add_parser("delete", help="delete a table's route")
@@ -224,11 +233,18 @@ def warn_world_writable(store, table, out):
 
 
 def run_set(args, out):
-    """Run C{routes set}; @return: the exit status."""
+    """Run C{routes set}; @return: the exit status (3: the target was refused, see L{metaproxy.cli.verify})."""
     config = load(args.config)
     check_table(args.table)
     route = target_route(args)
     with zookeeper_store(args, config, writing=True) as store:
+        if args.no_verify:
+            problem = own_addresses(config).problem(route.meta_addrs)
+            if problem is not None:
+                raise CommandError(f"refusing {route.meta_addrs}: {problem}", REFUSED)
+        else:
+            leader = run_on_reactor(lambda reactor: verify_target(reactor, config, route, args.timeout))
+            out.write(f"target ok: {route.meta_addrs} are metas of cluster {leader.cluster_name}\n")
         return write_route(store, args.table, store.get(args.table), route, args, out)
 
 

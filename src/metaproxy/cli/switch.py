@@ -5,7 +5,10 @@ a table to another cluster, safely.
 
  1. Read the current node (and its version).
  2. C{--expect-cluster OLD} refuses unless the current cluster is OLD.
- 3. Ask the target cluster's metas for TABLE, following the leader as
+ 3. Verify the target (L{metaproxy.cli.verify}): real metas of the named
+    cluster (C{RPC_CM_CLUSTER_INFO}), not this proxy nor another metaproxy
+    (exit 3 otherwise).
+    Then ask the target cluster's metas for TABLE, following the leader as
     metaproxy does: it must answer C{ERR_OK} within the timeout, with a
     primary for every partition. The current cluster is asked too, to show
     the differences (app_id, partition count; a different count is normal
@@ -20,6 +23,7 @@ from twisted.internet import defer
 from metaproxy.cli.common import CommandError, run_on_reactor
 from metaproxy.cli.metaquery import health_problem, query_table
 from metaproxy.cli.routes import load, target_arguments, target_route, write_route, zookeeper_store
+from metaproxy.cli.verify import verify_target
 from metaproxy.cli.zkstore import check_table
 
 
@@ -38,17 +42,24 @@ def add_parser(sub, common):
     q.set_defaults(command=run)
 
 
-def _ask_both(target, current, table, timeout):
+def _ask_both(target, current, table, timeout, config=None):
     """
+    @param config: the loaded config: the target is verified first
+        (L{verify_target}), or not when L{None}.
     @return: a function for L{run_on_reactor} whose Deferred fires with
         C{[(ok, response or failure) for target, current]}; C{current} may
         be L{None} (then its entry is C{(False, None)}).
     """
 
-    def work(reactor):
+    def ask(_, reactor):
         asks = [query_table(reactor, target.meta_addrs, table, timeout)]
         asks.append(query_table(reactor, current.meta_addrs, table, timeout) if current else defer.fail(ValueError()))
         return defer.DeferredList(asks, consumeErrors=True)
+
+    def work(reactor):
+        if config is None:
+            return ask(None, reactor)
+        return verify_target(reactor, config, target, timeout, unreachable_ok=True).addCallback(ask, reactor)
 
     return work
 
@@ -86,7 +97,7 @@ def run(args, out):
             out.write(f"{path} already routes {args.table} to {target.cluster_name}; nothing to do\n")
             return 0
         out.write(f"checking that {target.cluster_name} ({target.meta_addrs}) serves {args.table} ...\n")
-        (ok_new, new), (ok_old, old) = run_on_reactor(_ask_both(target, current, args.table, args.timeout))
+        (ok_new, new), (ok_old, old) = run_on_reactor(_ask_both(target, current, args.table, args.timeout, config))
         if not ok_new:
             raise CommandError(
                 f"refusing to switch: target cluster {target.cluster_name} did not answer for {args.table}: "

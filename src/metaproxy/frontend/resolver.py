@@ -2,8 +2,8 @@
 """
 The query_cfg path: route the table, ask its cluster, relay the answer.
 
-Every request gets one answer budget from its arrival (see
-L{metaproxy.backend.pools.answer_budget}): the route lookup (also a first
+Every request gets one answer budget from its arrival, by its client
+family (see L{metaproxy.frontend.families}): the route lookup (also a first
 ZooKeeper read), connecting, leader following, hedging and retry rounds all
 draw on it, and when it runs out the request is answered with the retryable
 C{ERR_SERVICE_NOT_ACTIVE}, before the client's own timer fires, whatever is
@@ -19,18 +19,37 @@ no upstream query. This is what absorbs the herd when an operator switches
 a table and every client re-queries at once. Upstream queries in flight are
 capped (C{max_upstream}); beyond the cap a request gets the retryable error
 at once.
+
+A late answer is not wasted: when a request's budget runs out, the upstream
+query it waited for keeps running (until C{late_answer} seconds past the
+latest budget of its batch), and a retry of the same query I{from the same
+connection} joins it instead of queueing for a new one: NodeJS and Java 1.x
+retry on the same connection, so a meta slower than their budget still
+answers them. An answer that comes after every waiter left is kept
+C{late_answer} seconds for the connections that left, and only for them.
+Freshness holds: that query started after the retried request first
+arrived, so the client gets what a direct meta would have given its first
+attempt. The key includes the route's meta addresses, so a route change
+never serves an answer of the old cluster.
+
+A cluster the backend knows to be down (its circuit breaker is open, see
+L{metaproxy.backend.cluster.MetaCluster}) fails the query at once; every
+"cluster unavailable" outcome becomes the client's answer in one place,
+L{QueryConfigResolver.cluster_unavailable}.
 """
 
 from typing import Optional
 import time
+import weakref
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from metaproxy import errors
-from metaproxy.backend.pools import answer_budget
+from metaproxy.frontend import families
 from metaproxy.wire import codes, querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import Reply
 
 log = Logger()
@@ -43,7 +62,19 @@ def _error_reply(err):
 _RELAY_CACHE_SIZE = 4096
 
 _NOT_FOUND = _error_reply(codes.ERR_OBJECT_NOT_FOUND)
+#: The answer to a query marked as sent by a metaproxy: an rpc-level error
+#: no meta gives query_cfg, so the sender knows its route loops.
+_LOOP = Reply(None, codes.ERR_HANDLER_NOT_FOUND)
 _RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
+_SAFE_ERRORS = {}
+
+
+def _safe_error_reply(err):
+    """@return: the (shared) error reply for a client-safe app-level C{err}."""
+    reply = _SAFE_ERRORS.get(err)
+    if reply is None:
+        reply = _SAFE_ERRORS[err] = _error_reply(err)
+    return reply
 
 
 def relay_reply(response):
@@ -58,7 +89,9 @@ def relay_reply(response):
     replica without them; a C++ client as old as a meta without C{hp_*}
     (v2.5.0 C{idl/dsn.layer2.thrift}, whose generated reader would
     desynchronise on them) never receives them. An app-level error name
-    some client would not know becomes C{ERR_UNKNOWN}; a forward (which the
+    some client would not know becomes its nearest known name
+    (L{metaproxy.wire.codes.client_safe}: C{ERR_UNDER_RECOVERY} becomes the
+    retryable C{ERR_SERVICE_NOT_ACTIVE}, others C{ERR_UNKNOWN}); a forward (which the
     pool must never return) and any rpc-level error become the retryable
     C{ERR_SERVICE_NOT_ACTIVE}.
 
@@ -73,7 +106,7 @@ def relay_reply(response):
     if peek.err == codes.ERR_FORWARD_TO_OTHERS:
         return _RETRY_LATER
     if peek.err not in codes.CLIENT_SAFE:
-        return _error_reply(codes.ERR_UNKNOWN)
+        return _safe_error_reply(codes.client_safe(peek.err))
     stripped = querycfg.strip_host_port(body)
     return Reply(stripped, app_error=peek.err, native_body=None if stripped is body else body)
 
@@ -85,6 +118,7 @@ class _Waiter:
     table: str
     deadline_at: float
     started: float = 0.0
+    connection: object = None
     answer: Optional[defer.Deferred] = None
     timer: object = None
     lookup: Optional[defer.Deferred] = None
@@ -98,6 +132,10 @@ class _Batch:
 
     waiters: list = attrs.field(factory=list)
     upstream: Optional[defer.Deferred] = None
+    #: Connections that had a request in this batch (their retries join it).
+    connections: set = attrs.field(factory=set)
+    #: Connections whose request ran out of budget while the query ran.
+    orphans: set = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -127,6 +165,21 @@ class QueryConfigResolver:
     @ivar margin_min: the least safety margin, in seconds
         (C{timeouts.margin_min}).
     @ivar max_upstream: at most this many upstream queries in flight.
+    @ivar untrusted_timeout: the budget, in seconds, of a request whose
+        header timeout is known not to be its client's (Go's wrapped value,
+        Java 1.x's 0; C{timeouts.untrusted}).
+    @ivar new_connection_margin: seconds of budget kept besides for the
+        first request on a connection (C{timeouts.new_connection_margin}).
+    @ivar late_answer: seconds an upstream query may run on after its
+        waiters' budgets, and its answer is kept for their retries
+        (C{timeouts.late_answer}); 0 turns late answers off.
+    @ivar family_counts: requests by client family (see
+        L{metaproxy.frontend.families.classify}).
+    @ivar suspicious_counts: requests by suspicious-header reason.
+    @ivar late_answers: requests answered by a query started for an
+        earlier attempt of theirs (joined, or its kept answer).
+    @ivar unavailable_answers: requests answered with the retryable error
+        because their cluster was unavailable.
     @ivar metrics: an object with the hooks of L{metaproxy.ops.metrics.Metrics},
         or L{None}.
     @ivar timer: returns the current time in seconds, for latency metrics.
@@ -136,7 +189,7 @@ class QueryConfigResolver:
 
     routes: object
     pools: object
-    default_timeout: float = 1.5
+    default_timeout: float = 1.8
     max_timeout: float = 30.0
     metrics: object = None
     timer: object = time.perf_counter
@@ -144,7 +197,17 @@ class QueryConfigResolver:
     margin_ratio: float = 0.1
     margin_min: float = 0.1
     max_upstream: int = 4096
+    untrusted_timeout: float = 30.0
+    new_connection_margin: float = 0.2
+    late_answer: float = 5.0
     refused_upstream: int = attrs.field(init=False, default=0)
+    family_counts: dict = attrs.field(init=False, factory=dict)
+    suspicious_counts: dict = attrs.field(init=False, factory=dict)
+    late_answers: int = attrs.field(init=False, default=0)
+    unavailable_answers: int = attrs.field(init=False, default=0)
+    _budgets: object = attrs.field(init=False, default=None)
+    _seen: object = attrs.field(init=False, factory=weakref.WeakSet)
+    _late: dict = attrs.field(init=False, factory=dict)
     _flights: dict = attrs.field(init=False, factory=dict)
     _relayed: dict = attrs.field(init=False, factory=dict)
     _at_cap: bool = attrs.field(init=False, default=False)
@@ -154,21 +217,46 @@ class QueryConfigResolver:
             from twisted.internet import reactor
 
             self.clock = reactor
+        self._budgets = families.FamilyBudgets(
+            default=self.default_timeout,
+            maximum=self.max_timeout,
+            untrusted=self.untrusted_timeout,
+            margin_ratio=self.margin_ratio,
+            margin_min=self.margin_min,
+            new_connection_margin=self.new_connection_margin,
+        )
 
     def in_flight(self):
         """@return: how many distinct upstream queries are running now (C{metaproxy_upstream_inflight})."""
         return len(self._flights)
 
-    def budget(self, request):
+    def budget(self, request, connection=None):
         """
-        @param request: a decoded request; its client timeout is read from
-            C{request.header.client_timeout} (milliseconds, 0: not given),
-            whatever framing carried it.
+        Classify the request's client family (counted in L{family_counts},
+        a suspicious header in L{suspicious_counts}) and choose its budget
+        (L{metaproxy.frontend.families.FamilyBudgets}).
+
+        @param request: a decoded request; its header (either framing) is
+            read.
+        @param connection: the client connection, or L{None}; its first
+            request keeps C{new_connection_margin} more.
         @return: the seconds this request may take to be answered.
         """
-        return answer_budget(
-            request.header.client_timeout, self.default_timeout, self.max_timeout, self.margin_ratio, self.margin_min
-        )
+        header = request.header
+        family, suspicious = families.classify(header)
+        counts = self.family_counts
+        counts[family] = counts.get(family, 0) + 1
+        if suspicious is not None:
+            self.suspicious_counts[suspicious] = self.suspicious_counts.get(suspicious, 0) + 1
+        new_connection = False
+        if connection is not None:
+            try:
+                if connection not in self._seen:
+                    self._seen.add(connection)
+                    new_connection = True
+            except TypeError:  # not weak-referenceable: never "new"
+                pass
+        return self._budgets.budget(family, header.client_timeout, new_connection)
 
     def handle(self, request, connection):
         """
@@ -182,13 +270,17 @@ class QueryConfigResolver:
             the caller cancels it.
         """
         query = querycfg.decode_args(request.args)
+        if request.header.partition_hash == LOOP_MARKER:
+            # Another metaproxy (or this one) routes a table to us: refuse.
+            self.suspicious_counts["from_metaproxy"] = self.suspicious_counts.get("from_metaproxy", 0) + 1
+            return defer.succeed(_LOOP)
         clock = self.clock
-        budget = self.budget(request)
+        budget = self.budget(request, connection)
         started = self.timer()
         metrics = self.metrics
         if metrics is not None:
             metrics.query_received(query.app_name)
-        waiter = _Waiter(query.app_name, clock.seconds() + budget, started)
+        waiter = _Waiter(query.app_name, clock.seconds() + budget, started, connection)
         d = waiter.answer = defer.Deferred(lambda _: self._cancelled(waiter))
         waiter.timer = clock.callLater(budget, self._expired, waiter)
         lookup = self.routes.lookup(query.app_name)
@@ -219,7 +311,7 @@ class QueryConfigResolver:
             timer.cancel()
         self._reply(waiter, reply)
 
-    def _detach(self, waiter):
+    def _detach(self, waiter, expired=False):
         """Stop waiting on the route lookup or the batch (the request is answered otherwise)."""
         waiter.done = True
         timer, waiter.timer = waiter.timer, None
@@ -229,14 +321,14 @@ class QueryConfigResolver:
         if lookup is not None:
             lookup.cancel()
         if waiter.key is not None:
-            self._leave(waiter.key, waiter)
+            self._leave(waiter.key, waiter, expired)
 
     def _expired(self, waiter):
         """The budget ran out: answer the retryable error now, leave the rest running."""
         waiter.timer = None
         if waiter.done:
             return
-        self._detach(waiter)
+        self._detach(waiter, expired=True)
         self._reply(waiter, _RETRY_LATER)
 
     def _cancelled(self, waiter):
@@ -266,8 +358,23 @@ class QueryConfigResolver:
     # -- coalescing
 
     def _join(self, route, waiter, query):
-        """Add one request to the batch for its key; start it if none runs."""
+        """
+        Add one request to the batch for its key; start it if none runs. A
+        retry from a connection that waited on the running batch joins it,
+        or gets the answer it left behind.
+        """
         key = (route.meta_addrs, query.app_name, query.partition_indices)
+        conn = waiter.connection
+        if self._late:
+            late = self._late.get(key)
+            if late is not None:
+                reply, expires_at, connections = late
+                if self.clock.seconds() > expires_at:
+                    del self._late[key]
+                elif conn is not None and conn in connections:
+                    self.late_answers += 1
+                    self._answer(waiter, reply)
+                    return
         flight = self._flights.get(key)
         if flight is None:
             if len(self._flights) >= self.max_upstream:
@@ -283,33 +390,46 @@ class QueryConfigResolver:
             self._at_cap = False
             waiter.key = key
             batch = _Batch([waiter])
+            if conn is not None:
+                batch.connections.add(conn)
             self._flights[key] = _Flight(batch, route.cluster_name)
             self._start(key, batch)
             return
         waiter.key = key
+        running = flight.running
+        if conn is not None and conn in running.connections:
+            # A retry (same query, same connection): the running query
+            # started after its first attempt arrived.
+            self.late_answers += 1
+            running.waiters.append(waiter)
+            return
         if flight.queued is None:
             flight.queued = _Batch()
         if self.metrics is not None:
             self.metrics.coalesced(query.app_name)
         flight.queued.waiters.append(waiter)
+        if conn is not None:
+            flight.queued.connections.add(conn)
 
     def _start(self, key, batch):
         meta_addrs, table, indices = key
         if self.metrics is not None:
             self.metrics.upstream_query(table)
-        # The query may run as long as its most patient waiter.
+        # The query may run as long as its most patient waiter, and
+        # late_answer more for their retries.
         waiters = batch.waiters
         if len(waiters) == 1:
             timeout = waiters[0].deadline_at - self.clock.seconds()
         else:
             timeout = max(w.deadline_at for w in waiters) - self.clock.seconds()
+        timeout = min(timeout + self.late_answer, self.max_timeout + self.late_answer)
         try:
             cluster = self.pools.get(meta_addrs, self._flights[key].cluster_name)
             upstream = cluster.query_config(table, indices, max(timeout, 0.0))
         except Exception:
             upstream = defer.fail()
         batch.upstream = upstream
-        upstream.addCallbacks(self._relay, self._upstream_failed, (key,), errbackArgs=(table,))
+        upstream.addCallbacks(self._relay, self._upstream_failed, (key,), errbackArgs=(key,))
         upstream.addCallback(self._finish, key, batch)
 
     def _relay(self, response, key):
@@ -329,12 +449,38 @@ class QueryConfigResolver:
             self._relayed[key] = (response.body, reply)
         return reply
 
-    def _upstream_failed(self, failure, table):
-        if not failure.check(errors.BackendUnavailable, defer.CancelledError):
-            log.failure("backend query for {table} failed unexpectedly", failure, table=table)
+    def _upstream_failed(self, failure, key):
+        if failure.check(errors.RouteLoop):
+            reject = getattr(self.routes, "reject_route", None)
+            if reject is not None:
+                reject(key[1], key[0], failure.getErrorMessage())
+        if failure.check(errors.BackendUnavailable):
+            return self.cluster_unavailable(key, failure)
+        if not failure.check(defer.CancelledError):
+            log.failure("backend query for {table} failed unexpectedly", failure, table=key[1])
+        return _RETRY_LATER
+
+    def cluster_unavailable(self, key, failure):
+        """
+        The one place where "this cluster cannot answer" becomes a client's
+        answer: no meta answered within the query's deadline, or the
+        cluster's circuit breaker is open (L{errors.ClusterDown}, answered
+        at once).
+
+        @param key: C{(meta_addrs, table, partition_indices)}.
+        @param failure: the L{errors.BackendUnavailable} failure.
+        @return: the L{Reply} for every request of the batch: the
+            retryable C{ERR_SERVICE_NOT_ACTIVE}.
+        """
+        self.unavailable_answers += 1
         return _RETRY_LATER
 
     def _finish(self, reply, key, batch):
+        if batch.orphans and self.late_answer > 0 and reply.rpc_error == codes.ERR_OK \
+                and reply.app_error == codes.ERR_OK:
+            if len(self._late) >= _RELAY_CACHE_SIZE:
+                self._late.clear()
+            self._late[key] = (reply, self.clock.seconds() + self.late_answer, frozenset(batch.orphans))
         flight = self._flights.get(key)
         if flight is not None and flight.running is batch:
             nxt = flight.queued
@@ -347,10 +493,12 @@ class QueryConfigResolver:
         for waiter in waiters:
             self._answer(waiter, reply)
 
-    def _leave(self, key, waiter):
+    def _leave(self, key, waiter, expired=False):
         """
         A request gave up or ran out of time: drop it; cancel the upstream
-        only if nobody is left, and forget a queued batch nobody waits for.
+        only if nobody is left and nobody may retry (a request that ran out
+        of time leaves it running for its retries, within C{late_answer}),
+        and forget a queued batch nobody waits for.
         """
         flight = self._flights.get(key)
         if flight is None:
@@ -363,5 +511,7 @@ class QueryConfigResolver:
         batch = flight.running
         if waiter in batch.waiters:
             batch.waiters.remove(waiter)
-            if not batch.waiters and batch.upstream is not None:
+            if expired and self.late_answer > 0 and waiter.connection is not None:
+                batch.orphans.add(waiter.connection)
+            if not batch.waiters and not batch.orphans and batch.upstream is not None:
                 batch.upstream.cancel()

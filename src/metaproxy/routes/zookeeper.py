@@ -141,6 +141,10 @@ class _Entry:
     confirmed: Optional[float] = None
     reader: Optional[OneAtATime] = None
     waiters: Waiters = attrs.Factory(Waiters)
+    #: The route served before the current one (a loop falls back to it).
+    previous: Optional[Route] = None
+    #: Meta lists found to loop (a metaproxy), with why: never served.
+    loops: dict = attrs.Factory(dict)
 
 
 @implementer(IRouteTable)
@@ -307,6 +311,32 @@ class ZooKeeperRouteTable(Service):
         self._read(entry)
         return self._wait(entry.waiters, table)
 
+    def reject_route(self, table, meta_addrs, why):
+        """
+        A route's metas turned out to be a metaproxy (a loop found at run
+        time): serve the table's last good route again, reported stale
+        with C{why}, and never serve these metas for it until its node
+        names others.
+
+        @param table: the table.
+        @param meta_addrs: the L{metaproxy.routes.route.MetaAddrs} that loop.
+        @param why: the reason, for logs and C{/routes}.
+        """
+        entry = self._entries.get(table)
+        if entry is None or entry.route is None or entry.route.meta_addrs != meta_addrs:
+            return
+        if len(entry.loops) >= 8:
+            entry.loops.clear()
+        entry.loops[meta_addrs] = why
+        looping, entry.route, entry.error = entry.route, entry.previous, why
+        entry.state = STALE if entry.route is not None else INVALID
+        log.warn(
+            "route of {table} ({cluster}: {meta_addrs}) loops: {why}; {action}",
+            table=table, cluster=looping.cluster_name, meta_addrs=str(meta_addrs), why=why,
+            action=f"serving its last good route (cluster {entry.route.cluster_name}) again"
+            if entry.route is not None else "no last good route to serve",
+        )
+
     def describe(self):
         """See L{IRouteTable.describe}."""
         now = self._reactor.seconds()
@@ -441,12 +471,31 @@ class ZooKeeperRouteTable(Service):
                 entry.state = INVALID
             entry.error = why
         else:
-            if entry.route is not None and entry.route != route:
-                log.info("table {table} moved: {changes}", table=entry.table, changes=route_changes(entry.route, route))
-            elif entry.state == STALE:
-                log.info("route data in {node} is valid again", node=path)
-            entry.state, entry.route, entry.error = OK, route, None
+            loop = self._self_problem(route) or entry.loops.get(route.meta_addrs)
+            if loop is not None:
+                self._keep_last_good(entry, route, loop)
+            else:
+                if entry.route is not None and entry.route != route:
+                    log.info(
+                        "table {table} moved: {changes}", table=entry.table, changes=route_changes(entry.route, route)
+                    )
+                    entry.previous = entry.route
+                elif entry.state == STALE:
+                    log.info("route data in {node} is valid again", node=path)
+                entry.loops.clear()
+                entry.state, entry.route, entry.error = OK, route, None
         self._settle_waiters(entry)
+
+    def _keep_last_good(self, entry, route, why):
+        """The node names metas that loop (this proxy, a metaproxy): keep serving the last good route, stale."""
+        if entry.error != why:
+            log.warn(
+                "refusing the new route of {table} ({meta_addrs}): {why}; {action}",
+                table=entry.table, meta_addrs=str(route.meta_addrs), why=why,
+                action="still serving its last good route" if entry.route is not None else "no good route to serve",
+            )
+        entry.state = STALE if entry.route is not None else INVALID
+        entry.error = why
 
     def _get_failed(self, failure, entry):
         path = self._path(entry.table)

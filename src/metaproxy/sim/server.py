@@ -10,6 +10,11 @@ describes. Faults are switched on the L{SimulatedCluster}: leader change, a
 meta down (really not listening, its connections dropped), slow answers,
 C{ERR_SERVICE_NOT_ACTIVE} from the leader, and silence.
 
+C{RPC_CM_CLUSTER_INFO} is answered like a real meta: the leader with
+C{ERR_OK} and the cluster's facts (C{cluster_name}, C{meta_servers},
+C{primary_meta_server}, ...), a follower with C{ERR_FORWARD_TO_OTHERS}
+(L{metaproxy.wire.clusterinfo}).
+
 The metas are served by metaproxy's own L{PegasusServerFactory} behind an
 L{RpcDispatcher}, so they frame, negotiate and reject unknown RPCs the way
 the proxy does.
@@ -26,7 +31,7 @@ from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.routes.route import is_ip_literal
 from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
-from metaproxy.wire import codes, querycfg
+from metaproxy.wire import clusterinfo, codes, querycfg
 from metaproxy.wire.frame import Reply
 
 log = Logger()
@@ -84,7 +89,9 @@ class SimulatedMeta:
     _last_reply: Optional[Reply] = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
-        dispatcher = RpcDispatcher({querycfg.QUERY_CFG: self.handle_query})
+        dispatcher = RpcDispatcher(
+            {querycfg.QUERY_CFG: self.handle_query, clusterinfo.CLUSTER_INFO: self.handle_cluster_info}
+        )
         inner = PegasusServerFactory(dispatcher, self.cluster.reactor)
         self.factory = WrappingFactory(inner)
         self.factory.noisy = False  # no "Starting factory <repr>" line per meta
@@ -139,6 +146,38 @@ class SimulatedMeta:
             return defer.Deferred()
         reply = self._reply(request)
         self.answered += 1
+        delay = cluster.delay if self.delay is None else self.delay
+        if delay > 0:
+            return task.deferLater(cluster.reactor, delay, lambda: reply)
+        return reply
+
+    def handle_cluster_info(self, request, connection):
+        """
+        Answer C{RPC_CM_CLUSTER_INFO} as a real meta: the leader gives the
+        cluster's facts, a follower C{ERR_FORWARD_TO_OTHERS}; silence and
+        delays apply as to query_cfg.
+
+        @return: a L{Reply}, or a L{Deferred} of one.
+        """
+        cluster = self.cluster
+        silent = cluster.silent if self.silent is None else self.silent
+        if silent:
+            return defer.Deferred()
+        leader = cluster.leader
+        if leader is self:
+            reply = Reply(clusterinfo.encode_result(codes.ERR_OK, {
+                "meta_servers": cluster.meta_addrs(),
+                "primary_meta_server": self.address,
+                "zookeeper_hosts": "",
+                "zookeeper_root": f"/pegasus/{cluster.cluster_name}",
+                "meta_function_level": "fl_steady",
+                "balance_operation_count": "move_pri=0,copy_pri=0,copy_sec=0,total=0",
+                "primary_replica_count_stddev": "0.00",
+                "total_replica_count_stddev": "0.00",
+                "cluster_name": cluster.cluster_name,
+            }))
+        else:
+            reply = Reply(clusterinfo.encode_result(codes.ERR_FORWARD_TO_OTHERS, {}))
         delay = cluster.delay if self.delay is None else self.delay
         if delay > 0:
             return task.deferLater(cluster.reactor, delay, lambda: reply)

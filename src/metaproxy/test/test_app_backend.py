@@ -15,6 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from metaproxy.app import build_service
 from metaproxy.config import parse_config
 from metaproxy.routes.route import MetaAddrs
+from metaproxy.wire.frame import Request, RequestHeader
 
 CONFIG = (
     "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: 'tcp:0:interface=127.0.0.1'}\n"
@@ -33,10 +34,23 @@ class BackendWiringTests(SynchronousTestCase):
         return self.top.metrics.registry.get_sample_value(name, dict(labels, service="mp"))
 
     def test_budget_settings_reach_the_resolver(self):
-        """The resolver gets the default budget of 1.5 s and the 10 % / 100 ms margin."""
+        """The resolver gets the default budget of 1.8 s, the 10 % / 100 ms margin and the family settings."""
         resolver = self.top.resolver
-        self.assertEqual((resolver.default_timeout, resolver.margin_ratio, resolver.margin_min), (1.5, 0.1, 0.1))
+        self.assertEqual((resolver.default_timeout, resolver.margin_ratio, resolver.margin_min), (1.8, 0.1, 0.1))
+        self.assertEqual((resolver.untrusted_timeout, resolver.new_connection_margin, resolver.late_answer),
+                         (30.0, 0.2, 5.0))
+        self.assertEqual((self.top.pools.idle_close, self.top.pools.breaker_window), (10.0, 2.0))
         self.assertIs(resolver.clock, self.reactor)
+
+    def test_family_counts_exported(self):
+        """Client families and suspicious headers are counted on /metrics."""
+        resolver = self.top.resolver
+        for header in (RequestHeader(0, 0, 0, 705), RequestHeader(0, -1, -1, 0, -7921)):
+            resolver.budget(Request(header, "RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX", 1, b""))
+        self.assertEqual(self.sample("metaproxy_client_family_requests_total", family="go"), 1.0)
+        self.assertEqual(self.sample("metaproxy_client_family_requests_total", family="java1_zero_timeout"), 1.0)
+        self.assertEqual(self.sample("metaproxy_suspicious_headers_total", reason="java1_zero_timeout"), 1.0)
+        self.assertEqual(self.sample("metaproxy_pools"), 0.0)
 
     def test_gauges(self):
         """A cluster that never answered is down, labelled by its cluster_name; nothing runs upstream."""

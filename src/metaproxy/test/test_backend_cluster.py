@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from metaproxy.backend.client import CallTimedOut, NotConnected
 from metaproxy.backend.cluster import MetaCluster
 from metaproxy.backend.connection import MetaConnection
-from metaproxy.errors import BackendUnavailable
+from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.routes.route import MetaAddrs
 from metaproxy.sim.server import SimulatedCluster
@@ -267,9 +267,18 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
     def test_rpc_error_counts_as_failure(self):
         """An rpc-level error from a meta is not an answer: the others are asked."""
         d = self.query()
-        self.conns["10.0.0.1:34601"].answer(None, "ERR_HANDLER_NOT_FOUND")
+        self.conns["10.0.0.1:34601"].answer(None, "ERR_BUSY")
         self.assertNoResult(d)
         self.assertEqual(self.conns["10.0.0.2:34601"].sent, 1)
+
+    def test_metaproxy_in_route_is_a_loop(self):
+        """
+        ERR_HANDLER_NOT_FOUND for query_cfg (what a metaproxy answers a
+        marked query) fails the query at once with L{RouteLoop}.
+        """
+        d = self.query()
+        self.conns["10.0.0.1:34601"].answer(None, "ERR_HANDLER_NOT_FOUND")
+        self.assertIn("10.0.0.1:34601 is a metaproxy", str(self.failureResultOf(d, RouteLoop).value))
 
     def test_malformed_answer_counts_as_failure(self):
         """A body that cannot be decoded is not an answer: the others are asked."""
@@ -598,7 +607,8 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.assertTrue(self.cluster.connections()["127.0.0.1:34601"].is_connected())
 
     def test_all_metas_down(self):
-        """With every meta down the caller gets L{BackendUnavailable}, not a hang."""
+        """With every meta down (no breaker) the caller gets L{BackendUnavailable}, not a hang."""
+        self.cluster.breaker_window = 0
         for i in range(3):
             self.successResultOf(self.sim.stop_meta(i))
         self.net.flush()
@@ -607,6 +617,33 @@ class SimulatedClusterTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.net.run(0.15)
         self.failureResultOf(d, BackendUnavailable)
+
+    def test_breaker(self):
+        """
+        Every meta down: a fresh failure is hidden within the budget (a
+        meta back in time answers); once down longer than
+        C{breaker_window}, queries in flight and new ones fail at once with
+        L{ClusterDown}, and the first meta back closes the breaker.
+        """
+        for i in range(3):
+            self.successResultOf(self.sim.stop_meta(i))
+        self.net.flush()
+        d = self.query(timeout=10.0)
+        self.net.run(1.0)
+        self.assertNoResult(d)
+        self.net.run(1.2)
+        self.failureResultOf(d, ClusterDown)
+        d = self.query(timeout=10.0)
+        self.net.run(0.15)
+        self.failureResultOf(d, ClusterDown)  # a probe: 0.1 s at most
+        self.assertEqual(self.cluster.describe()["breaker_open"], True)
+        self.sim.start_meta(0)
+        self.net.run(1.5)  # the links keep probing
+        self.assertIsNone(self.cluster.breaker_reason())
+        d = self.query(timeout=5.0)
+        self.net.run(0.5)
+        self.assertEqual(self.successResultOf(d).rpc_error, "ERR_OK")
+        self.assertGreaterEqual(self.cluster.fast_failures, 2)
 
     def test_slow_leader_within_deadline(self):
         """A slow leader's answer is still used when it comes before the deadline."""

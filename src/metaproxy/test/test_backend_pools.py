@@ -6,10 +6,12 @@ close, and L{answer_budget}.
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from metaproxy.backend.cluster import MetaCluster
+from metaproxy.backend.connection import DownReports, MetaConnection
 from metaproxy.backend.pools import ClusterPools, answer_budget
 from metaproxy.interfaces import IClusterPools
 from metaproxy.routes.route import MetaAddrs
@@ -178,3 +180,75 @@ class ClusterPoolsTests(SynchronousTestCase):
         self.assertEqual(info["meta_addrs"], "10.0.0.1:34601,10.0.0.2:34602")
         self.assertEqual({m["state"] for m in info["metas"]}, {"connecting"})
         self.successResultOf(pools.close())
+
+
+class _RefusingEndpoint:
+    """Every connection attempt to one address is refused; attempts are counted."""
+
+    def __init__(self, attempts, address):
+        self.attempts = attempts
+        self.address = address
+
+    def connect(self, factory):
+        self.attempts[self.address] = self.attempts.get(self.address, 0) + 1
+        return defer.fail(ConnectionRefusedError("Connection refused"))
+
+
+class SwitchAwayTests(SynchronousTestCase):
+    """
+    After a switch away from a dead cluster its pool is closed within the
+    grace period (and stops reconnecting); a meta shared by two pools is
+    logged down once.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.attempts = {}
+        self.reports = DownReports()
+        self.referenced = frozenset()
+
+        def connection(host, port):
+            return MetaConnection(
+                self.reactor, host, port, retry_policy=lambda n: 0.5, down_reports=self.reports,
+                endpoint=_RefusingEndpoint(self.attempts, f"{host}:{port}"),
+            )
+
+        self.pools = ClusterPools(
+            self.reactor,
+            referenced=lambda: self.referenced,
+            idle_close=10.0,
+            cluster_factory=lambda addrs: MetaCluster(self.reactor, addrs, connection_factory=connection),
+        )
+        self.addCleanup(lambda: self.successResultOf(self.pools.close()))
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def test_pool_closed_after_switch(self):
+        """The switched-away pool is gone within grace + one sweep; its connection attempts stop."""
+        dead = MetaAddrs.parse("10.0.0.1:34601,10.0.0.9:34601")
+        live = MetaAddrs.parse("10.0.0.2:34601,10.0.0.9:34601")
+        self.referenced = frozenset({dead})
+        self.pools.get(dead, "B")
+        self.reactor.pump([0.5] * 20)
+        self.assertGreater(self.attempts["10.0.0.1:34601"], 10)
+        self.referenced = frozenset({live})  # the switch
+        self.pools.get(live, "C")
+        self.assertEqual(len(self.pools.pools()), 2)
+        self.reactor.pump([0.5] * 25)  # grace (10 s) + one sweep (2.5 s)
+        self.assertEqual(list(self.pools.pools()), [live])
+        self.assertEqual(self.pools.closed_count, 1)
+        before = dict(self.attempts)
+        self.reactor.pump([0.5] * 20)
+        self.assertEqual(self.attempts["10.0.0.1:34601"], before["10.0.0.1:34601"])
+        self.assertGreater(self.attempts["10.0.0.2:34601"], before["10.0.0.2:34601"])
+
+    def test_shared_dead_meta_logged_once(self):
+        """10.0.0.9 is in both pools' lists: one "is down" line for it, however many links fail."""
+        self.referenced = frozenset({MetaAddrs.parse("10.0.0.1:34601,10.0.0.9:34601"),
+                                     MetaAddrs.parse("10.0.0.2:34601,10.0.0.9:34601")})
+        for addrs in self.referenced:
+            self.pools.get(addrs)
+        self.reactor.pump([0.5] * 10)
+        down = [e for e in self.logged if e.get("log_format", "").startswith("meta {meta} is down")]
+        self.assertEqual(sorted(e["meta"] for e in down), ["10.0.0.1:34601", "10.0.0.2:34601", "10.0.0.9:34601"])

@@ -25,13 +25,22 @@ from metaproxy.wire.frame import Request, RequestHeader
 
 METAS = ("127.0.0.1:34601", "127.0.0.1:34602", "127.0.0.1:34603")
 
-#: (name, header version, header client_timeout ms, seconds the client waits)
+#: (name, header version, header client_timeout ms, seconds the client
+#: waits): the families whose header timeout is true (Go's is not, see
+#: test_families).
 PROFILES = (
     ("v0 1000 ms (Java 1.x)", 0, 1000, 1.0),
-    ("v0 3000 ms (Go)", 0, 3000, 3.0),
+    ("v0 3000 ms (Java 1.x)", 0, 3000, 3.0),
     ("v1 5000 ms (Java 2.x)", 1, 5000, 5.0),
     ("0 (pypegasus3, NodeJS: 2000 ms)", 0, 0, 2.0),
 )
+
+
+def header_for(version, timeout_ms):
+    """@return: the header a client of that profile sends (Java 1.x's gpid and thread hash on v0 timeouts)."""
+    if version == 0 and timeout_ms:
+        return RequestHeader(0, -1, -1, timeout_ms, -7921)
+    return RequestHeader(version=version, client_timeout=timeout_ms)
 
 
 @implementer(IRouteTable)
@@ -64,6 +73,15 @@ class _Routes:
         return []
 
 
+def resolver_over(clock, net, routes):
+    """@return: C{(pools, resolver)}: a L{QueryConfigResolver} over pools reaching C{net}'s metas, on C{clock}."""
+    pools = ClusterPools(
+        clock,
+        cluster_factory=lambda a: MetaCluster(clock, a, connection_factory=net.connection_factory),
+    )
+    return pools, QueryConfigResolver(routes, pools, clock=clock)
+
+
 class BudgetTests(SynchronousTestCase):
     """Each failure, each profile: answered in time with the retryable error."""
 
@@ -76,11 +94,7 @@ class BudgetTests(SynchronousTestCase):
         self.net.add(self.sim)
         addrs = MetaAddrs.parse(",".join(METAS))
         self.routes = _Routes({"temp": Route("c1", addrs), "fresh": Route("c1", addrs)})
-        self.pools = ClusterPools(
-            self.clock,
-            cluster_factory=lambda a: MetaCluster(self.clock, a, connection_factory=self.net.connection_factory),
-        )
-        self.resolver = QueryConfigResolver(self.routes, self.pools, clock=self.clock)
+        self.pools, self.resolver = resolver_over(self.clock, self.net, self.routes)
         self.addCleanup(self._close)
         self.net.run(0.1)
 
@@ -88,7 +102,7 @@ class BudgetTests(SynchronousTestCase):
         close_all(self, self.pools, self.sim, self.net)
 
     def send(self, table, version, timeout_ms):
-        header = RequestHeader(version=version, client_timeout=timeout_ms)
+        header = header_for(version, timeout_ms)
         d = self.resolver.handle(Request(header, querycfg.QUERY_CFG, 1, querycfg.encode_args(table, ())), None)
         sent = self.clock.seconds()
         d.addCallback(lambda reply: (self.clock.seconds() - sent, reply))

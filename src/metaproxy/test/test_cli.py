@@ -59,7 +59,7 @@ class VersionTests(SynchronousTestCase):
         self.assertIn("usage: metaproxy", result.stderr)
 
 
-GOOD = "routes:\n  temp: {cluster_name: c1, meta_addrs: '127.0.0.1:34601'}\nmetric: {type: none}\n"
+GOOD = "routes:\n  temp: {cluster_name: c1, meta_addrs: '127.0.0.1:34611'}\nmetric: {type: none}\n"
 
 BAD = """\
 routes:

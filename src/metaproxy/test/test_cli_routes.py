@@ -75,6 +75,30 @@ class RoutesTestCase(SynchronousTestCase):
     def cli(self, *args, **kw):
         return run_cli(*args, "--config", self.config, **kw)
 
+    def start_proxy(self, admin_port=0):
+        """
+        Start a C{twistd metaproxy} serving this test's ZooKeeper root; check
+        that it resolves temp to app_id 2 (the alpha simulator).
+
+        @return: the C{resolve --via} arguments that query it.
+        """
+        port = free_port()
+        config = os.path.abspath(self.mktemp() + "-proxy.yaml")
+        with open(config, "w") as f:
+            f.write(
+                f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin_port}:interface=127.0.0.1'}}\n"
+                f"metric: {{type: none}}\nzookeeper: {{address: '{self.zk_server.hosts}', root: {self.root}}}\n"
+            )
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        proxy = start_metaproxy(workdir, config, port)
+        self.addCleanup(proxy.stop)
+        via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
+        first = run_cli(*via)
+        self.assertEqual((first.returncode, json.loads(first.stdout)["app_id"]), (0, 2), first.stderr)
+        self.proxy = proxy
+        return via
+
 
 class ListGetTests(RoutesTestCase):
     def test_list_and_get(self):
@@ -124,7 +148,7 @@ class ListGetTests(RoutesTestCase):
             f.write("routes:\n  temp: {cluster_name: c1, meta_addrs: '127.0.0.1:1'}\n")
         rows = json.loads(self.cli("routes", "list", "--json").stdout)
         self.assertEqual(rows, [{"table": "temp", "cluster_name": "c1", "meta_addrs": "127.0.0.1:1", "version": None, "mtime": None}])
-        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:2", "--yes")
+        result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:2", "--yes", "--no-verify")
         self.assertEqual(result.returncode, 2)
         self.assertIn("static routes", result.stderr)
 
@@ -153,7 +177,7 @@ class SetDeleteTests(RoutesTestCase):
     def test_set_creates_and_delete_removes(self):
         """set creates the node (normalised meta list); delete --yes removes it."""
         result = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", "127.0.0.1:2, 127.0.0.1:1",
-                          "--yes", "--allow-world-writable")
+                          "--yes", "--allow-world-writable", "--no-verify")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("warning: the new node would be world-writable", result.stdout)
         self.assertIn("before: (none)", result.stdout)
@@ -165,7 +189,7 @@ class SetDeleteTests(RoutesTestCase):
     def test_writes_need_confirmation(self):
         """Without --yes and without a terminal, set and delete refuse and write nothing."""
         self.put("temp", "alpha", "127.0.0.1:1")
-        for args in (("set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:9"), ("delete", "temp")):
+        for args in (("set", "temp", "--cluster-name", "x", "--meta-addrs", "127.0.0.1:9", "--no-verify"), ("delete", "temp")):
             result = self.cli("routes", *args)
             self.assertEqual(result.returncode, 1)
             self.assertIn("give --yes", result.stderr)
@@ -231,20 +255,7 @@ class SwitchTests(RoutesTestCase):
         """
         alpha, b = simulator(), beta()
         self.put("temp", "alpha", addrs(alpha))
-        port = free_port()
-        config = os.path.abspath(self.mktemp() + "-proxy.yaml")
-        with open(config, "w") as f:
-            f.write(
-                f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:0:interface=127.0.0.1'}}\n"
-                f"metric: {{type: none}}\nzookeeper: {{address: '{self.zk_server.hosts}', root: {self.root}}}\n"
-            )
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        proxy = start_metaproxy(workdir, config, port)
-        self.addCleanup(proxy.stop)
-        via = ("resolve", "temp", "--via", f"127.0.0.1:{port}", "--json")
-        first = run_cli(*via)
-        self.assertEqual((first.returncode, json.loads(first.stdout)["app_id"]), (0, 2), first.stderr)
+        via = self.start_proxy()
         result = self.cli(
             "routes", "switch", "temp", "--cluster-name", "beta", "--meta-addrs", addrs(b), "--expect-cluster", "alpha", "--yes"
         )

@@ -54,7 +54,7 @@ class DefaultsTests(SynchronousTestCase):
         c = parse_config(ROUTES, "r.yaml")
         self.assertEqual(c.limits.max_frame_bytes, 1048576)
         self.assertEqual(c.limits.idle_timeout, 0.0)
-        self.assertEqual(c.timeouts.client_default, 1.5)
+        self.assertEqual(c.timeouts.client_default, 1.8)
         self.assertIsNone(c.zookeeper)
         self.assertEqual(c.routes["temp"].meta_addrs, "127.0.0.1:34601")
 

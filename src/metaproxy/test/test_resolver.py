@@ -82,7 +82,9 @@ class _Pools:
 
 def _request(table, indices=(), client_timeout=0, seqid=1):
     return Request(
-        RequestHeader(client_timeout=client_timeout),
+        # A timeout comes in Java 1.x's header shape (a true timeout; Go's
+        # all-zero shape carries an untrusted one, see test_families).
+        RequestHeader(0, -1, -1, client_timeout, -7921) if client_timeout else RequestHeader(),
         querycfg.QUERY_CFG,
         seqid,
         querycfg.encode_args(table, indices),
@@ -233,11 +235,14 @@ class ResolverErrorTests(ResolverTestsMixin, SynchronousTestCase):
 
 class ResolverRelayTests(ResolverTestsMixin, SynchronousTestCase):
     def test_routes_to_owning_cluster(self):
-        """A query goes to the cluster its route names, with table, indices and the answer budget (1500 ms - 10 %)."""
+        """
+        A query goes to the cluster its route names, with table, indices and
+        the answer budget (1500 ms - 10 %) plus the late-answer time.
+        """
         self.resolver.handle(_request("other", (1,), client_timeout=1500), None)
         self.assertEqual(self.cluster(META1).calls, [])
         [(table, indices, timeout, _)] = self.cluster(META2).calls
-        self.assertEqual((table, indices, round(timeout, 6)), ("other", (1,), 1.35))
+        self.assertEqual((table, indices, round(timeout, 6)), ("other", (1,), 1.35 + 5.0))
         self.assertEqual(self.cluster(META2).cluster_name, "c2")
 
     def test_answer_relayed(self):
@@ -295,7 +300,7 @@ class CoalescingTests(ResolverTestsMixin, SynchronousTestCase):
         self.resolver.handle(_request("temp", client_timeout=3000), None)
         calls = self.cluster().calls
         self.answer(calls[0], _ok())
-        self.assertAlmostEqual(calls[1][2], 2.7)
+        self.assertAlmostEqual(calls[1][2], 2.7 + 5.0)
 
     def test_disconnected_client_does_not_cancel_others(self):
         """One waiter cancelling leaves the shared query running for the rest."""

@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.routes.route import MetaAddrs, Route
+from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
 from metaproxy.testing.zookeeper import ZooKeeperServer, quiet_client, shared_server
 from metaproxy.routes.zookeeper import ZooKeeperRouteTable, valid_table_name
 
@@ -122,6 +122,34 @@ class RouteTableTests(_ZKBase):
         [entry] = routes.describe()
         self.assertEqual((entry["state"], entry["stale"], entry["cluster_name"]), ("ok", False, "c1"))
         self.assertEqual(routes.zk_state, "CONNECTED")
+
+    @defer.inlineCallbacks
+    def test_loops_keep_last_good_route(self):
+        """
+        A node rewritten to the proxy's own address, or to metas found to be
+        a metaproxy (reject_route), keeps the last good route, reported
+        stale with the reason; a good node afterwards is served again.
+        """
+        own = SelfAddresses(is_local=lambda ip: ip == "127.0.0.1")
+        own.add("127.0.0.1", 34999)
+        yield self.write("temp", node("c1", "10.0.0.1:34601"))
+        routes = yield self.table(self_addresses=own)
+        self.assertEqual((yield self.cluster_of(routes, "temp")), "c1")
+        yield self.write("temp", node("self", "127.0.0.1:34999"))
+        yield wait_until(lambda: routes.describe()[0]["stale"])
+        [entry] = routes.describe()
+        self.assertEqual((entry["cluster_name"], entry["state"]), ("c1", "stale"))
+        self.assertIn("own listening address", entry["error"])
+        self.assertEqual((yield self.cluster_of(routes, "temp")), "c1")
+        yield self.write("temp", node("c2", "10.0.0.2:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
+        routes.reject_route("temp", MetaAddrs.parse("10.0.0.2:34601"), "10.0.0.2:34601 is a metaproxy")
+        self.assertEqual((yield self.cluster_of(routes, "temp")), "c1")
+        [entry] = routes.describe()
+        self.assertEqual((entry["state"], entry["stale"], entry["error"]), ("stale", True, "10.0.0.2:34601 is a metaproxy"))
+        yield self.write("temp", node("c3", "10.0.0.3:34601"))
+        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c3"))
+        self.assertEqual(routes.describe()[0]["state"], "ok")
 
     @defer.inlineCallbacks
     def test_concurrent_first_queries_share_one_read(self):
