@@ -127,7 +127,8 @@ class LoopRefusalTests(RoutesTestCase):
     def test_set_verifies(self):
         """set writes a route to real metas of that name; another name is refused (exit 3, nothing written)."""
         alpha = addrs(simulator())
-        good = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", alpha, "--yes")
+        good = self.cli("routes", "set", "temp", "--cluster-name", "alpha", "--meta-addrs", alpha, "--yes",
+                        "--allow-world-writable")
         self.assertEqual(good.returncode, 0, good.stderr)
         self.assertIn("target ok", good.stdout)
         bad = self.cli("routes", "set", "stat", "--cluster-name", "gamma", "--meta-addrs", alpha, "--yes")
