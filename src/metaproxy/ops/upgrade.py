@@ -224,6 +224,7 @@ class Upgrader:
             self._timer.cancel()
         for port in self._ports:
             port._shouldShutdown = False  # closing our copy must not stop the new process's listener
+            port._logConnectionLostMsg = lambda: None  # nor be logged as "(TCP Port N Closed)": it stays open
         if self.notify is not None:
             self.notify.handed_over()
         log.info(
