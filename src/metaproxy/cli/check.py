@@ -4,7 +4,7 @@ C{metaproxy check --config FILE} (and C{twistd metaproxy --check}): load a
 config as the service would and say what would run, or every problem.
 """
 
-from metaproxy.cli.common import load
+from metaproxy.cli.common import add_global_arguments, load
 
 
 def add_parser(subparsers):
@@ -15,8 +15,8 @@ def add_parser(subparsers):
         description="Load FILE as `twistd metaproxy` would. Print every problem as file:line:col (exit 2), "
         "or one line saying what would run (exit 0).",
     )
-    p.add_argument("--config", "-c", required=True, metavar="FILE")
-    p.set_defaults(command=run)
+    add_global_arguments(p)
+    p.set_defaults(command=run, accepts={"config"})
 
 
 def summary(config):

@@ -30,14 +30,25 @@ def cli_argv():
     return [sys.executable, "-m", "metaproxy.cli"]
 
 
-def run_cli(*args, stdin=subprocess.DEVNULL, timeout=60):
+def run_cli(*args, stdin=subprocess.DEVNULL, timeout=60, env=None):
     """
     Run C{metaproxy ARGS...} to completion.
 
+    @param env: environment variables to set (or, with value L{None}, to
+        remove) for the command.
+
     @return: a L{subprocess.CompletedProcess} with text C{stdout}/C{stderr}.
     """
+    environ = None
+    if env is not None:
+        environ = dict(os.environ)
+        for name, value in env.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
     return subprocess.run(
-        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/"
+        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/", env=environ
     )
 
 
