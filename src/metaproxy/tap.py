@@ -17,8 +17,9 @@ class Options(usage.Options):
     Options of C{twistd metaproxy}.
 
     The config file is loaded and checked in L{postOptions}, so a bad one
-    ends twistd with its located message (C{file:line:col: what}) and exit
-    status 1, never a traceback. After parsing, C{options["config"]} is the
+    ends twistd with its located messages (C{file:line:col: what}) and exit
+    status 2, as C{metaproxy check} does: no traceback, and no usage text
+    (the command line was right; the file is not). After parsing, C{options["config"]} is the
     path as given and C{options["loaded"]} the L{metaproxy.config.Config}.
     """
 
@@ -42,8 +43,9 @@ class Options(usage.Options):
         print the one-line summary (exit 0) or every problem (exit 2)
         instead of serving.
 
-        @raise usage.UsageError: no C{--config}, or the file is unusable
-            (the message says where and what).
+        @raise usage.UsageError: no C{--config}.
+        @raise SystemExit: (status 2) the file is unusable; every located
+            problem was printed on stderr.
         """
         path = self["config"]
         if not path:
@@ -61,7 +63,8 @@ class Options(usage.Options):
         try:
             self["loaded"] = load_config(path)
         except ConfigError as e:
-            raise usage.UsageError(f"bad configuration:\n{e}") from None
+            print(f"twistd metaproxy: bad configuration, not started:\n{e}", file=sys.stderr)
+            sys.exit(2)
 
 
 def makeService(options, reactor=None, process=None):
