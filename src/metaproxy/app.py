@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from metaproxy.ops.activation import server_endpoint
 from metaproxy.ops.admin import build_admin_root, build_admin_site
+from metaproxy.ops.fdlimit import check_fd_limit
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
@@ -152,6 +153,19 @@ def watch_server_limits(metrics, factory):
         "metaproxy_client_frame_timeouts", "Client connections closed because a request frame stayed incomplete.",
         None, lambda: factory.counters.frame_timeouts,
     )
+    counters = factory.counters
+    for name, documentation, read in (
+        ("metaproxy_client_framing_errors",
+         "Client connections closed because their bytes could not be framed as Pegasus requests.",
+         lambda: counters.framing_errors),
+        ("metaproxy_client_invalid_requests",
+         "Client requests answered ERR_INVALID_PARAMETERS (undecodable, or refused by their framing).",
+         lambda: counters.invalid_requests),
+        ("metaproxy_client_handler_errors",
+         "Client requests whose handler failed (a metaproxy bug); answered with an error clients retry.",
+         lambda: counters.handler_errors),
+    ):
+        metrics.watch_counts(name, documentation, None, read)
     metrics.watch_gauges(
         "metaproxy_buffered_bytes",
         "Bytes held for client connections: in = incomplete request frames, out = replies not yet sent.",
@@ -271,6 +285,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         on_bind_failure=cannot_listen("clients", config.listen),
     )
     watch_server_limits(metrics, factory)
+    check_fd_limit(config.limits.max_connections, metrics)
 
     def listening(port):
         host = port.getHost()

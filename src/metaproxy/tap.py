@@ -89,6 +89,7 @@ def makeService(options, reactor=None, process=None):
         from twisted.internet import reactor
     from metaproxy.app import build_service
     from metaproxy.ops.logs import ForeignObserverFilter, configure_logging
+    from metaproxy.ops.reloads import ConfigReloads
     from metaproxy.ops.signals import HangupService, LogReloader, run_in_thread
 
     config = options["loaded"]
@@ -99,11 +100,16 @@ def makeService(options, reactor=None, process=None):
 
     takeover = Takeover.from_environ(reactor)
     top = build_service(config, reactor, endpoint_for=None if takeover is None else takeover.endpoint_for)
-    attach_hot_upgrade(top, reactor, options["config"], takeover)
+    upgrader = attach_hot_upgrade(top, reactor, options["config"], takeover)
+    # SIGHUP and SIGUSR2 re-read the config: metaproxy_config_last_reload_successful
+    reloads = top.reloads = ConfigReloads(reactor)
+    reloads.watch(top.metrics)
+    upgrader.load = reloads.recording(upgrader.load)
     if process:
+        reloader = LogReloader(options["config"], run_in_thread(reactor), read_config=reloads.recording(load_config))
         hooks = [
             ("logfilter", ForeignObserverFilter()),
-            ("sighup", HangupService(reactor, LogReloader(options["config"], run_in_thread(reactor)))),
+            ("sighup", HangupService(reactor, reloader)),
         ]
         for name, service in hooks:
             service.setName(name)
