@@ -294,14 +294,19 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
 
     proxy.when_listening().addCallbacks(listening, lambda f: None)  # a bind failure is reported by fatal
 
-    def ready():
-        return proxy.listening and routes.is_ready()
+    def proxy_unready():
+        if proxy.port is None:
+            return f"the client listener ({config.listen}) is not bound yet"
+        return "the client listener is closed: the process is stopping or handed its connections over"
 
     def cluster_of(meta_addrs):
         pool = pools.pools().get(MetaAddrs.parse(meta_addrs))
         return None if pool is None else pool.describe()
 
-    root = build_admin_root(routes, ready, clusters=cluster_of)
+    # Each condition alone: a missing zookeeper.root must not make "proxy" look unready.
+    root = build_admin_root(
+        routes, {"proxy": lambda: proxy.listening}, clusters=cluster_of, causes={"proxy": proxy_unready}
+    )
     reporter = find_reporter(config.metric.type) if config.metric.type != "none" else None
     reporter_service = None
     if reporter is not None:
