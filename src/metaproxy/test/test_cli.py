@@ -17,6 +17,7 @@ from metaproxy.config import AdminConfig
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
 from metaproxy.testing.net import free_port, twistd_argv
 from metaproxy.testing.commandline import run_cli, start_simulator, stop_at_exit
+from metaproxy.testing.proxyproc import listening_socket
 from metaproxy.wire import querycfg
 
 _SIM = {}
@@ -188,11 +189,7 @@ class ResolveTests(SynchronousTestCase):
 
     def test_silent_address_times_out(self):
         """An address that accepts but never answers is waited for --timeout, then named."""
-        import socket
-
-        silent = socket.socket()
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
+        silent = listening_socket()
         self.addCleanup(silent.close)
         port = silent.getsockname()[1]
         result = run_cli("resolve", "temp", "--via", f"127.0.0.1:{port}", "--timeout", "1")

@@ -11,7 +11,6 @@ import json
 import os
 import pty
 import select
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.test.test_cli import simulator
 from metaproxy.testing.net import free_port
 from metaproxy.testing.commandline import cli_argv, run_cli, start_metaproxy, start_simulator, stop_at_exit
+from metaproxy.testing.proxyproc import listening_socket
 from metaproxy.testing.zookeeper import shared_server
 
 _BETA = {}
@@ -143,9 +143,7 @@ class ListGetTests(RoutesTestCase):
 
     def test_zookeeper_silent(self):
         """A ZooKeeper address that accepts but never answers is waited for --zk-timeout, then named."""
-        silent = socket.socket()
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
+        silent = listening_socket()
         self.addCleanup(silent.close)
         with open(self.config, "w") as f:
             f.write(f"zookeeper: {{address: '127.0.0.1:{silent.getsockname()[1]}'}}\n")

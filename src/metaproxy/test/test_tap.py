@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import tap
 from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
+from metaproxy.testing.proxyproc import listening_socket
 
 
 def _write(case, text):
@@ -203,9 +204,7 @@ class FailedStartTests(SynchronousTestCase):
         """
         holders = []
         for _ in range(2):
-            holder = socket.socket()
-            holder.bind(("127.0.0.1", 0))
-            holder.listen(1)
+            holder = listening_socket()
             self.addCleanup(holder.close)
             holders.append(holder.getsockname()[1])
         port, admin = holders
@@ -224,9 +223,7 @@ class FailedStartTests(SynchronousTestCase):
 
     def test_admin_port_taken(self):
         """Only the admin port taken: the proxy port it bound closes quietly, no drain line."""
-        holder = socket.socket()
-        holder.bind(("127.0.0.1", 0))
-        holder.listen(1)
+        holder = listening_socket()
         self.addCleanup(holder.close)
         _, result = self.twistd(
             f"listen: tcp:0:interface=127.0.0.1\nadmin: {{listen: 'tcp:{holder.getsockname()[1]}:interface=127.0.0.1'}}\n"
