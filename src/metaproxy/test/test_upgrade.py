@@ -66,21 +66,31 @@ class ProcessUpgradeTests(TestCase):
     @defer.inlineCallbacks
     def test_shared_log_file(self):
         """
-        With C{logging.file} set, both processes write the file during the
-        upgrade: the old one's and the new one's start-up lines are there,
-        every line is whole (a timestamp, a namespace, a message), and the
-        old process does not log Twisted's "(TCP Port ... Closed)".
+        With C{logging.file} set (rotated at 2 KiB), both processes write
+        the file during the upgrade: the old one's and the new one's
+        start-up lines are there, every line is whole (a timestamp, a
+        namespace, a message), each rotated file was rotated once full, and
+        the old process does not log Twisted's "(TCP Port ... Closed)".
         """
         workdir = _workdir(self)
         log_file = os.path.join(workdir, "file.log")
-        run = UpgradeRun(reactor, workdir, connections=20, in_flight=3, log_file=log_file)
+        run = UpgradeRun(reactor, workdir, connections=20, in_flight=3, log_file=log_file, log_max_bytes=2048)
         self.addCleanup(run.stop)
         yield run.start()
         figures = yield run.upgrade()
         self.assertEqual(figures.old_exit, 0)
-        with open(log_file, encoding="utf-8") as f:
-            text = f.read()
-        self.assertTrue(text.endswith("\n"))
+        # Rotated at 2 KiB while both wrote: read every file, oldest first.
+        rotated = sorted((name for name in os.listdir(workdir) if name.startswith("file.log.")),
+                         key=lambda name: -int(name.rsplit(".", 1)[1]))
+        self.assertTrue(rotated, os.listdir(workdir))
+        text = ""
+        for name in rotated + ["file.log"]:
+            with open(os.path.join(workdir, name), encoding="utf-8") as f:
+                part = f.read()
+            self.assertTrue(part.endswith("\n"), name)
+            if name != "file.log":
+                self.assertLess(os.path.getsize(os.path.join(workdir, name)), 2048 + 1024, name)
+            text += part
         starts = [line for line in text.splitlines() if "starting: routes from" in line]
         self.assertEqual(len(starts), 2, text)
         self.assertIn(f"connections handed over to pid {figures.new_pid}", text)
