@@ -14,6 +14,7 @@ from metaproxy.ops.activation import server_endpoint
 from metaproxy.ops.admin import build_admin_root, build_admin_site
 from metaproxy.ops.adminauth import guard_root
 from metaproxy.ops.admintls import split_tls
+from metaproxy.ops.fdlimit import check_fd_limit
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
@@ -198,6 +199,19 @@ def watch_server_limits(metrics, factory):
         "metaproxy_client_frame_timeouts", "Client connections closed because a request frame stayed incomplete.",
         None, lambda: factory.counters.frame_timeouts,
     )
+    counters = factory.counters
+    for name, documentation, read in (
+        ("metaproxy_client_framing_errors",
+         "Client connections closed because their bytes could not be framed as Pegasus requests.",
+         lambda: counters.framing_errors),
+        ("metaproxy_client_invalid_requests",
+         "Client requests answered ERR_INVALID_PARAMETERS (undecodable, or refused by their framing).",
+         lambda: counters.invalid_requests),
+        ("metaproxy_client_handler_errors",
+         "Client requests whose handler failed (a metaproxy bug); answered with an error clients retry.",
+         lambda: counters.handler_errors),
+    ):
+        metrics.watch_counts(name, documentation, None, read)
     metrics.watch_gauges(
         "metaproxy_buffered_bytes",
         "Bytes held for client connections: in = incomplete request frames, out = replies not yet sent.",
@@ -323,6 +337,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         on_bind_failure=cannot_listen("clients", config.listen),
     )
     watch_server_limits(metrics, factory)
+    check_fd_limit(config.limits.max_connections, metrics)
 
     def listening(port):
         host = port.getHost()
@@ -331,14 +346,19 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
 
     proxy.when_listening().addCallbacks(listening, lambda f: None)  # a bind failure is reported by fatal
 
-    def ready():
-        return proxy.listening and routes.is_ready()
+    def proxy_unready():
+        if proxy.port is None:
+            return f"the client listener ({config.listen}) is not bound yet"
+        return "the client listener is closed: the process is stopping or handed its connections over"
 
     def cluster_of(meta_addrs):
         pool = pools.pools().get(MetaAddrs.parse(meta_addrs))
         return None if pool is None else pool.describe()
 
-    root = build_admin_root(routes, ready, clusters=cluster_of)
+    # Each condition alone: a missing zookeeper.root must not make "proxy" look unready.
+    root = build_admin_root(
+        routes, {"proxy": lambda: proxy.listening}, clusters=cluster_of, causes={"proxy": proxy_unready}
+    )
     reporter = find_reporter(config.metric.type) if config.metric.type != "none" else None
     reporter_service = None
     if reporter is not None:

@@ -522,6 +522,8 @@ def _endpoint_ok(description):
         from metaproxy.ops.activation import systemd_endpoint_problem
 
         return systemd_endpoint_problem(description)
+    if description.strip().isdigit():
+        return f"not a valid Twisted endpoint: a bare port (did you mean 'tcp:{description.strip()}'?)"
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:
@@ -960,8 +962,38 @@ def _structure(doc):
             values[key] = _CONVERTER.structure(doc[key], f.type)
         except Exception as exc:
             failed.add(key)
-            problems.extend(_messages(exc, f"$.{key}"))
+            problems.extend(_refine(_messages(exc, f"$.{key}")))
     return values, problems, failed
+
+
+_BARE_PORT = re.compile(r"expected a string, got integer (\d+)$")
+
+
+def _refine(messages):
+    """
+    Help with the likeliest typos in C{(path, message, key)} problems:
+     - a required key reported missing next to an unknown key that looks
+       like it says so (both point at the same place, where only the first
+       message is shown): C{zookeeper: {adress: ...}};
+     - a bare port number as a C{listen} endpoint: C{listen: 34601}.
+    """
+    unknown = {}
+    for path, msg, key in messages:
+        if isinstance(key, str) and msg.startswith("unknown key "):
+            unknown.setdefault(path, []).append(key)
+    out = []
+    for path, msg, key in messages:
+        parent, _, name = path.rpartition(".")
+        if msg.startswith("required key ") and unknown.get(parent):
+            typos = [k for k in unknown[parent] if len(k) <= 100 and difflib.get_close_matches(k, [name], cutoff=0.6)]
+            if typos:
+                msg += f" (is {short(typos[0])} a misspelling of it?)"
+        elif name == "listen":
+            bare = _BARE_PORT.match(msg)
+            if bare and 0 < int(bare.group(1)) <= 65535:
+                msg += f" (a bare port: did you mean 'tcp:{bare.group(1)}'?)"
+        out.append((path, msg, key))
+    return out
 
 
 def _top_name(path):

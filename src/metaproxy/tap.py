@@ -17,8 +17,9 @@ class Options(usage.Options):
     Options of C{twistd metaproxy}.
 
     The config file is loaded and checked in L{postOptions}, so a bad one
-    ends twistd with its located message (C{file:line:col: what}) and exit
-    status 1, never a traceback. After parsing, C{options["config"]} is the
+    ends twistd with its located messages (C{file:line:col: what}) and exit
+    status 2, as C{metaproxy check} does: no traceback, and no usage text
+    (the command line was right; the file is not). After parsing, C{options["config"]} is the
     path as given and C{options["loaded"]} the L{metaproxy.config.Config}.
     """
 
@@ -42,8 +43,9 @@ class Options(usage.Options):
         print the one-line summary (exit 0) or every problem (exit 2)
         instead of serving.
 
-        @raise usage.UsageError: no C{--config}, or the file is unusable
-            (the message says where and what).
+        @raise usage.UsageError: no C{--config}.
+        @raise SystemExit: (status 2) the file is unusable; every located
+            problem was printed on stderr.
         """
         path = self["config"]
         if not path:
@@ -61,7 +63,8 @@ class Options(usage.Options):
         try:
             self["loaded"] = load_config(path)
         except ConfigError as e:
-            raise usage.UsageError(f"bad configuration:\n{e}") from None
+            print(f"twistd metaproxy: bad configuration, not started:\n{e}", file=sys.stderr)
+            sys.exit(2)
 
 
 def makeService(options, reactor=None, process=None):
@@ -86,6 +89,7 @@ def makeService(options, reactor=None, process=None):
         from twisted.internet import reactor
     from metaproxy.app import build_service
     from metaproxy.ops.logs import ForeignObserverFilter, configure_logging
+    from metaproxy.ops.reloads import ConfigReloads
     from metaproxy.ops.signals import HangupService, LogReloader, run_in_thread
 
     config = options["loaded"]
@@ -96,11 +100,16 @@ def makeService(options, reactor=None, process=None):
 
     takeover = Takeover.from_environ(reactor)
     top = build_service(config, reactor, endpoint_for=None if takeover is None else takeover.endpoint_for)
-    attach_hot_upgrade(top, reactor, options["config"], takeover)
+    upgrader = attach_hot_upgrade(top, reactor, options["config"], takeover)
+    # SIGHUP and SIGUSR2 re-read the config: metaproxy_config_last_reload_successful
+    reloads = top.reloads = ConfigReloads(reactor)
+    reloads.watch(top.metrics)
+    upgrader.load = reloads.recording(upgrader.load)
     if process:
+        reloader = LogReloader(options["config"], run_in_thread(reactor), read_config=reloads.recording(load_config))
         hooks = [
             ("logfilter", ForeignObserverFilter()),
-            ("sighup", HangupService(reactor, LogReloader(options["config"], run_in_thread(reactor)))),
+            ("sighup", HangupService(reactor, reloader)),
         ]
         for name, service in hooks:
             service.setName(name)

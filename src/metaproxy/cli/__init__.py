@@ -3,9 +3,13 @@
 The C{metaproxy} command: operate a metaproxy deployment.
 
     metaproxy --version
-    metaproxy check --config FILE
+    metaproxy check [--config FILE]
     metaproxy resolve TABLE --via HOST:PORT [--v1] [--timeout S] [--json]
-    metaproxy routes list|get|switch|set|delete ... --config FILE
+    metaproxy routes list|get|switch|set|delete ... [--config FILE]
+
+The config is C{--config}, else C{$METAPROXY_CONFIG}, else
+C{/etc/metaproxy/metaproxy.yaml}. The global flags (C{--config},
+C{--json}, C{--yes}, C{--dry-run}) may come before or after the command.
 
 Every command reuses the service's own code (config loader, codec, meta
 client, ZooKeeper layout), prints a clear message instead of a traceback,
@@ -17,7 +21,7 @@ import argparse
 import sys
 
 from metaproxy import __version__
-from metaproxy.cli.common import FAILED, USAGE, CommandError
+from metaproxy.cli.common import FAILED, USAGE, CommandError, add_global_arguments, config_path, finish_global_arguments
 
 
 def build_parser():
@@ -26,6 +30,7 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="metaproxy", description="Operate metaproxy, the Pegasus meta proxy.")
     parser.add_argument("--version", action="version", version=f"metaproxy {__version__}")
+    add_global_arguments(parser)
     sub = parser.add_subparsers(dest="command_name", metavar="{check,resolve,routes}")
     sub.required = True
     check.add_parser(sub)
@@ -49,6 +54,10 @@ def main(argv=None, out=None, err=None):
     except SystemExit as e:  # --help, --version, usage errors
         return e.code if isinstance(e.code, int) else USAGE
     try:
+        accepts = getattr(args, "accepts", ())
+        finish_global_arguments(args, accepts)
+        if "config" in accepts:
+            args.config = config_path(args)
         return args.command(args, out)
     except CommandError as e:
         err.write(f"metaproxy {args.command_name}: {e}\n")

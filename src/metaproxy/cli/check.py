@@ -11,7 +11,7 @@ something that is not a meta, or another C{cluster_name} is refused too.
 
 from twisted.internet import defer
 
-from metaproxy.cli.common import CommandError, load, run_on_reactor
+from metaproxy.cli.common import CommandError, add_global_arguments, add_wait_argument, load, run_on_reactor, wait_seconds
 from metaproxy.cli.verify import REFUSED, own_addresses, verify_target
 from metaproxy.routes.route import MetaAddrs, Route
 
@@ -24,15 +24,14 @@ def add_parser(subparsers):
         description="Load FILE as `twistd metaproxy` would. Print every problem as file:line:col (exit 2), "
         "a static route that loops (exit 3), or one line saying what would run (exit 0).",
     )
-    p.add_argument("--config", "-c", required=True, metavar="FILE")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                   help="seconds to wait for ZooKeeper when checking the route tree's ACL, and with "
-                   "--verify-routes for each route's metas")
+    add_global_arguments(p)
+    add_wait_argument(p, "--zk-timeout", 5.0, "seconds to wait for ZooKeeper when checking the route tree's ACL")
+    add_wait_argument(p, "--target-timeout", 5.0, "seconds to wait for each static route's metas (--verify-routes)")
     p.add_argument("--offline", action="store_true", help="do not connect to ZooKeeper (no ACL check)")
     p.add_argument("--verify-routes", action="store_true",
                    help="ask each static route's metas RPC_CM_CLUSTER_INFO: refuse metaproxies, non-metas and "
                    "another cluster_name (exit 3)")
-    p.set_defaults(command=run)
+    p.set_defaults(command=run, accepts={"config"})
 
 
 def summary(config):
@@ -95,13 +94,13 @@ def run(args, out):
     from metaproxy.cli import securitycheck
 
     config = load(args.config)
-    problems = static_route_problems(config, args.verify_routes, args.timeout)
+    problems = static_route_problems(config, args.verify_routes, wait_seconds(args, "--target-timeout"))
     if problems:
         raise CommandError(f"{args.config}: " + "\n".join(problems), REFUSED)
     out.write(f"{args.config}: ok: {summary(config)}\n")
     warnings = securitycheck.config_warnings(config)
-    if not args.offline and 0 < args.timeout <= 3600:
-        warnings += securitycheck.tree_warnings(config, args.timeout)
+    if not args.offline:
+        warnings += securitycheck.tree_warnings(config, wait_seconds(args, "--zk-timeout"))
     for line in warnings:
         out.write(f"warning: {line}\n")
     return 0

@@ -4,6 +4,8 @@ What every C{metaproxy} command shares: its error type, loading the config,
 asking for confirmation, and running a piece of work on the reactor.
 """
 
+import argparse
+import os
 import sys
 
 from twisted.internet import defer
@@ -24,6 +26,97 @@ class CommandError(Exception):
     def __init__(self, message, status=FAILED):
         super().__init__(message)
         self.status = status
+
+
+#: Where the commands read the config when neither C{--config} nor
+#: C{$METAPROXY_CONFIG} says otherwise (where the packaged unit has it).
+DEFAULT_CONFIG = "/etc/metaproxy/metaproxy.yaml"
+CONFIG_ENV = "METAPROXY_CONFIG"
+
+#: The flags every command accepts before or after its name (C{metaproxy
+#: --json routes list} = C{metaproxy routes list --json}): C{dest} -> default.
+GLOBAL_DEFAULTS = {"config": None, "json": False, "yes": False, "dry_run": False}
+
+
+def add_global_arguments(parser):
+    """
+    Add the global flags to one parser level (the top, a command, a
+    sub-command). None has a default at any level, so a flag given before
+    the command name is not reset by the command's parser;
+    L{finish_global_arguments} fills the defaults in afterwards.
+    """
+    hide = argparse.SUPPRESS
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", default=hide,
+        help=f"the metaproxy config (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--json", action="store_true", default=hide, help="print JSON (list, get, resolve)")
+    parser.add_argument("--yes", "-y", action="store_true", default=hide,
+                        help="do not ask before writing (set, switch, delete)")
+    parser.add_argument("--dry-run", action="store_true", default=hide,
+                        help="show what would change; write nothing (set, switch, delete)")
+
+
+def finish_global_arguments(args, accepts):
+    """
+    Give every global flag not given its default, and refuse one given to
+    a command that has no use for it.
+
+    @param accepts: the C{dest}s of the global flags the command uses.
+    @raise CommandError: (L{USAGE}) for a flag the command does not use.
+    """
+    for dest, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, default)
+        elif dest not in accepts and getattr(args, dest) != default:
+            flag = "--" + dest.replace("_", "-")
+            raise CommandError(f"{flag} does not apply to this command", USAGE)
+
+
+def add_wait_argument(parser, flag, default, what):
+    """
+    Add a timeout flag: C{flag} seconds (L{None} until given, see
+    L{wait_seconds}) described by C{what} it bounds.
+    """
+    parser.add_argument(flag, type=float, default=None, metavar="S", help=f"{what} (default {default:g})")
+    parser.set_defaults(**{"default_" + flag.lstrip("-").replace("-", "_"): default})
+
+
+def wait_seconds(args, flag):
+    """
+    @return: the seconds of a flag added by L{add_wait_argument}: as given,
+        else the deprecated C{--timeout} (which set every wait), else its
+        default.
+    @raise CommandError: (L{USAGE}) unless it is > 0 and <= 3600.
+    """
+    dest = flag.lstrip("-").replace("-", "_")
+    value = getattr(args, dest, None)
+    if value is None:
+        value = getattr(args, "timeout", None)
+    if value is None:
+        value = getattr(args, "default_" + dest)
+    if not 0 < value <= 3600:
+        raise CommandError(f"{flag} must be > 0 and <= 3600 seconds", USAGE)
+    return value
+
+
+def config_path(args):
+    """
+    @return: the config file the command reads: C{--config}, else
+        C{$METAPROXY_CONFIG}, else L{DEFAULT_CONFIG}.
+    @raise CommandError: (L{USAGE}) when none was given and the default
+        file does not exist: the message says how to name one.
+    """
+    if args.config:
+        return args.config
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return from_env
+    if not os.path.exists(DEFAULT_CONFIG):
+        raise CommandError(
+            f"no configuration: {DEFAULT_CONFIG} does not exist; give --config FILE or set {CONFIG_ENV}", USAGE
+        )
+    return DEFAULT_CONFIG
 
 
 def load(path):

@@ -6,9 +6,62 @@ leader and hedges within a deadline; the answer is decoded by
 L{metaproxy.wire.querycfg}.
 """
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
 from metaproxy.backend.cluster import MetaCluster
-from metaproxy.backend.connection import MetaConnection
+from metaproxy.backend.connection import MetaConnection, default_endpoint
 from metaproxy.wire import querycfg
+
+
+class Refused(Exception):
+    """
+    Every address asked refused the connection (nothing listens there), so
+    waiting out the timeout cannot help; C{str()} names them.
+    """
+
+
+class _RefusalWatch:
+    """
+    Sees every connection attempt of one query; L{all_refused} fires (with
+    a L{Refused}) once each configured address has refused one and none
+    has connected.
+    """
+
+    def __init__(self, addresses):
+        self.addresses = set(addresses)
+        self.refused = set()
+        self.connected = False
+        self.all_refused = defer.Deferred()
+
+    def succeeded(self, result):
+        self.connected = True
+        return result
+
+    def failed(self, failure, address):
+        if failure.check(ConnectionRefusedError) and not self.connected:
+            self.refused.add(address)
+            if self.addresses <= self.refused and not self.all_refused.called:
+                shown = ", ".join(sorted(self.refused))
+                self.all_refused.callback(Refused(f"{shown} refused the connection (is anything listening there?)"))
+        return failure
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """An endpoint telling a L{_RefusalWatch} how each attempt ended."""
+
+    def __init__(self, inner, address, watch):
+        self._inner, self._address, self._watch = inner, address, watch
+
+    def connect(self, factory):
+        """Connect as the wrapped endpoint does; the outcome is unchanged."""
+        d = self._inner.connect(factory)
+        d.addCallbacks(self._watch.succeeded, self._watch.failed, errbackArgs=(self._address,))
+        return d
 
 
 def query_table(reactor, meta_addrs, table, timeout, header_version=0):
@@ -19,22 +72,35 @@ def query_table(reactor, meta_addrs, table, timeout, header_version=0):
     @param header_version: the THFT header version to send (0 or 1).
     @return: a L{Deferred} firing with the decoded
         L{metaproxy.wire.querycfg.QueryCfgResponse} (whatever its C{err}),
-        or failing with L{metaproxy.errors.BackendUnavailable} (no meta
-        answered in time) or L{metaproxy.wire.binary.DecodeError}. Every
-        connection is closed before it fires.
+        or failing with L{Refused} (every meta refused the connection: at
+        once, not after C{timeout}), L{metaproxy.errors.BackendUnavailable}
+        (no meta answered in time) or L{metaproxy.wire.binary.DecodeError}.
+        Every connection is closed before it fires.
     """
+    watch = _RefusalWatch(meta_addrs.strings())
 
     def connection(host, port):
-        return MetaConnection(reactor, host, port, connect_timeout=timeout, header_version=header_version)
+        endpoint = _WatchedEndpoint(default_endpoint(reactor, host, port, timeout), f"{host}:{port}", watch)
+        return MetaConnection(
+            reactor, host, port, connect_timeout=timeout, header_version=header_version, endpoint=endpoint
+        )
 
     cluster = MetaCluster(reactor, meta_addrs, connection_factory=connection)
-    d = cluster.query_config(table, [], timeout)
-    d.addCallback(lambda response: querycfg.decode_result(response.body))
+    query = cluster.query_config(table, [], timeout)
+    query.addCallback(lambda response: querycfg.decode_result(response.body))
+    first = defer.Deferred()
+
+    def settle(result):
+        if not first.called:
+            first.callback(result)
+
+    query.addBoth(settle)
+    watch.all_refused.addCallback(lambda refused: settle(Failure(refused)))
 
     def close(result):
         return cluster.close().addBoth(lambda _: result)
 
-    return d.addBoth(close)
+    return first.addBoth(close)
 
 
 def address(value, host_port=None):

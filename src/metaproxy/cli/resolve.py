@@ -6,8 +6,8 @@ like the Pegasus shell's C{app TABLE -d}.
 
 import json
 
-from metaproxy.cli.common import USAGE, CommandError, run_on_reactor
-from metaproxy.cli.metaquery import as_json, partition_rows, query_table
+from metaproxy.cli.common import USAGE, CommandError, add_global_arguments, run_on_reactor
+from metaproxy.cli.metaquery import Refused, as_json, partition_rows, query_table
 from metaproxy.errors import BackendUnavailable
 from metaproxy.routes.route import MetaAddrs
 from metaproxy.wire.binary import DecodeError
@@ -24,9 +24,11 @@ def add_parser(subparsers):
     p.add_argument("table")
     p.add_argument("--via", required=True, metavar="HOST:PORT", help="a metaproxy or meta server address")
     p.add_argument("--v1", action="store_true", help="send the v1 request header (as Java 2.x clients do)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(command=run)
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="seconds the address --via names has to answer, connecting included (default 5); "
+                   "a refused connection fails at once")
+    add_global_arguments(p)
+    p.set_defaults(command=run, accepts={"json"})
 
 
 def format_table(table, via, response):
@@ -60,6 +62,8 @@ def run(args, out):
         response = run_on_reactor(
             lambda reactor: query_table(reactor, via, args.table, args.timeout, 1 if args.v1 else 0)
         )
+    except Refused as e:
+        raise CommandError(f"{e}; nothing answered for {args.table!r}") from None
     except BackendUnavailable as e:
         raise CommandError(f"{args.via} did not answer for {args.table!r}: {e}") from None
     except DecodeError as e:

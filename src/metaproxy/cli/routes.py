@@ -5,10 +5,21 @@ points at, from its ZooKeeper or its static C{routes:} map. (C{switch} is
 in L{metaproxy.cli.switch}.)
 """
 
+import argparse
+import difflib
 import json
 import os
 
-from metaproxy.cli.common import USAGE, CommandError, confirm, load, run_on_reactor
+from metaproxy.cli.common import (
+    USAGE,
+    CommandError,
+    add_global_arguments,
+    add_wait_argument,
+    confirm,
+    load,
+    run_on_reactor,
+    wait_seconds,
+)
 from metaproxy.cli.verify import REFUSED, own_addresses, verify_target
 from metaproxy.cli.zkstore import OPERATOR_ENV, RouteStore, check_table, describe_acl_entry, operator_auth
 from metaproxy.routes.zkauth import world_writable
@@ -20,26 +31,29 @@ def add_parsers(subparsers):
     from metaproxy.cli import switch
 
     p = subparsers.add_parser("routes", help="list, read and change table routes")
+    add_global_arguments(p)
     sub = p.add_subparsers(dest="routes_command", metavar="{list,get,switch,set,delete}")
     sub.required = True
 
     def common(q, writes=False):
-        q.add_argument("--config", "-c", required=True, metavar="FILE")
-        q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for ZooKeeper")
+        add_global_arguments(q)
+        add_wait_argument(
+            q, "--zk-timeout", 10.0,
+            "seconds to connect to ZooKeeper, and for each of its answers; "
+            "fails at once when every ZooKeeper server refuses the connection",
+        )
+        q.add_argument("--timeout", type=float, default=None, help=argparse.SUPPRESS)  # old: every wait at once
         q.add_argument(
             "--zk-credential-file", metavar="FILE",
             help=f"the operator's ZooKeeper digest credential (one line user:password; also ${OPERATOR_ENV} "
             f"or ${OPERATOR_ENV}_FILE); default: the config's zookeeper.auth",
         )
         if writes:
-            q.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
-            q.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
             q.add_argument(
                 "--allow-world-writable", action="store_true",
                 help="create a node anyone who reaches ZooKeeper may change (refused otherwise)",
             )
-        else:
-            q.add_argument("--json", action="store_true", help="print a JSON list")
+        q.set_defaults(accepts={"config", "yes", "dry_run"} if writes else {"config", "json"})
 
     q = sub.add_parser("list", help="every table's route")
     common(q)
@@ -60,10 +74,12 @@ def add_parsers(subparsers):
     q.add_argument("--no-verify", action="store_true",
                    help="do not ask the metas (bootstrapping before they run); this proxy's own address is "
                    "still refused")
+    add_wait_argument(q, "--target-timeout", 10.0, "seconds the target's metas have to answer RPC_CM_CLUSTER_INFO")
     common(q, writes=True)
     q.set_defaults(command=run_set)
     q = sub.add_parser("delete", help="delete a table's route")
     q.add_argument("table")
+    q.add_argument("--expect-cluster", metavar="OLD", help="refuse unless the current cluster_name is OLD")
     common(q, writes=True)
     q.set_defaults(command=run_delete)
 
@@ -85,10 +101,30 @@ def target_route(args):
         raise CommandError(f"--meta-addrs: {e}", USAGE) from None
 
 
-def check_timeout(args):
-    """@raise CommandError: when C{--timeout} is not a usable number of seconds."""
-    if not 0 < args.timeout <= 3600:
-        raise CommandError("--timeout must be > 0 and <= 3600 seconds", USAGE)
+def check_expected(node, expected, verb):
+    """
+    @param node: the L{metaproxy.cli.zkstore.RouteNode} read.
+    @param expected: C{--expect-cluster}, or L{None} (nothing to check).
+    @raise CommandError: unless the node names cluster C{expected}.
+    """
+    if expected is None:
+        return
+    actual = node.route.cluster_name if node.route else f"unreadable ({node.error})"
+    if actual != expected:
+        raise CommandError(f"refusing to {verb}: {node.path} names cluster {actual}, not {expected} (--expect-cluster)")
+
+
+def no_route(store, table, otherwise=""):
+    """
+    @return: the L{CommandError} for a table without a node: it names the
+        nearest existing table when there is one (a typo must not be
+        nudged toward creating it), else ends with C{otherwise}.
+    """
+    message = f"table {table!r} has no route ({store.path(table)} does not exist)"
+    near = difflib.get_close_matches(table, [t for t in store.names() if t != table], n=1, cutoff=0.6)
+    if near:
+        return CommandError(f"{message}; did you mean {near[0]!r}?")
+    return CommandError(message + otherwise)
 
 
 def zookeeper_store(args, config, writing):
@@ -96,7 +132,7 @@ def zookeeper_store(args, config, writing):
     @return: a L{RouteStore} for the config's ZooKeeper.
     @raise CommandError: when the config has static routes and C{writing}.
     """
-    check_timeout(args)
+    seconds = wait_seconds(args, "--zk-timeout")
     if config.zookeeper is None:
         if writing:
             raise CommandError(
@@ -104,7 +140,7 @@ def zookeeper_store(args, config, writing):
             )
         return None
     operator = operator_auth(getattr(args, "zk_credential_file", None), os.environ)
-    return RouteStore(config.zookeeper, args.timeout, operator=operator)
+    return RouteStore(config.zookeeper, seconds, operator=operator)
 
 
 def static_rows(config):
@@ -161,15 +197,18 @@ def run_get(args, out):
     check_table(args.table)
     store = zookeeper_store(args, config, writing=False)
     if store is None:
+        tables = [r["table"] for r in static_rows(config)]
         rows = [r for r in static_rows(config) if r["table"] == args.table]
-        where = f"the static routes of {args.config}"
+        if not rows:
+            near = difflib.get_close_matches(args.table, tables, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise CommandError(f"table {args.table!r} has no route in the static routes of {args.config}{hint}")
     else:
         with store:
             node = store.get(args.table)
-            rows = [] if node is None else [node.as_json()]
-            where = store.path(args.table)
-    if not rows:
-        raise CommandError(f"table {args.table!r} has no route ({where} does not exist)")
+            if node is None:
+                raise no_route(store, args.table)
+            rows = [node.as_json()]
     _print_rows(rows, args.json, out)
     return 1 if rows[0].get("error") else 0
 
@@ -243,7 +282,8 @@ def run_set(args, out):
             if problem is not None:
                 raise CommandError(f"refusing {route.meta_addrs}: {problem}", REFUSED)
         else:
-            leader = run_on_reactor(lambda reactor: verify_target(reactor, config, route, args.timeout))
+            seconds = wait_seconds(args, "--target-timeout")
+            leader = run_on_reactor(lambda reactor: verify_target(reactor, config, route, seconds))
             out.write(f"target ok: {route.meta_addrs} are metas of cluster {leader.cluster_name}\n")
         return write_route(store, args.table, store.get(args.table), route, args, out)
 
@@ -255,7 +295,8 @@ def run_delete(args, out):
     with zookeeper_store(args, config, writing=True) as store:
         node = store.get(args.table)
         if node is None:
-            raise CommandError(f"table {args.table!r} has no route ({store.path(args.table)} does not exist)")
+            raise no_route(store, args.table)
+        check_expected(node, args.expect_cluster, "delete")
         out.write(f"before: {describe_route(node.route)} (version {node.version}, modified {node.mtime})\n")
         out.write("after:  (none): clients will get ERR_OBJECT_NOT_FOUND for this table\n")
         if args.dry_run:

@@ -7,12 +7,15 @@ a table to another cluster, safely.
  2. C{--expect-cluster OLD} refuses unless the current cluster is OLD.
  3. Verify the target (L{metaproxy.cli.verify}): real metas of the named
     cluster (C{RPC_CM_CLUSTER_INFO}), not this proxy nor another metaproxy
-    (exit 3 otherwise).
-    Then ask the target cluster's metas for TABLE, following the leader as
-    metaproxy does: it must answer C{ERR_OK} within the timeout, with a
-    primary for every partition. The current cluster is asked too, to show
-    the differences (app_id, partition count; a different count is normal
-    for a duplication switch and is shown, not refused).
+    (exit 3 otherwise). Then ask the target cluster's metas for TABLE,
+    following the leader as metaproxy does: it must answer C{ERR_OK} within
+    C{--target-timeout}, with a primary for every partition. The current
+    cluster is asked at the same time, within C{--current-timeout}, only to
+    show the differences (app_id, partition count; a different count is
+    normal for a duplication switch and is shown, not refused): a dead
+    current cluster (the reason for an emergency switch) is reported, not
+    waited for. A cluster whose every meta refuses the connection fails at
+    once.
  4. Print before and after; C{--dry-run} stops here; without C{--yes} ask
     on a terminal and refuse otherwise.
  5. Write with a compare-and-set on the version read in step 1.
@@ -20,9 +23,17 @@ a table to another cluster, safely.
 
 from twisted.internet import defer
 
-from metaproxy.cli.common import CommandError, run_on_reactor
+from metaproxy.cli.common import CommandError, add_wait_argument, run_on_reactor, wait_seconds
 from metaproxy.cli.metaquery import health_problem, query_table
-from metaproxy.cli.routes import load, target_arguments, target_route, write_route, zookeeper_store
+from metaproxy.cli.routes import (
+    check_expected,
+    load,
+    no_route,
+    target_arguments,
+    target_route,
+    write_route,
+    zookeeper_store,
+)
 from metaproxy.cli.verify import verify_target
 from metaproxy.cli.zkstore import check_table
 
@@ -38,11 +49,17 @@ def add_parser(sub, common):
     q.add_argument("table")
     target_arguments(q)
     q.add_argument("--expect-cluster", metavar="OLD", help="refuse unless the current cluster_name is OLD")
+    add_wait_argument(q, "--target-timeout", 10.0, "seconds the target cluster has to answer for TABLE")
+    add_wait_argument(
+        q, "--current-timeout", 3.0,
+        "seconds the current cluster has to answer for TABLE; its answer is only shown, "
+        "so the switch goes on without it",
+    )
     common(q, writes=True)
     q.set_defaults(command=run)
 
 
-def _ask_both(target, current, table, timeout, config=None):
+def _ask_both(target, current, table, target_timeout, current_timeout, config=None):
     """
     @param config: the loaded config: the target is verified first
         (L{verify_target}), or not when L{None}.
@@ -52,14 +69,16 @@ def _ask_both(target, current, table, timeout, config=None):
     """
 
     def ask(_, reactor):
-        asks = [query_table(reactor, target.meta_addrs, table, timeout)]
-        asks.append(query_table(reactor, current.meta_addrs, table, timeout) if current else defer.fail(ValueError()))
+        asks = [query_table(reactor, target.meta_addrs, table, target_timeout)]
+        asks.append(
+            query_table(reactor, current.meta_addrs, table, current_timeout) if current else defer.fail(ValueError())
+        )
         return defer.DeferredList(asks, consumeErrors=True)
 
     def work(reactor):
         if config is None:
             return ask(None, reactor)
-        return verify_target(reactor, config, target, timeout, unreachable_ok=True).addCallback(ask, reactor)
+        return verify_target(reactor, config, target, target_timeout, unreachable_ok=True).addCallback(ask, reactor)
 
     return work
 
@@ -81,23 +100,22 @@ def run(args, out):
     config = load(args.config)
     check_table(args.table)
     target = target_route(args)
+    target_timeout = wait_seconds(args, "--target-timeout")
+    current_timeout = wait_seconds(args, "--current-timeout")
     with zookeeper_store(args, config, writing=True) as store:
         path = store.path(args.table)
         node = store.get(args.table)
         if node is None:
-            raise CommandError(f"table {args.table!r} has no route to switch ({path} does not exist); use routes set")
+            raise no_route(store, args.table, "; to route a new table, use routes set")
         current = node.route
-        if args.expect_cluster is not None:
-            actual = current.cluster_name if current else f"unreadable ({node.error})"
-            if actual != args.expect_cluster:
-                raise CommandError(
-                    f"refusing to switch: {path} names cluster {actual}, not {args.expect_cluster} (--expect-cluster)"
-                )
+        check_expected(node, args.expect_cluster, "switch")
         if current == target:
             out.write(f"{path} already routes {args.table} to {target.cluster_name}; nothing to do\n")
             return 0
         out.write(f"checking that {target.cluster_name} ({target.meta_addrs}) serves {args.table} ...\n")
-        (ok_new, new), (ok_old, old) = run_on_reactor(_ask_both(target, current, args.table, args.timeout, config))
+        (ok_new, new), (ok_old, old) = run_on_reactor(
+            _ask_both(target, current, args.table, target_timeout, current_timeout, config)
+        )
         if not ok_new:
             raise CommandError(
                 f"refusing to switch: target cluster {target.cluster_name} did not answer for {args.table}: "

@@ -8,7 +8,9 @@ that was read, so that a concurrent writer is never clobbered.
 """
 
 import datetime
+import errno
 import logging
+import socket
 
 import attrs
 from kazoo.client import KazooClient
@@ -16,6 +18,7 @@ from kazoo.exceptions import (
     AuthFailedError, BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError, NotEmptyError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
 
 from metaproxy.cli.common import CommandError
 from metaproxy.errors import InvalidRoute
@@ -35,6 +38,33 @@ def quiet_logger():
         logger.propagate = False
         logger.addHandler(logging.NullHandler())
     return logger
+
+
+def all_refused(hosts, timeout):
+    """
+    Try a TCP connection to each ZooKeeper server in C{hosts} (as kazoo
+    would, one after the other, each bounded by C{timeout}).
+
+    @return: a message naming every server when each one refused the
+        connection (nothing listens there: waiting cannot help), else
+        L{None} (one accepted, or one did not answer: then kazoo waits).
+    """
+    try:
+        servers, _chroot = collect_hosts(hosts)
+    except ValueError:
+        return None
+    refusals = []
+    for host, port in servers:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return None
+        except OSError as e:
+            if e.errno != errno.ECONNREFUSED:
+                return None
+            refusals.append(f"{host}:{port}")
+    if not refusals:
+        return None
+    return f"ZooKeeper refused the connection at {', '.join(refusals)}: is ZooKeeper running there?"
 
 
 class Conflict(CommandError):
@@ -123,6 +153,10 @@ class RouteStore:
         )
 
     def __enter__(self):
+        refused = all_refused(self.hosts, min(1.0, self.timeout / 4))
+        if refused is not None:
+            self._close()
+            raise CommandError(refused)
         try:
             self.client.start(timeout=self.timeout)
         except (KazooTimeoutError, KazooException) as e:
@@ -176,6 +210,14 @@ class RouteStore:
         except NoNodeError:
             return None
         return self._node(table, data, stat)
+
+    def names(self):
+        """@return: the names of the tables under the root (none when the root does not exist)."""
+        try:
+            return [t for t in self._wait(self.client.get_children_async(self.root), f"listing {self.root}")
+                    if valid_table_name(t)]
+        except NoNodeError:
+            return []
 
     def list(self):
         """

@@ -217,7 +217,8 @@ class PegasusServerProtocol(Protocol):
             factory = self.factory
             factory.counters.framing_errors += 1
             factory._warn(
-                "closing connection from {peer}: {error}", peer=_peer(self.transport), error=str(e)
+                "closing connection from {peer}: {error} ({suppressed} more since the last warning)",
+                peer=_peer(self.transport), error=str(e),
             )
             self._close_when_answered()
             return

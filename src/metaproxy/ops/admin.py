@@ -5,8 +5,9 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
   - C{/healthz}: 200 C{ok} while the reactor runs (it answers at all) and
     every extra health check passes; else 503 naming the failing ones.
   - C{/readyz}: 200 when every readiness condition holds, else 503; the
-    JSON body gives each condition and lists the unmet ones, with the
-    route source's cause when it has one (e.g. a missing zookeeper.root).
+    JSON body gives each condition, lists the unmet ones, and names a
+    cause for each unmet one (C{causes}; e.g. a missing zookeeper.root for
+    C{route_source}).
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader (only once a meta answered), age, staleness and
     last error, and the cluster's own state (C{backend}: whether any meta
@@ -156,7 +157,7 @@ def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0, tls=N
     return LimitedSite(site, max_connections, reactor)
 
 
-def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None):
+def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None, causes=None):
     """
     Build the admin resource tree.
 
@@ -177,11 +178,14 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
     @param health: optional mapping of name -> C{callable() -> bool}:
         extra liveness checks for C{/healthz} (keep them cheap and about
         this process only; none by default).
+    @param causes: optional mapping of condition name -> C{callable() ->
+        str}: why that condition is unmet, shown in C{/readyz} (the route
+        source's comes from its C{unready_reason()}).
     @return: the root L{Resource}, serving C{/}, C{/healthz}, C{/readyz}
         and C{/routes}.
     """
     root = _Root()
-    conditions = {"route_source": route_table.is_ready}
+    conditions = {"route_source": lambda: route_table.is_ready()}
     conditions.update(ready if isinstance(ready, dict) else {"proxy": ready})
     health = dict(health or {})
 
@@ -198,9 +202,8 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
         results = _run_checks(conditions, "readiness")
         unmet = sorted(name for name, ok in results.items() if not ok)
         doc = {"ready": not unmet, "checks": results, "unmet": unmet}
-        cause = _route_source_cause(route_table) if "route_source" in unmet else None
-        if cause:
-            doc["causes"] = {"route_source": cause}
+        if unmet:
+            doc["causes"] = {name: _cause_of(name, route_table, causes) for name in unmet}
         return _json(request, 503 if unmet else 200, doc)
 
     def routes(request):
@@ -263,6 +266,21 @@ def _not_cached(missing):
                  "/routes lists the cached ones)",
         "missing": shown,
     }
+
+
+def _cause_of(name, route_table, causes):
+    """@return: why readiness condition C{name} is unmet: always a L{str}."""
+    if name == "route_source":
+        cause = _route_source_cause(route_table)
+    else:
+        cause = None
+        explain = (causes or {}).get(name)
+        if explain is not None:
+            try:
+                cause = explain()
+            except Exception:
+                log.failure("asking why {name} is not ready failed", name=name)
+    return cause or f"{name} is not ready (no cause reported)"
 
 
 def _route_source_cause(route_table):

@@ -14,25 +14,52 @@ from twisted.logger import Logger
 
 log = Logger()
 
+#: Reactors a L{fatal_stop} is stopping (each is stopped once).
+_fatally_stopping = set()
+
+
+def stopping_fatally():
+    """@return: whether L{fatal_stop} is ending this process (e.g. a failed start)."""
+    return bool(_fatally_stopping)
+
 
 def fatal_stop(reactor, fmt, **fields):
     """
     Stop the process because it cannot do its job (e.g. a port is taken):
     log one critical line, shut down in order, then exit with status 1 so
-    that systemd's C{Restart=on-failure} applies.
+    that systemd's C{Restart=on-failure} applies. A second call (another
+    port is taken too) logs its own line and changes nothing else: the
+    reactor is stopped once.
     """
     log.critical(fmt, **fields)
+    if id(reactor) in _fatally_stopping:
+        return
+    _fatally_stopping.add(id(reactor))
 
     def exit_1():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
 
+    def stop():
+        if reactor.running:
+            reactor.stop()
+
     reactor.addSystemEventTrigger("after", "shutdown", exit_1)
     if reactor.running:
         reactor.stop()
     else:
-        reactor.callWhenRunning(reactor.stop)
+        reactor.callWhenRunning(stop)
+
+
+def close_quietly(port):
+    """
+    Make a listening port's coming close silent: Twisted logs
+    C{"(TCP Port N Closed)"}, which misleads when the port is not really
+    closing (its socket was handed to a new process) or was never served
+    on (a failed start).
+    """
+    port._logConnectionLostMsg = lambda: None
 
 
 #: Server endpoint types whose listen backlog can be set in the string.
@@ -180,14 +207,18 @@ class DrainingServerService(StreamServerEndpointService):
             request in flight was answered or the drain timed out.
         """
         self.listening = False
+        if self.port is not None and stopping_fatally():
+            close_quietly(self.port)
         d = super().stopService()
         drain = getattr(self.factory, "drain", None)
-        if drain is not None:
+        if drain is not None and self.port is not None:  # nothing to drain where nothing was accepted
             d.addCallback(lambda _: drain(self.drain_timeout))
             d.addCallback(self._drained)
         return d
 
     def _drained(self, unanswered):
+        if stopping_fatally():
+            return  # a failed start: "drained" would suggest it had served
         if unanswered:
             log.warn("drain timed out with {count} requests unanswered", count=unanswered)
         else:

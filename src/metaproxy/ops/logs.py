@@ -17,6 +17,7 @@ Logging for metaproxy, all through L{twisted.logger}.
    (L{metaproxy.ops.signals}).
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
+from twisted.python import threadable
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
@@ -273,14 +275,107 @@ def bridge_stdlib_logging(publisher=globalLogPublisher, level=logging.INFO):
     return handler
 
 
+class SharedLogFile(LogFile):
+    """
+    A size-rotated log file that several processes of one service may
+    write at the same time (the old and the new process of a hot upgrade,
+    or a second instance started by mistake) without tearing each other's
+    lines.
+
+    Twisted's own L{LogFile} opens the file C{r+}, seeks to its end once
+    and then writes at its own offset: a second writer overwrites it. Here
+     - the file is opened C{O_APPEND}: every write lands at the end of the
+       file as it is at that moment, whoever wrote last;
+     - each event (one line, or a line and its traceback) is written by one
+       C{write(2)} call, so it stays whole;
+     - the size that decides rotation is the file's (C{fstat}), not what
+       this process wrote;
+     - rotation happens under an exclusive C{flock} of the full file: a
+       writer that then finds the path naming another file (another process
+       rotated it) reopens the path instead of rotating again.
+
+    Writes happen on the caller's thread, as with Twisted's L{LogFile}.
+    """
+
+    def _openFile(self):
+        self.closed = False
+        mode = 0o666 if self.defaultMode is None else self.defaultMode
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        self._file = os.fdopen(fd, "ab", 0)
+        stat = os.fstat(fd)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self.size = stat.st_size
+
+    def _file_size(self):
+        self.size = os.fstat(self._file.fileno()).st_size
+        return self.size
+
+    def shouldRotate(self):
+        """@return: whether the file (as written by every process) reached C{rotateLength}."""
+        return bool(self.rotateLength) and self._file_size() >= self.rotateLength
+
+    def write(self, data):
+        """
+        Append C{data} (text is encoded as UTF-8) with one C{write(2)}
+        call (more only if the kernel takes part of it), rotating first
+        when the file is full.
+        """
+        if self.shouldRotate():
+            self.rotate()
+        if isinstance(data, str):
+            data = data.encode("utf8")
+        view = memoryview(data)
+        fd = self._file.fileno()
+        while view:
+            view = view[os.write(fd, view):]
+        self.size += len(data)
+
+    def _path_is_ours(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._identity
+
+    def rotate(self):
+        """
+        Rename the full file to C{.1} (shifting older ones, deleting those
+        beyond C{maxRotatedFiles}) and open a new one, unless another
+        process already did: then just reopen the path. When the directory
+        or file is not writable, go on with the current file.
+        """
+        old = self._file
+        fcntl.flock(old.fileno(), fcntl.LOCK_EX)
+        try:
+            if not self._path_is_ours():
+                self._openFile()
+                return
+            if not (os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK)):
+                return
+            for i in reversed(self.listLogs()):
+                if self.maxRotatedFiles is not None and i >= self.maxRotatedFiles:
+                    os.remove(f"{self.path}.{i}")
+                else:
+                    os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            os.rename(self.path, f"{self.path}.1")
+            self._openFile()
+        finally:
+            fcntl.flock(old.fileno(), fcntl.LOCK_UN)
+            if old is not self._file:
+                old.close()
+
+
+threadable.synchronize(SharedLogFile)  # kazoo's threads log too, as with Twisted's LogFile
+
+
 def file_observer(path, max_bytes, backups):
     """
-    @return: an observer writing text to C{path}, rotated at C{max_bytes}
-        with at most C{backups} old files kept (Twisted's own LogFile never
-        deletes old files unless told).
+    @return: an observer writing text to C{path} (a L{SharedLogFile}: other
+        processes may append to it at the same time), rotated at
+        C{max_bytes} with at most C{backups} old files kept.
     """
     directory, name = os.path.split(os.path.abspath(path))
-    logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=backups)
+    logfile = SharedLogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=backups)
     observer = _LevelFilter(textFileLogObserver(logfile))
     observer.logfile = logfile
     return observer

@@ -59,7 +59,7 @@ ZK_STATES = ("CONNECTED", "SUSPENDED", "LOST", "STOPPED")
 
 #: Label values a labelled counter starts with (at 0) when all its labels
 #: have one; families with other labels (e.g. backend outcomes) start empty.
-_IDLE_LABELS = {"table": OTHER, "err": "ERR_OK"}
+_IDLE_LABELS = {"table": OTHER, "err": "ERR_OK", "cluster_name": OTHER, "outcome": OTHER}
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -264,8 +264,9 @@ class _Collector:
         yield state
 
 
-#: The C{runtime} label of C{metaproxy_build_info}, e.g. C{"CPython 3.11.7"}.
-_RUNTIME = f"{platform.python_implementation()} {platform.python_version()}"
+#: The C{runtime} label of C{metaproxy_build_info}, e.g. C{"CPython-3.11.7"}
+#: (no space: label values are matched and pasted by operators).
+_RUNTIME = f"{platform.python_implementation()}-{platform.python_version()}"
 
 
 class _ConstLabelled:

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 
 from metaproxy.config import ConfigError, load_config
 from metaproxy.ops.handover import ENV_FD, HandoverChannel, adopt_channel
+from metaproxy.ops.lifecycle import close_quietly
 
 log = Logger()
 
@@ -224,6 +225,7 @@ class Upgrader:
             self._timer.cancel()
         for port in self._ports:
             port._shouldShutdown = False  # closing our copy must not stop the new process's listener
+            close_quietly(port)  # nor be logged as "(TCP Port N Closed)": the new process serves on it
         if self.notify is not None:
             self.notify.handed_over()
         log.info(

@@ -113,6 +113,32 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(doc["checks"]["route_source"], True)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_every_unmet_condition_has_a_cause(self):
+        """
+        /readyz names a cause for each unmet condition: the route source's
+        own reason, a condition's explanation, or a fallback naming it.
+        """
+        self.routes.ready = False
+        self.routes.unready_reason = lambda: "zookeeper.root /x does not exist"
+        root = build_admin_root(
+            self.routes, {"proxy": lambda: False, "pools": lambda: False},
+            causes={"proxy": lambda: "the client listener is not bound yet"},
+        )
+        code, body, _ = _get(root, b"/readyz")
+        doc = json.loads(body)
+        self.assertEqual(code, 503)
+        self.assertEqual(doc["causes"], {
+            "route_source": "zookeeper.root /x does not exist",
+            "proxy": "the client listener is not bound yet",
+            "pools": "pools is not ready (no cause reported)",
+        })
+
+    def test_route_source_without_reason(self):
+        """A route source that gives no reason still gets a cause line."""
+        self.routes.ready = False
+        doc = json.loads(_get(self.root, b"/readyz")[1])
+        self.assertEqual(doc["causes"], {"route_source": "route_source is not ready (no cause reported)"})
+
     def test_routes_with_leader(self):
         """/routes lists cached tables with cluster, metas, leader, age, staleness and last error."""
         code, body, request = _get(self.root, b"/routes")

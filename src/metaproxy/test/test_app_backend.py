@@ -69,3 +69,27 @@ class BackendWiringTests(SynchronousTestCase):
         self.assertIsNone(entry["leader"])
         self.assertEqual(entry["backend"]["answered"], False)
         self.assertEqual(entry["backend"]["up"], False)
+
+    def readyz(self):
+        root = self.top.getServiceNamed("admin").factory.wrappedFactory.resource
+        request = DummyRequest([b"readyz"])
+        body = getChildForRequest(root, request).render(request)
+        return request.responseCode or 200, json.loads(body)
+
+    def test_readyz_conditions_are_separate(self):
+        """
+        An unready route source (e.g. zookeeper.root missing) is blamed
+        alone, with its cause; the listener is its own condition, with its own cause.
+        """
+        routes = self.top.route_table
+        code, doc = self.readyz()
+        self.assertEqual((code, doc["unmet"]), (503, ["proxy"]))
+        self.assertEqual(doc["causes"], {"proxy": "the client listener (tcp:0:interface=127.0.0.1) is not bound yet"})
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        self.patch(routes, "is_ready", lambda: False)
+        routes.unready_reason = lambda: "zookeeper.root /mp does not exist"
+        code, doc = self.readyz()
+        self.assertEqual(code, 503)
+        self.assertEqual(doc["checks"], {"proxy": True, "route_source": False})
+        self.assertEqual(doc["causes"], {"route_source": "zookeeper.root /mp does not exist"})

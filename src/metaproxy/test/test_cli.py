@@ -17,6 +17,7 @@ from metaproxy.config import AdminConfig
 from metaproxy.sim.model import DEFAULT_REPLICAS, SimModel
 from metaproxy.testing.net import free_port, twistd_argv
 from metaproxy.testing.commandline import run_cli, start_simulator, stop_at_exit
+from metaproxy.testing.proxyproc import listening_socket
 from metaproxy.wire import querycfg
 
 _SIM = {}
@@ -113,6 +114,27 @@ class CheckTests(SynchronousTestCase):
         self.assertIn("/nonexistent/metaproxy.yaml:1:1: cannot read the file", result.stderr)
 
 
+    def test_config_from_environment(self):
+        """Without --config, $METAPROXY_CONFIG names the file; without either, the default path is named."""
+        path = _write(self, GOOD)
+        result = run_cli("check", env={"METAPROXY_CONFIG": path})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith(f"{path}: ok:"), result.stdout)
+        result = run_cli("--config", path, "check", env={"METAPROXY_CONFIG": "/nonexistent/x.yaml"})
+        self.assertEqual(result.returncode, 0, result.stderr)  # --config wins, also before the command
+        if not os.path.exists("/etc/metaproxy/metaproxy.yaml"):
+            result = run_cli("check", env={"METAPROXY_CONFIG": None})
+            self.assertEqual(result.returncode, 2)
+            self.assertIn("/etc/metaproxy/metaproxy.yaml does not exist; give --config FILE or set METAPROXY_CONFIG",
+                          result.stderr)
+
+    def test_global_flag_a_command_does_not_use(self):
+        """A global flag the command has no use for is a usage error, not silently ignored."""
+        result = run_cli("--yes", "check", "--config", _write(self, GOOD))
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--yes does not apply to this command", result.stderr)
+
+
 class ResolveTests(SynchronousTestCase):
     """`metaproxy resolve` against a simulated cluster in its own process."""
 
@@ -158,10 +180,28 @@ class ResolveTests(SynchronousTestCase):
 
     def test_nothing_listening(self):
         """An address where nothing listens exits 1 with one clear line, no traceback."""
-        result = run_cli("resolve", "temp", "--via", f"127.0.0.1:{free_port()}", "--timeout", "3")
+        port = free_port()
+        result = run_cli("resolve", "temp", "--via", f"127.0.0.1:{port}", "--timeout", "600")
         self.assertEqual(result.returncode, 1)
-        self.assertIn("did not answer for 'temp'", result.stderr)
+        # Refused: it says so at once (a 600 s wait would end the test by its own timeout).
+        self.assertIn(f"127.0.0.1:{port} refused the connection", result.stderr)
         self.assertEqual(len(result.stderr.splitlines()), 1)
+
+    def test_silent_address_times_out(self):
+        """An address that accepts but never answers is waited for --timeout, then named."""
+        silent = listening_socket()
+        self.addCleanup(silent.close)
+        port = silent.getsockname()[1]
+        result = run_cli("resolve", "temp", "--via", f"127.0.0.1:{port}", "--timeout", "1")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"127.0.0.1:{port} did not answer for 'temp'", result.stderr)
+
+    def test_json_before_the_command(self):
+        """--json is a global flag: accepted before the command name too."""
+        sim = simulator()
+        result = run_cli("--json", "resolve", "temp", "--via", f"127.0.0.1:{sim.ports[0]}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["partition_count"], 8)
 
     def test_bad_address(self):
         """A --via that is not host:port is a usage error (exit 2)."""

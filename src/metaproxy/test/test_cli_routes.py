@@ -25,6 +25,7 @@ from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.test.test_cli import simulator
 from metaproxy.testing.net import free_port
 from metaproxy.testing.commandline import cli_argv, run_cli, start_metaproxy, start_simulator, stop_at_exit
+from metaproxy.testing.proxyproc import listening_socket
 from metaproxy.testing.zookeeper import shared_server
 
 _BETA = {}
@@ -152,16 +153,60 @@ class ListGetTests(RoutesTestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("static routes", result.stderr)
 
-    def test_zookeeper_unreachable(self):
-        """A ZooKeeper nobody runs gives one clear line and exit 1 within the timeout."""
+    def test_zookeeper_refuses(self):
+        """A ZooKeeper nobody runs (connection refused) is named at once, not after --zk-timeout."""
+        port = free_port()
         with open(self.config, "w") as f:
-            f.write(f"zookeeper: {{address: '127.0.0.1:{free_port()}'}}\n")
-        started = time.monotonic()
-        result = self.cli("routes", "list", "--timeout", "2")
-        self.assertLess(time.monotonic() - started, 30)
+            f.write(f"zookeeper: {{address: '127.0.0.1:{port}'}}\n")
+        result = self.cli("routes", "list", "--zk-timeout", "600")  # a wait would end the test by its timeout
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr, f"metaproxy routes: ZooKeeper refused the connection at 127.0.0.1:{port}: "
+            "is ZooKeeper running there?\n"
+        )
+
+    def test_zookeeper_silent(self):
+        """A ZooKeeper address that accepts but never answers is waited for --zk-timeout, then named."""
+        silent = listening_socket()
+        self.addCleanup(silent.close)
+        with open(self.config, "w") as f:
+            f.write(f"zookeeper: {{address: '127.0.0.1:{silent.getsockname()[1]}'}}\n")
+        result = self.cli("routes", "list", "--zk-timeout", "2")
         self.assertEqual(result.returncode, 1)
         self.assertIn("did not answer within 2s", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+    def test_global_flags_anywhere(self):
+        """--json and --config are accepted before the command, between command and sub-command, and after."""
+        self.put("temp", "alpha", "127.0.0.1:1")
+        for argv in (
+            ("--json", "--config", self.config, "routes", "list"),
+            ("routes", "--json", "--config", self.config, "list"),
+            ("routes", "list", "--json", "--config", self.config),
+        ):
+            result = run_cli(*argv)
+            self.assertEqual(result.returncode, 0, (argv, result.stderr))
+            self.assertEqual([r["table"] for r in json.loads(result.stdout)], ["temp"], argv)
+
+    def test_config_from_environment(self):
+        """$METAPROXY_CONFIG stands in for --config."""
+        self.put("temp", "alpha", "127.0.0.1:1")
+        result = run_cli("routes", "get", "temp", env={"METAPROXY_CONFIG": self.config})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("alpha", result.stdout)
+
+    def test_misspelt_table(self):
+        """A table without a node that looks like an existing one gets a did-you-mean, and no nudge to create it."""
+        self.put("temp", "alpha", "127.0.0.1:1")
+        result = self.cli("routes", "get", "tmep")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("does not exist); did you mean 'temp'?", result.stderr)
+        result = self.cli("routes", "switch", "tmep", "--cluster-name", "b", "--meta-addrs", "127.0.0.1:2", "--yes")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("did you mean 'temp'?", result.stderr)
+        self.assertNotIn("routes set", result.stderr)
+        result = self.cli("routes", "switch", "other", "--cluster-name", "b", "--meta-addrs", "127.0.0.1:2", "--yes")
+        self.assertIn("to route a new table, use routes set", result.stderr)
 
     def test_bad_config(self):
         """A bad config is every located problem and exit 2, for every routes command."""
@@ -195,6 +240,17 @@ class SetDeleteTests(RoutesTestCase):
             self.assertIn("give --yes", result.stderr)
         self.assertEqual(self.node("temp"), ({"cluster_name": "alpha", "meta_addrs": "127.0.0.1:1"}, 0))
 
+    def test_delete_expect_cluster(self):
+        """delete --expect-cluster refuses (nothing deleted) unless the node names that cluster."""
+        self.put("temp", "alpha", "127.0.0.1:1")
+        result = self.cli("routes", "delete", "temp", "--expect-cluster", "beta", "--yes")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"refusing to delete: {self.root}/temp names cluster alpha, not beta", result.stderr)
+        self.assertIsNotNone(self.zk.exists(f"{self.root}/temp"))
+        result = self.cli("routes", "delete", "temp", "--expect-cluster", "alpha", "--yes")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIsNone(self.zk.exists(f"{self.root}/temp"))
+
     def test_bad_target(self):
         """A bad --meta-addrs or table name is a usage error (exit 2)."""
         result = self.cli("routes", "set", "temp", "--cluster-name", "x", "--meta-addrs", "a:99999", "--yes")
@@ -210,11 +266,30 @@ class SwitchTests(RoutesTestCase):
         self.put("temp", "alpha", addrs(alpha))
         before = self.node("temp")
         dead = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-        result = self.cli("routes", "switch", "temp", "--cluster-name", "dead", "--meta-addrs", dead, "--yes", "--timeout", "3")
+        result = self.cli(
+            "routes", "switch", "temp", "--cluster-name", "dead", "--meta-addrs", dead, "--yes", "--target-timeout", "600"
+        )  # refused: at once (a 600 s wait would end the test by its own timeout)
         self.assertEqual(result.returncode, 1)
         self.assertIn("refusing to switch: target cluster dead did not answer for temp", result.stderr)
+        self.assertIn("refused the connection", result.stderr)
         self.assertIn("unchanged", result.stderr)
         self.assertEqual(self.node("temp"), before)
+
+    def test_switch_away_from_dead_cluster(self):
+        """
+        An emergency switch away from a cluster that refuses connections
+        goes ahead: the current cluster is reported, not waited for.
+        """
+        alpha = simulator()
+        self.put("temp", "dead", f"127.0.0.1:{free_port()}")
+        result = self.cli(
+            "routes", "switch", "temp", "--cluster-name", "alpha", "--meta-addrs", addrs(alpha), "--yes",
+            "--current-timeout", "600",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("current cluster dead: 127.0.0.1:", result.stdout)
+        self.assertIn("refused the connection", result.stdout)
+        self.assertEqual(self.node("temp")[0]["cluster_name"], "alpha")
 
     def test_cluster_without_table_refused(self):
         """A live target cluster that does not have the table is refused, naming the error."""

@@ -254,6 +254,43 @@ class OneRoundTests(SynchronousTestCase):
         msg = self.error(ROUTES + "zookeeper_x: 1\nlimits:\n  max_conections: 5\n")
         self.assertIn("bad.yaml:5:3: unknown key 'max_conections' (did you mean 'max_connections'?)", msg)
 
+    def test_did_you_mean_in_every_section(self):
+        """
+        A misspelt key gets a suggestion in every section, also where the
+        key it misspells is required (block style puts both messages at the
+        same place, where only one is shown).
+        """
+        text = (
+            "lsten: 'tcp:1'\n"
+            "admin:\n  lsten: 'tcp:2'\n"
+            "zookeeper:\n  adress: '127.0.0.1:2181'\n  rot: /mp\n"
+            "simulator:\n  host_port: true\n  clusters:\n  - nme: a\n    metas: ['127.0.0.1:1']\n"
+            "    tables:\n      t: {partition_cont: 4}\n"
+            "metric:\n  tpe: none\n  falcon: {ur: 'http://x'}\n"
+            "timeouts:\n  conect: 1\n"
+            "limits:\n  max_frame_byte: 1\n"
+            "logging:\n  levl: info\n"
+            "drain_timout: 1\n"
+        )
+        msg = self.error(text)
+        for typo, meant in (("lsten", "listen"), ("rot", "root"), ("host_port", "host_ports"),
+                            ("partition_cont", "partition_count"), ("tpe", "type"), ("ur", "url"),
+                            ("conect", "connect"), ("max_frame_byte", "max_frame_bytes"), ("levl", "level"),
+                            ("drain_timout", "drain_timeout")):
+            self.assertIn(f"unknown key '{typo}' (did you mean '{meant}'?)", msg)
+        self.assertIn("bad.yaml:5:3: required key 'address' is missing (is 'adress' a misspelling of it?)", msg)
+        self.assertIn("required key 'name' is missing (is 'nme' a misspelling of it?)", msg)
+        routes = self.error("routes:\n  t:\n    cluster_nme: c\n    meta_addrs: '127.0.0.1:1'\n")
+        self.assertIn("bad.yaml:3:5: required key 'cluster_name' is missing (is 'cluster_nme' a misspelling of it?)",
+                      routes)
+
+    def test_bare_port_in_listen(self):
+        """A port alone as a listen endpoint (a number or a string) gets a hint: tcp:PORT."""
+        msg = self.error(ROUTES + "listen: 34601\nadmin: {listen: '24601'}\n")
+        self.assertIn("bad.yaml:3:9: expected a string, got integer 34601 (a bare port: did you mean 'tcp:34601'?)",
+                      msg)
+        self.assertIn("bad.yaml:4:17: not a valid Twisted endpoint: a bare port (did you mean 'tcp:24601'?)", msg)
+
     def test_failed_section_hides_no_other_problem(self):
         """A section that cannot be built still lets the other sections be judged."""
         msg = self.error("zookeeper: {address: 5}\nlimits: {max_frame_bytes: 1}\n")

@@ -145,6 +145,73 @@ class LogsTests(SynchronousTestCase):
             self.assertNotIn("after", f.read())
 
 
+class SharedLogFileTests(SynchronousTestCase):
+    """L{logs.SharedLogFile}: several writers (as processes of one service) on one path."""
+
+    def writers(self, count, rotate_at=None, backups=3):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = [logs.SharedLogFile("mp.log", directory, rotateLength=rotate_at, maxRotatedFiles=backups)
+                 for _ in range(count)]
+        for f in files:
+            self.addCleanup(f.close)
+        return directory, files
+
+    def lines(self, directory):
+        found = []
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name)) as f:
+                found.extend(f.read().splitlines(keepends=True))
+        return found
+
+    def test_two_writers_never_overwrite_each_other(self):
+        """
+        Two files opened on the same path (as the old and the new process
+        of an upgrade do) append: every line of both is there, whole, in
+        the order written. (Twisted's LogFile loses the first writer's lines.)
+        """
+        directory, (old, new) = self.writers(2)
+        for i in range(50):
+            old.write(f"old {i}\n")
+            new.write(f"new {i}\n")
+        expected = [f"{who} {i}\n" for i in range(50) for who in ("old", "new")]
+        self.assertEqual(self.lines(directory), expected)
+
+    def test_rotation_by_one_writer_is_followed_by_the_other(self):
+        """
+        The file rotates at its size (what every writer wrote); the other
+        writer then writes to the new file instead of rotating again, and
+        no line is lost or split.
+        """
+        directory, (a, b) = self.writers(2, rotate_at=200, backups=5)
+        for i in range(30):
+            (a if i % 3 else b).write(f"line {i:02d} " + "x" * 20 + "\n")
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, ["mp.log", "mp.log.1", "mp.log.2", "mp.log.3", "mp.log.4"])
+        got = sorted(self.lines(directory))
+        self.assertEqual(got, sorted(f"line {i:02d} " + "x" * 20 + "\n" for i in range(30)))
+        for name in names[1:]:
+            size = os.path.getsize(os.path.join(directory, name))
+            self.assertLess(size, 200 + 40, name)  # rotated once full, not twice
+
+    def test_keeps_at_most_backups(self):
+        """Old files beyond maxRotatedFiles are deleted, whichever writer rotates."""
+        directory, (a, b) = self.writers(2, rotate_at=50, backups=2)
+        for i in range(40):
+            (a, b)[i % 2].write("y" * 30 + "\n")
+        self.assertEqual(sorted(os.listdir(directory)), ["mp.log", "mp.log.1", "mp.log.2"])
+
+    def test_moved_away_and_reopened(self):
+        """After the path is moved away (logrotate) and reopened, writes go to the new file."""
+        directory, (a,) = self.writers(1)
+        a.write("before\n")
+        os.rename(os.path.join(directory, "mp.log"), os.path.join(directory, "mp.log.old"))
+        a.reopen()
+        a.write("after\n")
+        with open(os.path.join(directory, "mp.log")) as f:
+            self.assertEqual(f.read(), "after\n")
+
+
 class ForeignObserverTests(SynchronousTestCase):
     def setUp(self):
         self.addCleanup(logs.set_level, "info")

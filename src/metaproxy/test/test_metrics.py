@@ -339,9 +339,10 @@ class ConventionTests(SynchronousTestCase):
     def test_build_info(self):
         """metaproxy_build_info is 1 with the version and the Python runtime, plus the config tags."""
         m = Metrics(const_labels={"region": "r1"})
-        runtime = f"{platform.python_implementation()} {platform.python_version()}"
+        runtime = f"{platform.python_implementation()}-{platform.python_version()}"
         self.assertEqual(
             _value(m, "metaproxy_build_info", region="r1", version=__version__, runtime=runtime), 1.0)
+        self.assertNotIn(" ", runtime)
 
     def test_process_and_platform_collectors(self):
         """The process and platform collectors are registered, with the config tags on their series."""
@@ -369,6 +370,9 @@ class ConventionTests(SynchronousTestCase):
             self.assertEqual(_value(m, name, region="r1", table=OTHER_TABLE), 0.0, name)
         self.assertEqual(_value(m, "metaproxy_query_answers_total", region="r1", table=OTHER_TABLE, err="ERR_OK"), 0.0)
         self.assertEqual(_value(m, "metaproxy_query_latency_seconds_count", region="r1"), 0.0)
+        self.assertEqual(
+            _value(m, "metaproxy_backend_errors_total", region="r1", cluster_name=OTHER_TABLE, outcome=OTHER_TABLE), 0.0
+        )
 
     def test_start_up_series_without_table_labels(self):
         """With table_labels off, the unlabelled counters start at 0."""

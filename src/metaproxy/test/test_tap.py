@@ -3,8 +3,11 @@
 Tests for L{metaproxy.tap}: options, the service tree, and one twistd run.
 """
 
+import io
 import os
 import signal
+import socket
+import sys
 import subprocess
 
 from twisted.internet.testing import MemoryReactorClock
@@ -13,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import tap
 from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
+from metaproxy.testing.proxyproc import listening_socket
 
 
 def _write(case, text):
@@ -28,11 +32,21 @@ class OptionsTests(SynchronousTestCase):
         e = self.assertRaises(UsageError, tap.Options().parseOptions, [])
         self.assertIn("--config", str(e))
 
-    def test_bad_config_is_usage_error_with_location(self):
-        """A bad config surfaces as a UsageError carrying the file:line:col message."""
+    def bad_config(self, argv):
+        """@return: what parsing C{argv} printed on stderr; it must exit 2 (as `metaproxy check`)."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        e = self.assertRaises(SystemExit, tap.Options().parseOptions, argv)
+        self.assertEqual(e.code, 2)
+        self.assertNotIn("Usage", err.getvalue())
+        return err.getvalue()
+
+    def test_bad_config_exits_2_with_location(self):
+        """A bad config is the file:line:col message on stderr and exit 2, without twistd's usage text."""
         path = _write(self, "listen: tcp:1\nroutes:\n  t: {cluster_name: c, meta_addrs: 'x'}\n")
-        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["--config", path])
-        self.assertIn(f"{path}:3:36: 'x' is not host:port", str(e))
+        err = self.bad_config(["--config", path])
+        self.assertTrue(err.startswith("twistd metaproxy: bad configuration, not started:\n"), err)
+        self.assertIn(f"{path}:3:36: 'x' is not host:port", err)
 
     def test_config_loaded(self):
         """A good config is loaded into options["loaded"]; options["config"] keeps the path."""
@@ -42,17 +56,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["config"], path)
         self.assertEqual(options["loaded"].routes["t"].cluster_name, "c")
 
-    def test_every_error_in_usage_error(self):
-        """All of a file's problems reach the UsageError, each located."""
+    def test_every_error_reported(self):
+        """All of a file's problems are printed, each located."""
         path = _write(self, "routes:\n  t: {cluster_name: c, meta_addrs: 'a:1'}\nlimits: {max_connections: '5'}\nlisten: 5\n")
-        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["-c", path])
-        self.assertIn(f"{path}:3:27: expected an integer", str(e))
-        self.assertIn(f"{path}:4:9: expected a string", str(e))
+        err = self.bad_config(["-c", path])
+        self.assertIn(f"{path}:3:27: expected an integer", err)
+        self.assertIn(f"{path}:4:9: expected a string", err)
 
     def test_missing_config_file(self):
-        """A config path that does not exist is a UsageError, not a traceback."""
-        e = self.assertRaises(UsageError, tap.Options().parseOptions, ["-c", "/nonexistent.yaml"])
-        self.assertIn("cannot read the file", str(e))
+        """A config path that does not exist is one located line and exit 2, not a traceback."""
+        self.assertIn("cannot read the file", self.bad_config(["-c", "/nonexistent.yaml"]))
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -169,6 +182,66 @@ class TwistdSmokeTests(SynchronousTestCase):
         self.assertIn(rc, (0, -signal.SIGTERM))
         self.assertIn("drained", output)
         self.assertNotIn("Traceback", output)
+
+
+class FailedStartTests(SynchronousTestCase):
+    """Real twistd processes that cannot start: quiet, accurate output and the right exit status."""
+
+    def twistd(self, config_text):
+        path = os.path.abspath(_write(self, config_text))
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        result = subprocess.run(
+            twistd_argv() + ["--logger=metaproxy.ops.logs.journal_text", "metaproxy", f"--config={path}"],
+            cwd=workdir, capture_output=True, text=True, timeout=60,
+        )
+        return path, result
+
+    def test_ports_taken(self):
+        """
+        Both ports taken: one critical line per port, exit 1, and no
+        ReactorNotRunning traceback, "drained" line or "(TCP Port ... Closed)".
+        """
+        holders = []
+        for _ in range(2):
+            holder = listening_socket()
+            self.addCleanup(holder.close)
+            holders.append(holder.getsockname()[1])
+        port, admin = holders
+        _, result = self.twistd(
+            f"listen: tcp:{port}:interface=127.0.0.1\nadmin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}\n"
+            "metric: {type: none}\nroutes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\n"
+        )
+        out = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, out)
+        critical = [line for line in out.splitlines() if line.startswith("<2>")]
+        self.assertEqual(len(critical), 2, out)
+        self.assertIn(f"cannot listen for clients on 'tcp:{port}:interface=127.0.0.1'", out)
+        self.assertIn(f"cannot listen for admin HTTP on 'tcp:{admin}:interface=127.0.0.1'", out)
+        for absent in ("Traceback", "ReactorNotRunning", "drained", "Closed)"):
+            self.assertNotIn(absent, out)
+
+    def test_admin_port_taken(self):
+        """Only the admin port taken: the proxy port it bound closes quietly, no drain line."""
+        holder = listening_socket()
+        self.addCleanup(holder.close)
+        _, result = self.twistd(
+            f"listen: tcp:0:interface=127.0.0.1\nadmin: {{listen: 'tcp:{holder.getsockname()[1]}:interface=127.0.0.1'}}\n"
+            "metric: {type: none}\nroutes:\n  t: {cluster_name: c, meta_addrs: '127.0.0.1:1'}\n"
+        )
+        out = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, out)
+        self.assertEqual(len([line for line in out.splitlines() if line.startswith("<2>")]), 1, out)
+        for absent in ("Traceback", "drained", "Closed)"):
+            self.assertNotIn(absent, out)
+
+    def test_bad_config(self):
+        """A bad config: the located errors, exit 2 (as `metaproxy check`), no usage block."""
+        path, result = self.twistd("listen: 34601\nzookeeper: {adress: '127.0.0.1:2181'}\n")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertNotIn("Usage", result.stdout + result.stderr)
+        self.assertNotIn("Options:", result.stdout + result.stderr)
+        self.assertIn(f"{path}:1:9: expected a string", result.stderr)
 
 
 class PortTakenTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ one (L{metaproxy.ops.takeover}), down to real processes under client load.
 """
 
 import os
+import re
 import socket
 import sys
 
@@ -61,6 +62,42 @@ class ProcessUpgradeTests(TestCase):
         self.assertEqual(figures.stopping_sent, 0)
         self.assertIn("200 connections handed over to pid", figures.handed_over)
         self.assertNotIn("Traceback", figures.log_tail)
+
+    @defer.inlineCallbacks
+    def test_shared_log_file(self):
+        """
+        With C{logging.file} set (rotated at 2 KiB), both processes write
+        the file during the upgrade: the old one's and the new one's
+        start-up lines are there, every line is whole (a timestamp, a
+        namespace, a message), each rotated file was rotated once full, and
+        the old process does not log Twisted's "(TCP Port ... Closed)".
+        """
+        workdir = _workdir(self)
+        log_file = os.path.join(workdir, "file.log")
+        run = UpgradeRun(reactor, workdir, connections=20, in_flight=3, log_file=log_file, log_max_bytes=2048)
+        self.addCleanup(run.stop)
+        yield run.start()
+        figures = yield run.upgrade()
+        self.assertEqual(figures.old_exit, 0)
+        # Rotated at 2 KiB while both wrote: read every file, oldest first.
+        rotated = sorted((name for name in os.listdir(workdir) if name.startswith("file.log.")),
+                         key=lambda name: -int(name.rsplit(".", 1)[1]))
+        self.assertTrue(rotated, os.listdir(workdir))
+        text = ""
+        for name in rotated + ["file.log"]:
+            with open(os.path.join(workdir, name), encoding="utf-8") as f:
+                part = f.read()
+            self.assertTrue(part.endswith("\n"), name)
+            if name != "file.log":
+                self.assertLess(os.path.getsize(os.path.join(workdir, name)), 2048 + 1024, name)
+            text += part
+        starts = [line for line in text.splitlines() if "starting: routes from" in line]
+        self.assertEqual(len(starts), 2, text)
+        self.assertIn(f"connections handed over to pid {figures.new_pid}", text)
+        whole = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S")
+        torn = [line for line in text.splitlines() if not whole.match(line)]
+        self.assertEqual(torn, [], text)
+        self.assertNotIn("Closed)", text)
 
     @defer.inlineCallbacks
     def test_invalid_config_refused(self):

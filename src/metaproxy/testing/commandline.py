@@ -34,12 +34,21 @@ def run_cli(*args, stdin=subprocess.DEVNULL, timeout=60, env=None):
     """
     Run C{metaproxy ARGS...} to completion.
 
-    @param env: variables to set on top of this process's environment.
+    @param env: environment variables to set (or, with value L{None}, to
+        remove) for the command, on top of this process's environment.
+
     @return: a L{subprocess.CompletedProcess} with text C{stdout}/C{stderr}.
     """
+    environ = None
+    if env is not None:
+        environ = dict(os.environ)
+        for name, value in env.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
     return subprocess.run(
-        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/",
-        env=None if env is None else dict(os.environ, **env),
+        cli_argv() + list(args), stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/", env=environ
     )
 
 

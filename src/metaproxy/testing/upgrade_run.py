@@ -66,8 +66,15 @@ class UpgradeRun:
     @param workdir: an existing directory for the config and the log.
     """
 
-    def __init__(self, reactor, workdir, connections=200, in_flight=10):
+    def __init__(self, reactor, workdir, connections=200, in_flight=10, log_file=None, log_max_bytes=None):
+        """
+        @param log_file: also set C{logging.file} to this path (both
+            processes then write to it).
+        @param log_max_bytes: its C{logging.max_bytes} (the default if L{None}).
+        """
         self.reactor = reactor
+        self.log_file = log_file
+        self.log_max_bytes = log_max_bytes
         self.workdir = workdir
         self.connections = connections
         self.in_flight = in_flight
@@ -93,7 +100,9 @@ class UpgradeRun:
             f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
             f"tcp:{free_port()}:interface=127.0.0.1",
             {"temp": ("fast", fast.meta_addrs()), "slow": ("slow", slow.meta_addrs())},
-            extra="limits: {max_connections: 0, idle_timeout: 0}\n",
+            extra="limits: {max_connections: 0, idle_timeout: 0}\n"
+            + (f"logging: {{level: info, file: '{self.log_file}'"
+               + (f", max_bytes: {self.log_max_bytes}" if self.log_max_bytes else "") + "}\n" if self.log_file else ""),
         )
         with open(self.config_path, "w") as f:
             f.write(self.config_text)
