@@ -7,6 +7,7 @@ in L{metaproxy.cli.switch}.)
 
 import json
 
+from metaproxy.cli import fleetwait
 from metaproxy.cli.common import USAGE, CommandError, confirm, load
 from metaproxy.cli.zkstore import RouteStore, check_table
 from metaproxy.routes.route import MetaAddrs, Route
@@ -26,6 +27,7 @@ def add_parsers(subparsers):
         if writes:
             q.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
             q.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+            fleetwait.add_arguments(q)
         else:
             q.add_argument("--json", action="store_true", help="print a JSON list")
 
@@ -161,6 +163,7 @@ def write_route(store, table, node, route, args, out):
     @param node: the L{metaproxy.cli.zkstore.RouteNode} read, or L{None}.
     @return: the exit status.
     """
+    fleetwait.refuse_loops(store, route, args.timeout)
     out.write(f"before: {describe_route(node.route if node else None)}"
               f"{'' if node is None else f' (version {node.version}, modified {node.mtime})'}\n")
     out.write(f"after:  {describe_route(route)}\n")
@@ -173,7 +176,7 @@ def write_route(store, table, node, route, args, out):
     confirm(f"write {store.path(table)}?", args.yes, stdout=out)
     written = store.write(table, route, None if node is None else node.version)
     out.write(f"written: {store.path(table)} (version {written.version}, modified {written.mtime})\n")
-    return 0
+    return fleetwait.wait_for_fleet(store, table, written.mzxid, args, out)
 
 
 def run_set(args, out):
@@ -201,4 +204,4 @@ def run_delete(args, out):
         confirm(f"delete {store.path(args.table)}?", args.yes, stdout=out)
         store.delete(args.table, node.version)
         out.write(f"deleted: {store.path(args.table)}\n")
-    return 0
+        return fleetwait.wait_for_fleet(store, args.table, None, args, out)
