@@ -206,7 +206,7 @@ class FleetRegistration(Service):
         else:
             d = self._create(doc, session)
         self._busy = True
-        d.addCallbacks(self._done, self._failed, (doc, session))
+        d.addCallbacks(self._done, self._failed, (doc, session), None, (doc, session))
         d.addBoth(self._idle)
 
     @staticmethod

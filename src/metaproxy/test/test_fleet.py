@@ -380,3 +380,140 @@ class FleetProcessTests(TestCase):
         gone = time.monotonic() - killed_at
         self.assertEqual(len(self._listing()), 2)
         print(f"SIGKILLed instance left the listing {gone:.2f}s after the kill (session timeout {SESSION_MS} ms)")
+
+
+class _FakeZooKeeper:
+    """Records requests; answers them from a dict of nodes owned by sessions."""
+
+    def __init__(self):
+        from metaproxy.routes.zkbridge import CONNECTED
+
+        self.state = CONNECTED
+        self.session = 1
+        self.nodes = {}  # path -> (data, owner)
+        self.requests = []
+        self.listeners = []
+
+    def session_id(self):
+        return self.session
+
+    def add_state_listener(self, listener):
+        self.listeners.append(listener)
+
+    def change(self, state, session):
+        self.state, self.session = state, session
+        for listener in self.listeners:
+            listener(state, session)
+
+    def create(self, path, value=b"", ephemeral=False, makepath=False):
+        from kazoo.exceptions import NodeExistsError
+
+        self.requests.append(("create", path))
+        if path in self.nodes:
+            return defer.fail(NodeExistsError())
+        self.nodes[path] = (value, self.session)
+        return defer.succeed(path)
+
+    def set(self, path, value, version=-1):
+        from kazoo.exceptions import NoNodeError
+
+        self.requests.append(("set", path))
+        if path not in self.nodes:
+            return defer.fail(NoNodeError())
+        self.nodes[path] = (value, self.nodes[path][1])
+        return defer.succeed(None)
+
+    def get(self, path, watch=None):
+        class Stat:
+            ephemeralOwner = self.nodes[path][1]
+
+        return defer.succeed((self.nodes[path][0], Stat()))
+
+    def delete(self, path, version=-1):
+        self.requests.append(("delete", path))
+        del self.nodes[path]
+        return defer.succeed(None)
+
+
+class RegistrationTests(SynchronousTestCase):
+    """L{metaproxy.ops.fleet.FleetRegistration} against a fake ZooKeeper and a fake clock."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from metaproxy.ops.fleet import FleetRegistration
+
+        self.clock = Clock()
+        self.zk = _FakeZooKeeper()
+        self.is_ready = False
+        self.cached = 0
+        self.reg = FleetRegistration(self.zk, self.clock, "/metaproxy/instances", lambda: self.is_ready,
+                                     lambda: self.cached, interval=1.0, started=100.0, pid=42)
+        self.reg.startService()
+        self.addCleanup(self.reg.stopService)
+        self.node = "/metaproxy/instances/127.0.0.1:4000-42"
+
+    def doc(self):
+        return json.loads(self.zk.nodes[self.node][0])
+
+    def test_registers_once_advertised(self):
+        self.assertEqual(self.zk.requests, [])
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        self.assertTrue(self.reg.registered)
+        doc = self.doc()
+        self.assertEqual((doc["address"], doc["admin"], doc["pid"], doc["started"], doc["ready"]),
+                         ("127.0.0.1:4000", "127.0.0.1:5000", 42, 100.0, False))
+
+    def test_changes_written_at_most_once_per_interval(self):
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        for n in range(10):  # ten changes within one interval
+            self.is_ready, self.cached = True, n
+            self.clock.advance(0.099)
+        self.assertEqual(self.zk.requests, [("create", self.node)])
+        self.clock.advance(0.02)  # the next check
+        self.assertEqual(self.zk.requests, [("create", self.node), ("set", self.node)])
+        self.assertEqual((self.doc()["ready"], self.doc()["routes_cached"]), (True, 9))
+        self.clock.advance(5.0)  # nothing changed: nothing written
+        self.assertEqual(len(self.zk.requests), 2)
+
+    def test_new_session_registers_again(self):
+        from metaproxy.routes.zkbridge import CONNECTED, LOST
+
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        self.zk.change(LOST, None)
+        self.zk.nodes.clear()  # the expired session's ephemeral node is gone
+        self.zk.change(CONNECTED, 2)
+        self.assertEqual(self.zk.nodes[self.node][1], 2)
+        self.assertTrue(self.reg.registered)
+
+    def test_node_of_an_earlier_session_replaced(self):
+        from metaproxy.routes.zkbridge import CONNECTED
+
+        self.zk.nodes[self.node] = (b"{}", 7)  # left by this process's earlier session, not expired yet
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        self.assertEqual(self.zk.requests, [("create", self.node), ("delete", self.node), ("create", self.node)])
+        self.assertEqual(self.zk.nodes[self.node][1], 1)
+        self.zk.change(CONNECTED, 1)  # same session again: only what changed is written
+        self.assertEqual(len(self.zk.requests), 3)
+
+    def test_deleted_under_it_created_again(self):
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        del self.zk.nodes[self.node]
+        self.is_ready = True
+        self.clock.advance(1.0)  # the set fails with NoNode
+        self.assertFalse(self.reg.registered)
+        self.clock.advance(1.0)
+        self.assertTrue(self.reg.registered)
+        self.assertTrue(self.doc()["ready"])
+        self.assertEqual(self.reg.failures, 1)
+
+    def test_when_registered_bounded(self):
+        from metaproxy.routes.zkbridge import LOST
+
+        self.zk.change(LOST, None)
+        results = []
+        self.reg.when_registered(5.0).addCallback(results.append)
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        self.clock.advance(5.0)
+        self.assertEqual(results, [False])
+        self.assertEqual(self.zk.requests, [])
