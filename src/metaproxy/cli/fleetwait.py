@@ -63,7 +63,7 @@ def _state(probe, mzxid):
     held, cluster = entry.get("mzxid"), entry.get("cluster_name")
     if mzxid is None:
         return False, f"still holds the deleted route (cluster {cluster}, mzxid {held}, state {entry.get('state')})"
-    if held is None:
+    if not isinstance(held, int) or isinstance(held, bool):
         return False, f"serves cluster {cluster} but reports no mzxid (an older metaproxy?)"
     if held >= mzxid:
         return True, f"serves cluster {cluster} (mzxid {held})"
