@@ -55,6 +55,7 @@ class StateTests(SynchronousTestCase):
 
     def test_no_mzxid_and_errors_are_stragglers(self):
         self.assertFalse(_state(Probe("ok", {"cluster_name": "c1"}), 10)[0])
+        self.assertFalse(_state(Probe("ok", {"cluster_name": "c1", "mzxid": "11"}), 10)[0])
         ok, why = _state(Probe("error", why="no answer within 1s"), 10)
         self.assertEqual((ok, why), (False, "no answer within 1s"))
 
