@@ -11,7 +11,7 @@ the node version it holds, which must be at least the one written (or,
 after a delete, the table must be gone from it). An instance that does
 not cache the table (404) serves it too: its next query reads the node.
 
-The instances waited for are those registered when the write was made
+The instances waited for are those registered just before the write
 plus any that register meanwhile. One whose node goes away (its session
 ended) is still asked: if its admin still answers with the old route it
 stays a straggler (it lost ZooKeeper and serves stale routes); if nothing
@@ -38,9 +38,13 @@ def add_arguments(q):
                    help="seconds each instance's admin may take to answer (default 2)")
 
 
-def refuse_loops(store, route, timeout):
-    """@raise CommandError: when C{route} names a registered instance's client address."""
-    instances = read_instances(store.client, store.fleet_path, timeout)
+def registered_before(store, timeout):
+    """@return: the instances registered now (before a write): the wait asks them too, even if they leave."""
+    return read_instances(store.client, store.fleet_path, timeout)
+
+
+def refuse_loops(instances, route):
+    """@raise CommandError: when C{route} names the client address of one of C{instances}."""
     problem = loop_problem(instances, route)
     if problem is not None:
         raise CommandError(f"refusing: {problem}; nothing written")
@@ -70,10 +74,13 @@ def _state(probe, mzxid):
     return False, f"serves cluster {cluster} from mzxid {held}, not {mzxid} yet (state {entry.get('state')})"
 
 
-def wait_for_fleet(store, table, mzxid, args, out, clock=time.monotonic, sleep=time.sleep):
+def wait_for_fleet(store, table, mzxid, args, out, before=(), clock=time.monotonic, sleep=time.sleep):
     """
     Wait until every instance serves C{table}'s node at C{mzxid} (L{None}:
     deleted); see the module docstring.
+
+    @param before: the instances registered before the write (see
+        L{registered_before}); those registered during the wait are added.
 
     @return: the exit status: 0 when all serve it (or C{--no-wait}, or no
         fleet), 1 with stragglers after C{--fleet-timeout}.
@@ -82,7 +89,7 @@ def wait_for_fleet(store, table, mzxid, args, out, clock=time.monotonic, sleep=t
         return 0
     start = clock()
     deadline = start + args.fleet_timeout
-    known, served, gone, last = {}, {}, set(), {}
+    known, served, gone, last = {i.name: i for i in before}, {}, set(), {}
     while True:
         registered = {i.name: i for i in read_instances(store.client, store.fleet_path, args.timeout)}
         known.update(registered)

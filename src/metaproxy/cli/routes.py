@@ -163,7 +163,8 @@ def write_route(store, table, node, route, args, out):
     @param node: the L{metaproxy.cli.zkstore.RouteNode} read, or L{None}.
     @return: the exit status.
     """
-    fleetwait.refuse_loops(store, route, args.timeout)
+    fleet = fleetwait.registered_before(store, args.timeout)
+    fleetwait.refuse_loops(fleet, route)
     out.write(f"before: {describe_route(node.route if node else None)}"
               f"{'' if node is None else f' (version {node.version}, modified {node.mtime})'}\n")
     out.write(f"after:  {describe_route(route)}\n")
@@ -176,7 +177,7 @@ def write_route(store, table, node, route, args, out):
     confirm(f"write {store.path(table)}?", args.yes, stdout=out)
     written = store.write(table, route, None if node is None else node.version)
     out.write(f"written: {store.path(table)} (version {written.version}, modified {written.mtime})\n")
-    return fleetwait.wait_for_fleet(store, table, written.mzxid, args, out)
+    return fleetwait.wait_for_fleet(store, table, written.mzxid, args, out, fleet)
 
 
 def run_set(args, out):
@@ -202,6 +203,7 @@ def run_delete(args, out):
             out.write("dry run: nothing deleted\n")
             return 0
         confirm(f"delete {store.path(args.table)}?", args.yes, stdout=out)
+        fleet = fleetwait.registered_before(store, args.timeout)
         store.delete(args.table, node.version)
         out.write(f"deleted: {store.path(args.table)}\n")
-        return fleetwait.wait_for_fleet(store, args.table, None, args, out)
+        return fleetwait.wait_for_fleet(store, args.table, None, args, out, fleet)
