@@ -45,6 +45,9 @@ from metaproxy.routes.zkbridge import CONNECTED, failure_reason
 
 log = Logger()
 
+#: Seconds a stopping instance waits for its last write (C{ready: false}).
+STOP_WRITE = 2.0
+
 _WILDCARDS = ("", "0.0.0.0", "::", "0:0:0:0:0:0:0:0")
 
 
@@ -175,15 +178,40 @@ class FleetRegistration(Service):
         """Check every C{interval} seconds; register as soon as connected and advertised."""
         super().startService()
         self._zk.add_state_listener(self._on_state)
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall(self._check)
         self._loop.clock = self._reactor
         self._loop.start(self.interval, now=True)
 
     def stopService(self):
-        """Stop checking (the node goes when the session closes, right after)."""
+        """
+        Stop checking and write C{ready: false} (at most C{STOP_WRITE}
+        seconds): the instance drains from now on. The node itself goes
+        when the route source closes the session, last.
+        """
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if not self.registered or self._zk.state != CONNECTED or self._zk.session_id() != self._session:
+            return None
+        doc = dict(self.document(), ready=False)
+        done = defer.Deferred()
+        timer = self._reactor.callLater(STOP_WRITE, lambda: done.called or done.callback(None))
+
+        def written(_):
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        # The bridge's Deferred is not cancellable (kazoo answers it later): wait on a copy.
+        self._zk.set(self.node, self._encode(doc)).addBoth(written)
+        return done
+
+    def _check(self):
+        try:
+            self._tick()
+        except Exception:  # the loop must go on
+            log.failure("fleet registration: checking failed")
 
     # -- ZooKeeper
 

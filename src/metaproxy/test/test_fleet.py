@@ -516,6 +516,13 @@ class RegistrationTests(SynchronousTestCase):
         self.assertTrue(self.doc()["ready"])
         self.assertEqual(self.reg.failures, 1)
 
+    def test_stop_says_not_ready(self):
+        self.is_ready = True
+        self.reg.advertise("127.0.0.1:4000", "127.0.0.1:5000")
+        self.assertTrue(self.doc()["ready"])
+        self.successResultOf(defer.maybeDeferred(self.reg.stopService))
+        self.assertFalse(self.doc()["ready"])
+
     def test_when_registered_bounded(self):
         from metaproxy.routes.zkbridge import LOST
 
