@@ -21,22 +21,20 @@ def add_parser(subparsers):
     p = subparsers.add_parser("fleet", help="list the metaproxy instances registered in ZooKeeper")
     sub = p.add_subparsers(dest="fleet_command", metavar="{list,routes}")
 
-    def common(q, required=True):
+    def common(q, command, required=True):
         q.add_argument("--config", "-c", required=required, metavar="FILE")
         q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for ZooKeeper")
         q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(command=command)
+        return q
 
-    common(p, required=False)  # "metaproxy fleet --config F" lists; a sub-command takes its own options
-    p.set_defaults(command=run_list)
-    q = sub.add_parser("list", help="every registered instance (the default)")
-    common(q)
-    q.set_defaults(command=run_list)
-    q = sub.add_parser("routes", help="which cluster each instance serves for a table")
-    q.add_argument("table")
-    common(q)
-    q.add_argument("--probe-timeout", type=float, default=2.0, metavar="S",
-                   help="seconds each instance's admin may take to answer")
-    q.set_defaults(command=run_routes)
+    common(p, run_list, required=False)  # "metaproxy fleet --config F" lists; a sub-command takes its own options
+    common(sub.add_parser("list", help="every registered instance (the default)"), run_list)
+    routes = sub.add_parser("routes", help="which cluster each instance serves for a table")
+    routes.add_argument("table")
+    common(routes, run_routes).add_argument(
+        "--probe-timeout", type=float, default=2.0, metavar="S", help="seconds each instance's admin may take to answer"
+    )
 
 
 def _registry(args):
