@@ -295,6 +295,7 @@ class FleetProcessTests(TestCase):
         self.assertTrue(all(r["ready"] and r["version"] and r["uptime"] >= 0 for r in rows), rows)
         text = yield _cli("fleet", "--config", self.config)
         self.assertIn("routes_cached", text.stdout)
+        print("\n" + text.stdout)
 
         yield self._cache_everywhere()
         t0 = time.monotonic()
