@@ -115,7 +115,7 @@ def _until(condition, timeout, why):
     def wait():
         end = time.monotonic() + timeout
         while True:
-            value = yield threads.deferToThread(condition) if getattr(condition, "blocking", False) else condition()
+            value = condition()  # may read ZooKeeper synchronously: a few ms, test code only
             if value:
                 return value
             if time.monotonic() > end:
