@@ -227,7 +227,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     listener drains before what it drains through is closed): C{startup}
     (logs the start-up line), C{routes},
     C{simulator} (only with a C{simulator:} section), C{pools}, C{admin},
-    C{reporter} (only for push reporters), C{proxy}, C{notify}.
+    C{reporter} (only for push reporters), C{proxy}, C{notify}, C{fleet}
+    (only with ZooKeeper routes and a C{zookeeper.fleet_path}).
 
     @param config: a loaded L{metaproxy.config.Config}.
     @param reactor: the reactor everything runs on.
@@ -389,6 +390,17 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     notify.setName("notify")
     notify.setServiceParent(top)
 
+    from metaproxy.ops.fleet import build_registration
+
+    fleet = build_registration(config, reactor, routes, ready, proxy, admin)
+    if fleet is not None:
+        fleet.setName("fleet")
+        fleet.setServiceParent(top)
+        metrics.watch_counts("metaproxy_fleet_registration_writes", "Fleet registration node writes (creates and "
+                             "updates), by outcome.", "outcome", lambda: {"ok": fleet.writes, "failed": fleet.failures})
+        metrics.watch_gauges("metaproxy_fleet_registered", "1 while this instance's fleet node exists.", None,
+                             lambda: int(fleet.registered))
+
     # Connections by framing (THFT/RDSN): do C++ clients and the shell use the proxy?
     metrics.watch_counts(
         "metaproxy_client_connections_by_framing",
@@ -402,4 +414,5 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     top.factory = factory
     top.pools = pools
     top.route_table = routes
+    top.fleet = fleet
     return top

@@ -28,7 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from metaproxy.routes.route import MetaAddrs, is_ip_literal, parse_host_port
+from metaproxy.routes.route import MetaAddrs, host_port_problem, is_ip_literal, parse_host_port
 
 if sys.version_info >= (3, 11):
     _ExceptionGroup = ExceptionGroup  # noqa: F821 (a builtin from 3.11)
@@ -119,6 +119,13 @@ class ZooKeeperConfig:
     @ivar acl: the ACL C{metaproxy routes} puts on nodes it creates, in
         zkCli's C{scheme:id:perms} notation; empty: operators all,
         proxies read (L{metaproxy.routes.zkauth.creation_acl}).
+    @ivar fleet_path: where each instance registers its ephemeral node
+        (L{metaproxy.ops.fleet}); outside C{root}; empty: no registration.
+    @ivar fleet_advertise: the client C{host:port} to register (empty:
+        the bound address, a wildcard replaced by the host name).
+    @ivar fleet_advertise_admin: the same for the admin listener.
+    @ivar fleet_update_interval: seconds between readiness checks of the
+        registration; at most one write each.
     """
 
     address: HostList
@@ -130,6 +137,10 @@ class ZooKeeperConfig:
     max_reads_inflight: int = 32
     auth: Optional[ZooKeeperAuthConfig] = None
     acl: tuple[str, ...] = ()
+    fleet_path: str = "/metaproxy/instances"
+    fleet_advertise: str = ""
+    fleet_advertise_admin: str = ""
+    fleet_update_interval: float = 1.0
 
 
 @attrs.frozen
@@ -631,6 +642,32 @@ def _is_power_of_two(n):
     return n >= 1 and n & (n - 1) == 0
 
 
+def _fleet_problems(zk):
+    """@return: C{(path, message)} for the fleet registration keys of C{zk}."""
+    errs = []
+    fleet = "/" + zk.fleet_path.strip().strip("/")
+    root = "/" + zk.root.strip().strip("/")
+    if zk.fleet_path.strip():
+        if fleet == "/" or not valid_node_path(fleet):
+            errs.append(("$.zookeeper.fleet_path", "must name a node below / (or be empty: no registration)"))
+        elif fleet == root or fleet.startswith(root + "/") or root.startswith(fleet + "/"):
+            errs.append(("$.zookeeper.fleet_path", f"must be outside zookeeper.root ({root}): "
+                         "the root's children are the table names"))
+    for key in ("fleet_advertise", "fleet_advertise_admin"):
+        value = getattr(zk, key)
+        if value and host_port_problem(value) is not None:
+            errs.append((f"$.zookeeper.{key}", f"{value!r}: expected host:port (or empty: the bound address)"))
+    if not 0.05 <= zk.fleet_update_interval <= 3600:
+        errs.append(("$.zookeeper.fleet_update_interval", "must be 0.05..3600 (seconds)"))
+    return errs
+
+
+def valid_node_path(path):
+    """@return: whether C{path} (absolute, no trailing /) is a usable ZooKeeper node path."""
+    parts = path.split("/")[1:]
+    return all(p and p not in (".", "..") and all(0x20 <= ord(c) < 0x7F for c in p) for p in parts)
+
+
 def _check(config):
     """@return: a list of C{(path, message)} for values that are well-typed but wrong."""
     errs = []
@@ -655,6 +692,7 @@ def _check(config):
         need(1 <= zk.max_reads_inflight <= 128, "$.zookeeper.max_reads_inflight", "must be 1..128")
         need(zk.root.strip("/") != "" , "$.zookeeper.root", "must name a node below /")
         errs.extend(_zookeeper_auth_problems(zk))
+        errs.extend(_fleet_problems(zk))
         if config.routes:
             errs.append(("$.routes", "routes: and zookeeper: are exclusive; give one of them"))
     elif not config.routes:
@@ -749,6 +787,9 @@ def _normalise(config):
         root = "/" + zk.root.strip().strip("/")
         if root != zk.root:
             config = attrs.evolve(config, zookeeper=attrs.evolve(zk, root=root))
+        fleet = "/" + zk.fleet_path.strip().strip("/") if zk.fleet_path.strip() else ""
+        if fleet != zk.fleet_path:
+            config = attrs.evolve(config, zookeeper=attrs.evolve(config.zookeeper, fleet_path=fleet))
     return config
 
 

@@ -6,6 +6,7 @@ The C{metaproxy} command: operate a metaproxy deployment.
     metaproxy check [--config FILE]
     metaproxy resolve TABLE --via HOST:PORT [--v1] [--timeout S] [--json]
     metaproxy routes list|get|switch|set|delete ... [--config FILE]
+    metaproxy fleet [list|routes TABLE] [--config FILE] [--json]
 
 The config is C{--config}, else C{$METAPROXY_CONFIG}, else
 C{/etc/metaproxy/metaproxy.yaml}. The global flags (C{--config},
@@ -26,16 +27,17 @@ from metaproxy.cli.common import FAILED, USAGE, CommandError, add_global_argumen
 
 def build_parser():
     """@return: the L{argparse.ArgumentParser} of the C{metaproxy} command."""
-    from metaproxy.cli import check, resolve, routes
+    from metaproxy.cli import check, fleet, resolve, routes
 
     parser = argparse.ArgumentParser(prog="metaproxy", description="Operate metaproxy, the Pegasus meta proxy.")
     parser.add_argument("--version", action="version", version=f"metaproxy {__version__}")
     add_global_arguments(parser)
-    sub = parser.add_subparsers(dest="command_name", metavar="{check,resolve,routes}")
+    sub = parser.add_subparsers(dest="command_name", metavar="{check,resolve,routes,fleet}")
     sub.required = True
     check.add_parser(sub)
     resolve.add_parser(sub)
     routes.add_parsers(sub)
+    fleet.add_parser(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 
+from metaproxy.cli import fleetwait
 from metaproxy.cli.common import (
     USAGE,
     CommandError,
@@ -53,6 +54,7 @@ def add_parsers(subparsers):
                 "--allow-world-writable", action="store_true",
                 help="create a node anyone who reaches ZooKeeper may change (refused otherwise)",
             )
+            fleetwait.add_arguments(q)
         q.set_defaults(accepts={"config", "yes", "dry_run"} if writes else {"config", "json"})
 
     q = sub.add_parser("list", help="every table's route")
@@ -221,6 +223,8 @@ def write_route(store, table, node, route, args, out):
     @param node: the L{metaproxy.cli.zkstore.RouteNode} read, or L{None}.
     @return: the exit status.
     """
+    fleet = fleetwait.registered_before(store, args.timeout)
+    fleetwait.refuse_loops(fleet, route)
     out.write(f"before: {describe_route(node.route if node else None)}"
               f"{'' if node is None else f' (version {node.version}, modified {node.mtime})'}\n")
     out.write(f"after:  {describe_route(route)}\n")
@@ -238,7 +242,7 @@ def write_route(store, table, node, route, args, out):
     confirm(f"write {store.path(table)}?", args.yes, stdout=out)
     written = store.write(table, route, None if node is None else node.version)
     out.write(f"written: {store.path(table)} (version {written.version}, modified {written.mtime})\n")
-    return 0
+    return fleetwait.wait_for_fleet(store, table, written.mzxid, args, out, fleet)
 
 
 def refuse_world_writable(store, table, args, out):
@@ -303,6 +307,7 @@ def run_delete(args, out):
             out.write("dry run: nothing deleted\n")
             return 0
         confirm(f"delete {store.path(args.table)}?", args.yes, stdout=out)
+        fleet = fleetwait.registered_before(store, args.timeout)
         store.delete(args.table, node.version)
         out.write(f"deleted: {store.path(args.table)}\n")
-    return 0
+        return fleetwait.wait_for_fleet(store, args.table, None, args, out, fleet)

@@ -80,6 +80,8 @@ class RouteNode:
     @ivar error: why the data is not a route, or L{None}.
     @ivar version: the node's data version (for the compare-and-set).
     @ivar mtime: when it was last written, as an ISO 8601 UTC string.
+    @ivar mzxid: the transaction that last wrote it (what an instance's
+        C{/routes} reports once it serves this version).
     """
 
     table: str
@@ -88,6 +90,7 @@ class RouteNode:
     error: object
     version: int
     mtime: str
+    mzxid: object = None
 
     def as_json(self):
         """@return: the JSON-ready L{dict} C{routes list/get --json} print."""
@@ -134,6 +137,7 @@ class RouteStore:
         @raise CommandError: C{zookeeper.auth} cannot be used.
         """
         self.root = zk_config.root
+        self.fleet_path = getattr(zk_config, "fleet_path", "")
         self.hosts = ",".join(zk_config.address)
         self.timeout = timeout
         try:
@@ -200,7 +204,7 @@ class RouteStore:
             route, error = Route.from_json(data), None
         except InvalidRoute as e:
             route, error = None, str(e)
-        return RouteNode(table, self.path(table), route, error, stat.version, _mtime(stat))
+        return RouteNode(table, self.path(table), route, error, stat.version, _mtime(stat), stat.mzxid)
 
     def get(self, table):
         """@return: the table's L{RouteNode}, or L{None} when it has no node."""

@@ -11,7 +11,9 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader (only once a meta answered), age, staleness and
     last error, and the cluster's own state (C{backend}: whether any meta
-    answered, when it last did, the last error, up or not).
+    answered, when it last did, the last error, up or not); with ZooKeeper
+    routes also the C{czxid} and C{mzxid} of the node version held (the
+    CLI's fleet-wide wait compares them with the version it wrote).
     C{/routes?table=NAME} (repeatable) shows only those tables, or answers
     404 naming the ones not in the route cache.
   - C{/}: JSON list of what is served.

@@ -26,6 +26,9 @@ from metaproxy.ops.lifecycle import fatal_stop
 
 log = Logger()
 
+#: Seconds the hand-over waits for the fleet registration before saying C{switched}.
+REGISTER_WAIT = 5.0
+
 
 @implementer(IStreamServerEndpoint)
 class HandedOverEndpoint:
@@ -139,6 +142,14 @@ class Takeover:
 
     def _switch(self, header):
         self._finished = True
+        fleet = getattr(self.top, "fleet", None)
+        if fleet is None:
+            self._switch_now(header)
+            return
+        # Listed before the old process's node goes (it goes when that process exits): no gap in the fleet.
+        fleet.when_registered(REGISTER_WAIT).addCallback(lambda _: self._switch_now(header))
+
+    def _switch_now(self, header):
         log.info("hot upgrade: took over {count} connections; this process (pid {pid}) is the main one now",
                  count=self.received, pid=os.getpid())
         self._done.callback(None)  # NotifyService: MAINPID=<pid> + READY=1

@@ -274,6 +274,20 @@ class TxZooKeeper:
         """@return: a L{Deferred} firing with the list of child names; fails with NoNodeError etc."""
         return self._submit(lambda: self.client.get_children_async(path, watch=watch))
 
+    # -- writes, through the same gate (the fleet registration's ephemeral node)
+
+    def create(self, path, value=b"", ephemeral=False, makepath=False):
+        """@return: a L{Deferred} firing with the created path; fails with NodeExistsError, L{ZooKeeperUnavailable}..."""
+        return self._submit(lambda: self.client.create_async(path, value, ephemeral=ephemeral, makepath=makepath))
+
+    def set(self, path, value, version=-1):
+        """@return: a L{Deferred} firing with the new stat; fails with NoNodeError, BadVersionError..."""
+        return self._submit(lambda: self.client.set_async(path, value, version))
+
+    def delete(self, path, version=-1):
+        """@return: a L{Deferred} firing once C{path} is deleted; fails with NoNodeError..."""
+        return self._submit(lambda: self.client.delete_async(path, version))
+
     def _unavailable(self):
         why = f": {self.reason}" if self.reason else ""
         return ZooKeeperUnavailable(f"ZooKeeper is {self.state}{why}")

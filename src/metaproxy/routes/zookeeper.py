@@ -252,6 +252,16 @@ class ZooKeeperRouteTable(Service):
         return self._zk.inflight
 
     @property
+    def zk(self):
+        """@return: the L{TxZooKeeper} this table watches through (the fleet registration shares its session)."""
+        return self._zk
+
+    @property
+    def cached_count(self):
+        """@return: tables in the route cache (any state)."""
+        return len(self._entries)
+
+    @property
     def zk_watches(self):
         """@return: nodes this table holds a ZooKeeper watch on (the root included)."""
         return len(self._watched)
@@ -357,6 +367,8 @@ class ZooKeeperRouteTable(Service):
                     "age": None if entry.confirmed is None else round(now - entry.confirmed, 3),
                     "stale": entry.state == STALE or self._stale(entry),
                     "error": error,
+                    "czxid": entry.version[0] if entry.version else None,
+                    "mzxid": entry.version[1] if entry.version else None,
                 }
             )
         return out
