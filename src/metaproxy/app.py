@@ -392,6 +392,9 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
 
     from metaproxy.ops.fleet import build_registration
 
+    def ready():
+        return proxy.listening and routes.is_ready()
+
     fleet = build_registration(config, reactor, routes, ready, proxy, admin)
     if fleet is not None:
         fleet.setName("fleet")

@@ -8,10 +8,11 @@ TABLE, and which version of its node (mzxid), asked of every instance's
 admin C{/routes?table=} in parallel, each within C{--probe-timeout}.
 """
 
+import argparse
 import json
 import time
 
-from metaproxy.cli.common import USAGE, CommandError, load
+from metaproxy.cli.common import USAGE, CommandError, add_global_arguments, add_wait_argument, load, wait_seconds
 from metaproxy.cli.fleetreg import probe_all, read_instances
 from metaproxy.cli.zkstore import RouteStore, check_table
 
@@ -21,14 +22,14 @@ def add_parser(subparsers):
     p = subparsers.add_parser("fleet", help="list the metaproxy instances registered in ZooKeeper")
     sub = p.add_subparsers(dest="fleet_command", metavar="{list,routes}")
 
-    def common(q, command, required=True):
-        q.add_argument("--config", "-c", required=required, metavar="FILE")
-        q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for ZooKeeper")
-        q.add_argument("--json", action="store_true", help="print JSON")
-        q.set_defaults(command=command)
+    def common(q, command):
+        add_global_arguments(q)
+        add_wait_argument(q, "--zk-timeout", 10.0, "seconds to connect to ZooKeeper, and for each of its answers")
+        q.add_argument("--timeout", type=float, default=None, help=argparse.SUPPRESS)  # old: every wait at once
+        q.set_defaults(command=command, accepts={"config", "json"})
         return q
 
-    common(p, run_list, required=False)  # "metaproxy fleet --config F" lists; a sub-command takes its own options
+    common(p, run_list)  # "metaproxy fleet" lists; a sub-command takes its own options
     common(sub.add_parser("list", help="every registered instance (the default)"), run_list)
     routes = sub.add_parser("routes", help="which cluster each instance serves for a table")
     routes.add_argument("table")
@@ -38,11 +39,7 @@ def add_parser(subparsers):
 
 
 def _registry(args):
-    if not args.config:
-        raise CommandError("--config FILE is required", USAGE)
     config = load(args.config)
-    if not 0 < args.timeout <= 3600:
-        raise CommandError("--timeout must be > 0 and <= 3600 seconds", USAGE)
     zk = config.zookeeper
     if zk is None:
         raise CommandError(f"{args.config} has static routes: instances register only with zookeeper:", USAGE)
@@ -93,8 +90,8 @@ def _uptime(seconds):
 def run_list(args, out):
     """Run C{fleet [list]}; @return: the exit status (1 when no instance is registered)."""
     zk = _registry(args)
-    with RouteStore(zk, args.timeout) as store:
-        instances = read_instances(store.client, zk.fleet_path, args.timeout)
+    with RouteStore(zk, wait_seconds(args, "--zk-timeout")) as store:
+        instances = read_instances(store.client, zk.fleet_path, store.timeout)
     rows = fleet_rows(instances)
     if args.json:
         out.write(json.dumps(rows, indent=2) + "\n")
@@ -112,8 +109,8 @@ def run_routes(args, out):
     check_table(args.table)
     if not 0 < args.probe_timeout <= 600:
         raise CommandError("--probe-timeout must be > 0 and <= 600 seconds", USAGE)
-    with RouteStore(zk, args.timeout) as store:
-        instances = read_instances(store.client, zk.fleet_path, args.timeout)
+    with RouteStore(zk, wait_seconds(args, "--zk-timeout")) as store:
+        instances = read_instances(store.client, zk.fleet_path, store.timeout)
         node = store.get(args.table)
     probes = probe_all(instances, args.table, args.probe_timeout)
     rows = []

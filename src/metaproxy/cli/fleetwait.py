@@ -91,7 +91,7 @@ def wait_for_fleet(store, table, mzxid, args, out, before=(), clock=time.monoton
     deadline = start + args.fleet_timeout
     known, served, gone, last = {i.name: i for i in before}, {}, set(), {}
     while True:
-        registered = {i.name: i for i in read_instances(store.client, store.fleet_path, args.timeout)}
+        registered = {i.name: i for i in read_instances(store.client, store.fleet_path, store.timeout)}
         known.update(registered)
         pending = [i for name, i in sorted(known.items()) if name not in served and name not in gone]
         probes = probe_all(pending, table, args.probe_timeout)

@@ -223,7 +223,7 @@ def write_route(store, table, node, route, args, out):
     @param node: the L{metaproxy.cli.zkstore.RouteNode} read, or L{None}.
     @return: the exit status.
     """
-    fleet = fleetwait.registered_before(store, args.timeout)
+    fleet = fleetwait.registered_before(store, store.timeout)
     fleetwait.refuse_loops(fleet, route)
     out.write(f"before: {describe_route(node.route if node else None)}"
               f"{'' if node is None else f' (version {node.version}, modified {node.mtime})'}\n")
@@ -307,7 +307,7 @@ def run_delete(args, out):
             out.write("dry run: nothing deleted\n")
             return 0
         confirm(f"delete {store.path(args.table)}?", args.yes, stdout=out)
-        fleet = fleetwait.registered_before(store, args.timeout)
+        fleet = fleetwait.registered_before(store, store.timeout)
         store.delete(args.table, node.version)
         out.write(f"deleted: {store.path(args.table)}\n")
         return fleetwait.wait_for_fleet(store, args.table, None, args, out, fleet)
