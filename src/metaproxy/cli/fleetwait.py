@@ -44,10 +44,25 @@ def registered_before(store, timeout):
 
 
 def refuse_loops(instances, route):
-    """@raise CommandError: when C{route} names the client address of one of C{instances}."""
+    """
+    @raise CommandError: (exit 3, like every refused target: see
+        L{metaproxy.cli.verify}) when C{route} names the client address of
+        one of C{instances}.
+    """
+    from metaproxy.cli.verify import REFUSED
+
     problem = loop_problem(instances, route)
     if problem is not None:
-        raise CommandError(f"refusing: {problem}; nothing written")
+        raise CommandError(f"refusing: {problem}; nothing written", REFUSED)
+
+
+def refuse_registered(store, route):
+    """
+    Refuse a route to a registered instance before anything is asked of its
+    address (the registry answers for every instance, even one that does
+    not run this version and so cannot say it is a metaproxy).
+    """
+    refuse_loops(registered_before(store, store.timeout), route)
 
 
 def _checked(args):

@@ -281,6 +281,7 @@ def run_set(args, out):
     check_table(args.table)
     route = target_route(args)
     with zookeeper_store(args, config, writing=True) as store:
+        fleetwait.refuse_registered(store, route)
         if args.no_verify:
             problem = own_addresses(config).problem(route.meta_addrs)
             if problem is not None:

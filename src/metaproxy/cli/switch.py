@@ -24,6 +24,7 @@ a table to another cluster, safely.
 from twisted.internet import defer
 
 from metaproxy.cli.common import CommandError, add_wait_argument, run_on_reactor, wait_seconds
+from metaproxy.cli import fleetwait
 from metaproxy.cli.metaquery import health_problem, query_table
 from metaproxy.cli.routes import (
     check_expected,
@@ -112,6 +113,7 @@ def run(args, out):
         if current == target:
             out.write(f"{path} already routes {args.table} to {target.cluster_name}; nothing to do\n")
             return 0
+        fleetwait.refuse_registered(store, target)
         out.write(f"checking that {target.cluster_name} ({target.meta_addrs}) serves {args.table} ...\n")
         (ok_new, new), (ok_old, old) = run_on_reactor(
             _ask_both(target, current, args.table, target_timeout, current_timeout, config)

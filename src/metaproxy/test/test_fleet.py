@@ -324,7 +324,7 @@ class FleetProcessTests(TestCase):
 
         refused = yield _cli("routes", "set", "other", "--config", self.config, "--cluster-name", "loop",
                              "--meta-addrs", self.instances[1]["address"], "--yes")
-        self.assertEqual(refused.returncode, 1, refused.stdout)
+        self.assertEqual(refused.returncode, 3, refused.stdout)
         self.assertIn(f"{self.instances[1]['address']} is the metaproxy instance", refused.stderr)
         exists = yield threads.deferToThread(self.admin.exists, f"{ROOT}/other")
         self.assertIsNone(exists)
