@@ -17,6 +17,7 @@ from metaproxy.ops.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
+from metaproxy.security.setup import build_security
 from metaproxy.ops.sdnotify import NotifyService
 from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.wire.querycfg import QUERY_CFG
@@ -166,7 +167,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     Children, in start order (they stop in reverse, one at a time, so the
     listener drains before what it drains through is closed): C{startup}
     (logs the start-up line), C{routes},
-    C{simulator} (only with a C{simulator:} section), C{pools}, C{admin},
+    C{simulator} (only with a C{simulator:} section), C{kerberos} (only
+    with C{security.principal}), C{pools}, C{admin},
     C{reporter} (only for push reporters), C{proxy}, C{notify}.
 
     @param config: a loaded L{metaproxy.config.Config}.
@@ -220,6 +222,12 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     )
     metrics.watch_route_table(routes)
 
+    security = build_security(config.security, reactor)
+    credentials_service = security.service()
+    if credentials_service is not None:
+        credentials_service.setName("kerberos")
+        credentials_service.setServiceParent(top)
+
     pools = ClusterPools(
         reactor,
         referenced=routes.clusters,
@@ -228,6 +236,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         reconnect_max=config.timeouts.reconnect_max,
         metrics=metrics,
         max_reply_bytes=config.limits.max_reply_bytes,
+        negotiator_for=security.negotiator_for,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")
@@ -248,7 +257,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        RpcDispatcher({QUERY_CFG: resolver.handle}),
+        security.wrap(RpcDispatcher({QUERY_CFG: resolver.handle})),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,
@@ -271,6 +280,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         on_bind_failure=cannot_listen("clients", config.listen),
     )
     watch_server_limits(metrics, factory)
+    security.watch(metrics)
 
     def listening(port):
         host = port.getHost()
@@ -323,5 +333,6 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     top.resolver = resolver
     top.factory = factory
     top.pools = pools
+    top.security = security
     top.route_table = routes
     return top
