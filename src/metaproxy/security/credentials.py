@@ -144,7 +144,7 @@ class KerberosCredentials:
         self.renew_at = None
         started = self.clock.seconds()
         d = self._fetching = self.run(acquire, self.principal, self.keytab)
-        d.addCallbacks(self._fetched, self._fetch_failed, (started,))
+        d.addCallbacks(self._fetched, self._fetch_failed, (started,), None, (started,))
 
     def _fetched(self, result, started):
         self._fetching = None
