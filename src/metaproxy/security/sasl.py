@@ -152,6 +152,14 @@ class GssapiClient:
             wrapped layer choice.
         @raise SaslError: on a bad token or layer offer.
         """
+        try:
+            return self._step(challenge)
+        except SaslError:
+            raise
+        except Exception as e:  # the binding may raise from any context access
+            raise SaslError(f"GSSAPI failed with {self.target}: {gss_error_text(e)}") from None
+
+    def _step(self, challenge):
         if self.done:
             raise SaslError("server sent a challenge after the security-layer step")
         if not self._ctx.complete:
@@ -176,7 +184,10 @@ class GssapiClient:
 
     def established(self):
         """@return: L{True} once the GSS-API context is complete."""
-        return bool(self._ctx.complete)
+        try:
+            return bool(self._ctx.complete)
+        except Exception:
+            return False
 
 
 class GssapiServer:
@@ -199,6 +210,14 @@ class GssapiServer:
             client principal)} on success.
         @raise SaslError: on any failure (the session must then be closed).
         """
+        try:
+            return self._step(token)
+        except SaslError:
+            raise
+        except Exception as e:  # the binding may raise from any context access
+            raise SaslError(f"Kerberos authentication failed: {gss_error_text(e)}") from None
+
+    def _step(self, token):
         ctx = self._ctx
         if not ctx.complete:
             try:
