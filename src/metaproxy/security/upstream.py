@@ -23,6 +23,7 @@ import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from metaproxy.backend.client import CallError
 from metaproxy.security.credentials import CredentialsUnavailable
 from metaproxy.security.sasl import GssapiClient, SaslError
 from metaproxy.wire import codes
@@ -135,7 +136,7 @@ class UpstreamNegotiator:
     def _failed(self, failure, address):
         if failure.check(defer.CancelledError):
             return failure  # the connection was stopped: not a negotiation outcome
-        if failure.check(NegotiationFailed, SaslError, CredentialsUnavailable, DecodeError):
+        if failure.check(NegotiationFailed, SaslError, CredentialsUnavailable, DecodeError, CallError):
             why = failure.getErrorMessage()
         else:
             why = f"{failure.type.__name__}: {failure.getErrorMessage()}"
