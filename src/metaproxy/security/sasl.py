@@ -45,6 +45,20 @@ def gss_error_text(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _sasl_errors(what, f, *args):
+    """
+    @return: C{f(*args)}; any exception but L{SaslError} (the binding may
+        raise from any context access) becomes a L{SaslError} starting
+        with C{what}.
+    """
+    try:
+        return f(*args)
+    except SaslError:
+        raise
+    except Exception as e:
+        raise SaslError(f"{what}: {gss_error_text(e)}") from None
+
+
 def layer_message(layers, max_size=0):
     """@return: the 4 plain octets of a security-layer offer or choice."""
     return _LAYER_MESSAGE.pack(((layers & 0xFF) << 24) | (max_size & 0xFFFFFF))
@@ -152,12 +166,7 @@ class GssapiClient:
             wrapped layer choice.
         @raise SaslError: on a bad token or layer offer.
         """
-        try:
-            return self._step(challenge)
-        except SaslError:
-            raise
-        except Exception as e:  # the binding may raise from any context access
-            raise SaslError(f"GSSAPI failed with {self.target}: {gss_error_text(e)}") from None
+        return _sasl_errors(f"GSSAPI failed with {self.target}", self._step, challenge)
 
     def _step(self, challenge):
         if self.done:
@@ -210,12 +219,7 @@ class GssapiServer:
             client principal)} on success.
         @raise SaslError: on any failure (the session must then be closed).
         """
-        try:
-            return self._step(token)
-        except SaslError:
-            raise
-        except Exception as e:  # the binding may raise from any context access
-            raise SaslError(f"Kerberos authentication failed: {gss_error_text(e)}") from None
+        return _sasl_errors("Kerberos authentication failed", self._step, token)
 
     def _step(self, token):
         ctx = self._ctx
