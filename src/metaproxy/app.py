@@ -17,7 +17,7 @@ from metaproxy.ops.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
-from metaproxy.security.setup import build_security
+from metaproxy.security.service import build_security
 from metaproxy.ops.sdnotify import NotifyService
 from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.wire.querycfg import QUERY_CFG

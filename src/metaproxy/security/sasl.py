@@ -20,6 +20,7 @@ L{metaproxy.security.upstream}). The C{gssapi} binding is imported lazily so
 that the rest of metaproxy runs without it.
 """
 
+import os
 import struct
 
 #: Security layer bits (RFC 4752 section 3.3).
@@ -94,8 +95,6 @@ def acquire_initiator(principal, keytab, ccache):
         unreadable or the KDC refuses.
     """
     gssapi = _gssapi()
-    import os
-
     if not os.path.isfile(keytab):
         raise SaslError(f"keytab {keytab} does not exist")
     if not os.access(keytab, os.R_OK):

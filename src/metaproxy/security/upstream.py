@@ -21,7 +21,6 @@ KDC fails the attempt instead of hanging it.
 
 import attrs
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 
 from metaproxy.backend.client import CallError
 from metaproxy.security.credentials import CredentialsUnavailable
@@ -29,8 +28,6 @@ from metaproxy.security.sasl import GssapiClient, SaslError
 from metaproxy.wire import codes
 from metaproxy.wire import negotiation as nego
 from metaproxy.wire.binary import DecodeError
-
-log = Logger()
 
 #: Most challenge rounds accepted (Kerberos needs 2: AP-REP, layer offer).
 MAX_ROUNDS = 8

@@ -6,7 +6,6 @@ meta answer does, the deadline, and that no call is sent before the
 negotiation succeeded.
 """
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
