@@ -124,6 +124,14 @@ class NegotiatingHandler:
         session = self._sessions.get(connection)
         return None if session is None else session.principal
 
+    def adopt(self, connection, principal):
+        """
+        Mark C{connection} as authenticated as C{principal}: a connection a
+        hot upgrade handed over after it negotiated with the old process
+        (L{principal_of} there), so that C{mandatory} does not close it.
+        """
+        self._sessions[connection] = _Session(expect=nego.INVALID, principal=principal)
+
     # -- the server side of the exchange
 
     def _negotiate(self, request, connection):

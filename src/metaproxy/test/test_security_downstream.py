@@ -161,6 +161,13 @@ class HandlerTests(SynchronousTestCase):
         self._assert_closed(self.handle(_nego(nego.SASL_CHALLENGE_RESP, b"")))
         self.assertNoResult(first)
 
+    def test_adopted_connection_served(self):
+        """A connection handed over by a hot upgrade after it negotiated is served under mandatory."""
+        self.handler.adopt(self.conn, "alice@R")
+        self.assertEqual(self.handler.principal_of(self.conn), "alice@R")
+        self.assertIs(self.handle(_req("RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX")), _SERVED)
+        self._assert_closed(self.handle(_nego(nego.SASL_LIST_MECHANISMS)))  # no second negotiation
+
     def test_disabled_answers_auth_disable(self):
         """Without an acceptor, RPC_NEGOTIATION gets SASL_AUTH_DISABLE as from an unsecured meta."""
         handler = NegotiatingHandler(self.inner)
