@@ -168,7 +168,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     listener drains before what it drains through is closed): C{startup}
     (logs the start-up line), C{routes},
     C{simulator} (only with a C{simulator:} section), C{kerberos} (only
-    with C{security.principal}), C{pools}, C{admin},
+    with C{security.principal} or C{security.clients.enabled}: its thread
+    pool and credentials), C{pools}, C{admin},
     C{reporter} (only for push reporters), C{proxy}, C{notify}.
 
     @param config: a loaded L{metaproxy.config.Config}.

@@ -7,24 +7,39 @@ cluster, the client-side negotiating handler, and their metrics.
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
 
 from metaproxy.security.credentials import KerberosCredentials
 from metaproxy.security.downstream import NegotiatingHandler
 from metaproxy.security.sasl import acquire_acceptor
-from metaproxy.security.upstream import UpstreamNegotiator, thread_runner
+from metaproxy.security.upstream import UpstreamNegotiator
 
 
-class _CredentialsService(Service):
-    def __init__(self, credentials):
+#: Threads for blocking GSS-API calls (KDC round trips, keytab reads) at
+#: most; more calls wait in the pool's queue. Kept apart from the reactor's
+#: pool so that a slow KDC cannot delay ZooKeeper restarts or config reloads.
+KERBEROS_THREADS = 4
+
+
+class _KerberosService(Service):
+    """Runs the Kerberos thread pool and keeps the credentials fresh while running."""
+
+    def __init__(self, pool, credentials):
+        self.pool = pool
         self.credentials = credentials
 
     def startService(self):
         super().startService()
-        self.credentials.start()
+        self.pool.start()
+        if self.credentials is not None:
+            self.credentials.start()
 
     def stopService(self):
         super().stopService()
-        self.credentials.stop()
+        if self.credentials is not None:
+            self.credentials.stop()
+        self.pool.stop()  # joins its threads: at most one KDC timeout at shutdown
 
 
 @attrs.define(eq=False)
@@ -35,6 +50,8 @@ class Security:
     @ivar config: the L{metaproxy.config.SecurityConfig}.
     @ivar clock: the reactor's clock.
     @ivar run: C{run(f, *args) -> Deferred} for blocking GSS-API calls.
+    @ivar pool: the thread pool C{run} uses, started and stopped by
+        L{service} (L{None}: someone else's, e.g. a test's).
     @ivar credentials: the L{KerberosCredentials}, or L{None} without a
         principal.
     @ivar negotiators: cluster name -> L{UpstreamNegotiator}, one per
@@ -45,6 +62,7 @@ class Security:
     config: object
     clock: object
     run: object
+    pool: object = None
     credentials: object = attrs.field(init=False, default=None)
     negotiators: dict = attrs.field(init=False, factory=dict)
     handler: object = attrs.field(init=False, default=None)
@@ -56,8 +74,13 @@ class Security:
             )
 
     def service(self):
-        """@return: a service that fetches credentials while running, or L{None}."""
-        return None if self.credentials is None else _CredentialsService(self.credentials)
+        """
+        @return: the service that runs C{pool} and fetches credentials while
+            running, or L{None} when Kerberos is not configured at all.
+        """
+        if self.pool is None or (self.credentials is None and not self.config.clients.enabled):
+            return None
+        return _KerberosService(self.pool, self.credentials)
 
     def negotiator_for(self, cluster_name):
         """@return: the cluster's L{UpstreamNegotiator}, or L{None} when it is not secured."""
@@ -124,5 +147,13 @@ class Security:
 
 
 def build_security(config, reactor):
-    """@return: a L{Security} running blocking calls in C{reactor}'s thread pool."""
-    return Security(config, reactor, thread_runner(reactor))
+    """
+    @return: a L{Security} running blocking calls in a pool of its own of
+        at most L{KERBEROS_THREADS} threads (started by its L{service}).
+    """
+    pool = ThreadPool(0, KERBEROS_THREADS, name="metaproxy-kerberos")
+
+    def run(f, *args):
+        return threads.deferToThreadPool(reactor, pool, f, *args)
+
+    return Security(config, reactor, run, pool)

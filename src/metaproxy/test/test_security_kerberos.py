@@ -21,6 +21,7 @@ from metaproxy.security.sasl import (
     LAYER_INTEGRITY, LAYER_NONE, GssapiClient, GssapiServer, SaslError, acquire_acceptor, acquire_initiator,
     layer_message,
 )
+from metaproxy.security.service import KERBEROS_THREADS
 from metaproxy.security.upstream import UpstreamNegotiator, thread_runner
 from metaproxy.sim.model import SimModel
 from metaproxy.sim.server import SimulatedCluster
@@ -192,6 +193,9 @@ class UpstreamTests(_ProxyBase):
         self.assertEqual(entry["backend"]["auth"]["credentials"]["principal"], self.realm.proxy)
         self.assertGreaterEqual(self.sample("metaproxy_upstream_auth_ok_total", cluster_name="secured"), 1)
         self.assertGreater(self.sample("metaproxy_kerberos_credential_seconds_left"), 0)
+        pool = self.top.security.pool  # GSS-API calls ran in Kerberos's own bounded pool
+        self.assertEqual((pool.started, pool.max, pool.name), (True, KERBEROS_THREADS, "metaproxy-kerberos"))
+        self.assertNotEqual(pool, reactor.getThreadPool())
 
     @defer.inlineCallbacks
     def test_without_keytab_fails_clearly(self):
