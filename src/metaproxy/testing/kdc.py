@@ -1,4 +1,4 @@
-# -*- test-case-name: metaproxy.test.test_security_kdc -*-
+# -*- test-case-name: metaproxy.test.test_security_kerberos -*-
 """
 A real MIT Kerberos KDC for tests: Debian's C{krb5kdc}, a throw-away realm
 on 127.0.0.1 at a free port, every file in a temporary directory.
