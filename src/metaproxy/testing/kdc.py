@@ -19,6 +19,7 @@ import atexit
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -80,6 +81,21 @@ def _which(name):
     return None
 
 
+def _free_tcp_and_udp_port():
+    """@return: a port free on 127.0.0.1 for TCP and for UDP a moment ago (krb5kdc binds both)."""
+    for _ in range(50):
+        port = free_port()
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
+
+
 def available():
     """@return: a reason string when no KDC can be run here, else L{None}."""
     missing = [n for n in ("krb5kdc", "kdb5_util", "kadmin.local") if _which(n) is None]
@@ -107,7 +123,7 @@ class KDC:
             raise SkipTest(reason)
         self.realm = realm
         self.dir = tempfile.mkdtemp(prefix="metaproxy-kdc-")
-        self.port = free_port()
+        self.port = _free_tcp_and_udp_port()
         self._names = itertools.count(1)
         with open(os.path.join(self.dir, "krb5.conf"), "w") as f:
             f.write(_KRB5_CONF.format(realm=realm, dir=self.dir, port=self.port))
