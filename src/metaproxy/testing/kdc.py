@@ -8,8 +8,8 @@ and C{KRB5_KDC_PROFILE}; L{KDC.environ} gives both (and is what
 L{use_realm} installs in this process, since the GSSAPI library reads
 C{KRB5_CONFIG} whenever it makes a context). The database is made with
 C{kdb5_util create -s}; principals and keytabs with C{kadmin.local}.
-Clients talk TCP only (C{udp_preference_limit = 1}), so one free TCP port
-is all the KDC needs.
+Clients talk TCP only (C{udp_preference_limit = 1}); the KDC binds its
+port for UDP as well, so the port is chosen free for both.
 
 trial runs no class fixtures, so L{shared_kdc} is a lazily started
 per-process KDC stopped at exit; each test makes principals of its own.
