@@ -54,6 +54,9 @@ ALLOWED_UNAUTHENTICATED = frozenset(
     }
 )
 
+#: Seconds between two log lines of the same kind of refusal.
+LOG_EVERY = 10.0
+
 #: Outcomes counted in L{NegotiatingHandler.counts}.
 OUTCOMES = ("authenticated", "failed", "not_allowed", "refused_unauthenticated")
 
@@ -87,6 +90,9 @@ class NegotiatingHandler:
         authenticated principal).
     @ivar mechanism: C{(credentials) -> GssapiServer}-like (tests pass
         fakes); L{GssapiServer} when L{None}.
+    @ivar clock: an L{IReactorTime}; with it each kind of refusal is logged
+        at most once per C{LOG_EVERY} seconds (a hostile client reconnecting
+        in a loop cannot flood the log; L{counts} counts every one).
     @ivar counts: sessions by outcome (L{OUTCOMES}).
     """
 
@@ -96,9 +102,11 @@ class NegotiatingHandler:
     mandatory: bool = False
     allow: frozenset = frozenset()
     mechanism: object = None
+    clock: object = None
     counts: dict = attrs.field(init=False, factory=lambda: dict.fromkeys(OUTCOMES, 0))
     _sessions: object = attrs.field(init=False, factory=weakref.WeakKeyDictionary)
     _credentials: object = attrs.field(init=False, default=None)
+    _logged: dict = attrs.field(init=False, factory=dict)
 
     def handle(self, request, connection):
         """
@@ -114,8 +122,8 @@ class NegotiatingHandler:
             session = self._sessions.get(connection)
             if session is None or session.principal is None:
                 self.counts["refused_unauthenticated"] += 1
-                log.info("refused {rpc} from {peer}: the session has not negotiated Kerberos",
-                         rpc=request.name, peer=_peer(connection))
+                self._log("refused {rpc} from {peer}: the session has not negotiated Kerberos",
+                          rpc=request.name, peer=_peer(connection))
                 return self._close(connection)
         return self.inner.handle(request, connection)
 
@@ -177,8 +185,8 @@ class NegotiatingHandler:
             return _reply(nego.SASL_CHALLENGE, value)
         if self.allow and value not in self.allow and short_name(value) not in self.allow:
             self.counts["not_allowed"] += 1
-            log.warn("refused Kerberos principal {principal} from {peer}: not in security.clients.allow",
-                     principal=value, peer=_peer(connection))
+            self._log("refused Kerberos principal {principal} from {peer}: not in security.clients.allow",
+                      principal=value, peer=_peer(connection))
             return self._close(connection)
         session.principal = value
         session.mech = None
@@ -193,8 +201,22 @@ class NegotiatingHandler:
 
     def _fail(self, connection, why):
         self.counts["failed"] += 1
-        log.warn("Kerberos negotiation with {peer} failed: {reason}", peer=_peer(connection), reason=why)
+        self._log("Kerberos negotiation with {peer} failed: {reason}", peer=_peer(connection), reason=why)
         return self._close(connection)
+
+    def _log(self, fmt, **kw):
+        """Warn with C{fmt}, at most once per L{LOG_EVERY} s per message when a clock is given."""
+        if self.clock is not None:
+            now = self.clock.seconds()
+            last, suppressed = self._logged.get(fmt, (None, 0))
+            if last is not None and now - last < LOG_EVERY:
+                self._logged[fmt] = (last, suppressed + 1)
+                return
+            self._logged[fmt] = (now, 0)
+            kw["suppressed"] = suppressed
+            if suppressed:
+                fmt += " ({suppressed} more like it since the last line)"
+        log.warn(fmt, **kw)
 
     def _close(self, connection):
         transport = getattr(connection, "transport", None)

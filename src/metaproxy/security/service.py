@@ -112,7 +112,7 @@ class Security:
                 return acquire_acceptor(keytab)
 
         self.handler = NegotiatingHandler(
-            handler, acceptor, self.run, mandatory=clients.mandatory, allow=frozenset(clients.allow)
+            handler, acceptor, self.run, mandatory=clients.mandatory, allow=frozenset(clients.allow), clock=self.clock
         )
         return self.handler
 

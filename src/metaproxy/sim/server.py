@@ -233,7 +233,8 @@ class SimulatedCluster(Service):
 
             run = thread_runner(self.reactor)
         return NegotiatingHandler(
-            handler, acceptor, run, mandatory=self.enable_auth and self.mandatory_auth, allow=frozenset(self.allow)
+            handler, acceptor, run, mandatory=self.enable_auth and self.mandatory_auth, allow=frozenset(self.allow),
+            clock=self.reactor,
         )
 
     def auth_counts(self):

@@ -217,3 +217,24 @@ class SimulatorTests(TestCase):
         response = yield d
         self.assertEqual(response.rpc_error, "ERR_OK")
         self.assertEqual(sim.answered(), [1])
+
+
+class LogLimitTests(SynchronousTestCase):
+    def test_refusals_logged_once_per_interval(self):
+        """A flood of refusals gives one line per 10 s per kind, then one saying how many were left out."""
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher, formatEvent
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        handler = NegotiatingHandler(_Inner(), lambda: "creds", inline_runner, mandatory=True, clock=clock)
+        for _ in range(100):
+            handler.handle(_req("RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX"), _Conn())
+        clock.advance(10)
+        handler.handle(_req("RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX"), _Conn())
+        lines = [formatEvent(e) for e in events if "has not negotiated" in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("99 more like it", lines[1])
+        self.assertEqual(handler.counts["refused_unauthenticated"], 101)
