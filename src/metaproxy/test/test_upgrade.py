@@ -405,6 +405,37 @@ class WiringTests(SynchronousTestCase):
         self.assertNoResult(d)
 
 
+@defer.inlineCallbacks
+def _start_successor(case, extra=""):
+    """
+    Start a successor process's service tree in this process, in front of
+    a simulated cluster, with C{case} playing the old process over a real
+    channel; wait for its "ready".
+
+    @param extra: YAML appended to the config.
+    @return: C{(top, takeover, old channel, headers received, fatal messages)}.
+    """
+    from metaproxy.ops.takeover import Takeover
+
+    cluster = start_cluster(reactor, "a", {"temp": 8})
+    case.addCleanup(stop_all, cluster)
+    config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
+                                      {"temp": ("a", cluster.meta_addrs())}, extra))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    takeover = Takeover(reactor, theirs.detach(), poll=0.01)
+    fatal = []
+    top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
+    takeover.attach(top)
+    top.startService()
+    case.addCleanup(top.stopService)
+    got = []
+    old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
+        lambda h, p, f: got.append(h), lambda r: None))
+    case.addCleanup(old.transport.loseConnection)
+    yield case.until(lambda: got)
+    return top, takeover, old, got, fatal
+
+
 class TakeoverInProcessTests(TestCase):
     """The new process's side, with this test playing the old process over a real channel."""
 
@@ -426,24 +457,7 @@ class TakeoverInProcessTests(TestCase):
         it, answers the completed query, accepts new clients on the
         adopted port and says switched after done.
         """
-        from metaproxy.ops.takeover import Takeover
-
-        cluster = start_cluster(reactor, "a", {"temp": 8})
-        self.addCleanup(stop_all, cluster)
-        config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
-                                          {"temp": ("a", cluster.meta_addrs())}))
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        takeover = Takeover(reactor, theirs.detach(), poll=0.01)
-        fatal = []
-        top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
-        takeover.attach(top)
-        top.startService()
-        self.addCleanup(top.stopService)
-        got = []
-        old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
-            lambda h, p, f: got.append(h), lambda r: None))
-        self.addCleanup(old.transport.loseConnection)
-        yield self.until(lambda: got)
+        top, takeover, old, got, fatal = yield _start_successor(self)
         self.assertEqual(got[0], {"type": "ready", "pid": os.getpid(), "fds": 0})
 
         listener = socket.socket()
@@ -497,24 +511,8 @@ class KerberosHandoverTests(TestCase):
 
     @defer.inlineCallbacks
     def _handed_over(self, header_extra):
-        from metaproxy.ops.takeover import Takeover
-
-        cluster = start_cluster(reactor, "a", {"temp": 8})
-        self.addCleanup(stop_all, cluster)
-        config = parse_config(config_text(
-            "tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1", {"temp": ("a", cluster.meta_addrs())},
-            "security: {keytab: /nonexistent.keytab, clients: {enabled: true, mandatory: true}}\n"))
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        takeover = Takeover(reactor, theirs.detach(), poll=0.01)
-        top = build_service(config, reactor, fatal=lambda m: None, endpoint_for=takeover.endpoint_for)
-        takeover.attach(top)
-        top.startService()
-        self.addCleanup(top.stopService)
-        got = []
-        old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
-            lambda h, p, f: got.append(h), lambda r: None))
-        self.addCleanup(old.transport.loseConnection)
-        yield self.until(lambda: got)
+        top, takeover, old, got, fatal = yield _start_successor(
+            self, "security: {keytab: /nonexistent.keytab, clients: {enabled: true, mandatory: true}}\n")
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)
