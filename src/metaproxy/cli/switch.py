@@ -38,7 +38,7 @@ def add_parser(sub, common):
     q.set_defaults(command=run)
 
 
-def _ask_both(target, current, table, timeout):
+def _ask_both(target, current, table, timeout, security=None):
     """
     @return: a function for L{run_on_reactor} whose Deferred fires with
         C{[(ok, response or failure) for target, current]}; C{current} may
@@ -46,8 +46,10 @@ def _ask_both(target, current, table, timeout):
     """
 
     def work(reactor):
-        asks = [query_table(reactor, target.meta_addrs, table, timeout)]
-        asks.append(query_table(reactor, current.meta_addrs, table, timeout) if current else defer.fail(ValueError()))
+        asks = [query_table(reactor, target.meta_addrs, table, timeout, security=security,
+                            cluster_name=target.cluster_name)]
+        asks.append(query_table(reactor, current.meta_addrs, table, timeout, security=security,
+                                cluster_name=current.cluster_name) if current else defer.fail(ValueError()))
         return defer.DeferredList(asks, consumeErrors=True)
 
     return work
@@ -86,7 +88,8 @@ def run(args, out):
             out.write(f"{path} already routes {args.table} to {target.cluster_name}; nothing to do\n")
             return 0
         out.write(f"checking that {target.cluster_name} ({target.meta_addrs}) serves {args.table} ...\n")
-        (ok_new, new), (ok_old, old) = run_on_reactor(_ask_both(target, current, args.table, args.timeout))
+        (ok_new, new), (ok_old, old) = run_on_reactor(
+            _ask_both(target, current, args.table, args.timeout, config.security))
         if not ok_new:
             raise CommandError(
                 f"refusing to switch: target cluster {target.cluster_name} did not answer for {args.table}: "

@@ -298,3 +298,30 @@ class ClientSideTests(_ProxyBase):
         self.assertEqual(negotiator.state, "failed")
         self.assertEqual(self.top.security.handler.counts["not_allowed"], 1)
         self.assertTrue(any("refused Kerberos principal " + self.realm.bob in line for line in self.logs.lines()))
+
+
+class CommandLineTests(TestCase):
+    """metaproxy routes switch validates a target whose metas have mandatory_auth with the config's principal."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_query_table_negotiates(self):
+        """query_table with the security config gets the answer; without it the same query fails."""
+        from metaproxy.cli.metaquery import query_table
+        from metaproxy.errors import BackendUnavailable
+        from metaproxy.routes.route import MetaAddrs
+
+        realm = _Realm(self)
+        sim = SimulatedCluster(reactor, ("127.0.0.1:0",), SimModel(), cluster_name="secured", enable_auth=True,
+                               mandatory_auth=True, keytab=realm.service_keytab)
+        sim.create_table("temp", 4, 7)
+        sim.startService()
+        self.addCleanup(sim.stopService)
+        security = _config(realm, "{t: {cluster_name: x, meta_addrs: '127.0.0.1:1'}}",
+                           f"{{principal: {realm.proxy}, keytab: '{realm.proxy_keytab}',"
+                           f" service_name: {realm.service_name}, service_fqdn: {SERVICE_HOST}}}").security
+        addrs = MetaAddrs.parse(sim.meta_addrs())
+        resp = yield query_table(reactor, addrs, "temp", 5.0, security=security, cluster_name="secured")
+        self.assertEqual((resp.err, resp.app_id), ("ERR_OK", 7))
+        yield self.assertFailure(query_table(reactor, addrs, "temp", 1.0), BackendUnavailable)
