@@ -22,6 +22,7 @@ from metaproxy.ops.metrics import Metrics
 from metaproxy.reporters import find_reporter
 from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.routes.route import MetaAddrs, Route, SelfAddresses
+from metaproxy.security.service import build_security
 from metaproxy.ops.sdnotify import NotifyService
 from metaproxy.frontend.server import PegasusServerFactory
 from metaproxy.wire.clusterinfo import CLUSTER_INFO, metaproxy_result
@@ -226,9 +227,11 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     Children, in start order (they stop in reverse, one at a time, so the
     listener drains before what it drains through is closed): C{startup}
     (logs the start-up line), C{routes},
-    C{simulator} (only with a C{simulator:} section), C{pools}, C{admin},
-    C{reporter} (only for push reporters), C{proxy}, C{notify}, C{fleet}
-    (only with ZooKeeper routes and a C{zookeeper.fleet_path}).
+    C{simulator} (only with a C{simulator:} section), C{kerberos} (only
+    with C{security.principal} or C{security.clients.enabled}: its thread
+    pool and credentials), C{pools}, C{admin}, C{reporter} (only for push
+    reporters), C{proxy}, C{notify}, C{fleet} (only with ZooKeeper routes
+    and a C{zookeeper.fleet_path}).
 
     @param config: a loaded L{metaproxy.config.Config}.
     @param reactor: the reactor everything runs on.
@@ -281,6 +284,12 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     )
     metrics.watch_route_table(routes)
 
+    security = build_security(config.security, reactor)
+    credentials_service = security.service()
+    if credentials_service is not None:
+        credentials_service.setName("kerberos")
+        credentials_service.setServiceParent(top)
+
     pools = ClusterPools(
         reactor,
         referenced=routes.clusters,
@@ -291,6 +300,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         max_reply_bytes=config.limits.max_reply_bytes,
         idle_close=config.timeouts.pool_grace,
         breaker_window=config.timeouts.breaker_window,
+        negotiator_for=security.negotiator_for,
     )
     pools_service = _ClosingService(pools)
     pools_service.setName("pools")
@@ -315,7 +325,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)}),
+        security.wrap(RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)})),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,
@@ -339,6 +349,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     )
     watch_server_limits(metrics, factory)
     check_fd_limit(config.limits.max_connections, metrics)
+    security.watch(metrics)
 
     def listening(port):
         host = port.getHost()
@@ -416,6 +427,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     top.resolver = resolver
     top.factory = factory
     top.pools = pools
+    top.security = security
     top.route_table = routes
     top.fleet = fleet
     return top

@@ -48,6 +48,10 @@ class Tags(dict):
     """Metric tags, from a mapping or a Go-style list of C{"k=v"} strings."""
 
 
+class NameList(tuple):
+    """A list of names (a YAML list of strings, or one string)."""
+
+
 class AddrString(str):
     """Meta addresses as one C{"a:p,b:p"} string (a YAML list is joined)."""
 
@@ -178,11 +182,20 @@ class SimClusterConfig:
     @ivar name: the cluster's name (not empty).
     @ivar metas: C{ipv4:port} of each simulated meta; the first leads.
     @ivar tables: table name -> L{SimTableConfig}.
+    @ivar enable_auth: the metas negotiate Kerberos (Pegasus C{[security]
+        enable_auth}) with the service keys in C{keytab}.
+    @ivar mandatory_auth: they close sessions that have not negotiated.
+    @ivar keytab: the metas' service keytab (the library default when empty).
+    @ivar allow: principals or user names accepted (empty: all).
     """
 
     name: str
     metas: HostList
     tables: dict[str, SimTableConfig] = attrs.Factory(dict)
+    enable_auth: bool = False
+    mandatory_auth: bool = False
+    keytab: str = ""
+    allow: NameList = NameList()
 
 
 @attrs.frozen
@@ -336,6 +349,55 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class ClientAuthConfig:
+    """
+    Kerberos between clients and the listener (C{security.clients}).
+
+    @ivar enabled: answer C{RPC_NEGOTIATION} with SASL GSSAPI, using the
+        service keys in C{security.keytab} (off: C{SASL_AUTH_DISABLE}).
+    @ivar mandatory: close sessions that send anything else before
+        negotiating, as a meta with C{mandatory_auth} does.
+    @ivar allow: principals or user names served (empty: any authenticated).
+    """
+
+    enabled: bool = False
+    mandatory: bool = False
+    allow: NameList = NameList()
+
+
+@attrs.frozen
+class SecurityConfig:
+    """
+    Kerberos (SASL GSSAPI over C{RPC_NEGOTIATION}), see docs/security-kerberos.rst.
+
+    @ivar principal: metaproxy's own principal, used towards the metas.
+    @ivar keytab: the keytab with its key (and, for C{clients}, the
+        service keys clients ask for).
+    @ivar service_name: the metas' service name (their C{[security]
+        service_name}).
+    @ivar service_fqdn: the metas' service host part (C{service_fqdn});
+        each meta's configured host when empty.
+    @ivar secured_clusters: cluster names negotiated with; C{"*"} all.
+    @ivar negotiation_timeout: seconds one negotiation may take.
+    @ivar renew_ratio: fetch a new ticket after this share of its lifetime.
+    @ivar clients: L{ClientAuthConfig}.
+    """
+
+    principal: str = ""
+    keytab: str = ""
+    service_name: str = "pegasus"
+    service_fqdn: str = ""
+    secured_clusters: NameList = NameList(("*",))
+    negotiation_timeout: float = 10.0
+    renew_ratio: float = 0.8
+    clients: ClientAuthConfig = attrs.Factory(ClientAuthConfig)
+
+    def secures(self, cluster_name):
+        """@return: L{True} if connections to C{cluster_name}'s metas negotiate."""
+        return bool(self.principal) and ("*" in self.secured_clusters or cluster_name in self.secured_clusters)
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration (README.rst, "Configuration reference", says
@@ -353,6 +415,7 @@ class Config:
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     drain_timeout: float = 10.0
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
+    security: SecurityConfig = attrs.Factory(SecurityConfig)
 
 
 # ------------------------------------------------------------ strict hooks
@@ -456,6 +519,17 @@ def _host_list(v, _):
     return HostList(items)
 
 
+def _name_list(v, _):
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
+        raise _Bad(f"expected a list of names, got {_type_name(v)}")
+    items = [i.strip() for i in v]
+    if any(not i for i in items):
+        raise _Bad("names must not be empty")
+    return NameList(items)
+
+
 def _addr_string(v, _):
     hosts = _host_list(v, None)
     MetaAddrs.parse(list(hosts))
@@ -513,6 +587,7 @@ def _converter():
     c.register_structure_hook(HostList, _host_list)
     c.register_structure_hook(AddrString, _addr_string)
     c.register_structure_hook(Tags, _tags)
+    c.register_structure_hook(NameList, _name_list)
     return c
 
 
@@ -761,6 +836,7 @@ def _check(config):
     need(0 < config.admin.idle_timeout <= _MAX_SECONDS, "$.admin.idle_timeout", "must be > 0 and <= 86400 (seconds)")
     errs.extend(_admin_auth_problems(config.admin))
     need(0 <= config.drain_timeout <= _MAX_SECONDS, "$.drain_timeout", "must be 0..86400 (seconds)")
+    errs.extend(_security_problems(config.security))
     log = config.logging
     need(log.level in LOG_LEVELS, "$.logging.level",
          "must be one of debug, info, warn (or warning), error, critical")
@@ -769,6 +845,28 @@ def _check(config):
     if log.file is not None:
         problem = _log_file_problem(log.file)
         need(problem is None, "$.logging.file", problem)
+    return errs
+
+
+def _security_problems(sec):
+    """@return: C{(path, message)} for the C{security:} section."""
+    errs = []
+    if sec.principal and not sec.keytab:
+        errs.append(("$.security.keytab", "give the keytab that holds security.principal's key"))
+    if sec.clients.enabled and not sec.keytab:
+        errs.append(("$.security.keytab", "security.clients.enabled needs the keytab with the service keys"))
+    if sec.clients.mandatory and not sec.clients.enabled:
+        errs.append(("$.security.clients.mandatory", "needs security.clients.enabled: true"))
+    if sec.clients.allow and not sec.clients.enabled:
+        errs.append(("$.security.clients.allow", "needs security.clients.enabled: true"))
+    if not sec.service_name.strip() or "/" in sec.service_name or "@" in sec.service_name:
+        errs.append(("$.security.service_name", "must be a plain service name such as pegasus"))
+    if "/" in sec.service_fqdn or "@" in sec.service_fqdn:
+        errs.append(("$.security.service_fqdn", "must be a host name (no / or @)"))
+    if not 0 < sec.negotiation_timeout <= _MAX_SECONDS:
+        errs.append(("$.security.negotiation_timeout", "must be > 0 and <= 86400 (seconds)"))
+    if not 0.5 <= sec.renew_ratio <= 0.95:
+        errs.append(("$.security.renew_ratio", "must be 0.5..0.95"))
     return errs
 
 

@@ -48,11 +48,11 @@ BREAKER_PROBE = 0.1
 
 
 def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
-                                max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
+                                max_reply_bytes=DEFAULT_MAX_REPLY_BYTES, negotiator=None):
     def make(host, port):
         return MetaConnection(
             reactor, host, port, connect_timeout=connect_timeout, reconnect_max=reconnect_max,
-            max_frame_bytes=max_reply_bytes, partition_hash=LOOP_MARKER,
+            max_frame_bytes=max_reply_bytes, partition_hash=LOOP_MARKER, negotiator=negotiator,
         )
 
     return make
@@ -90,6 +90,10 @@ class MetaCluster:
         status); the meta address list until a route names it.
     @ivar max_reply_bytes: the largest reply accepted from a meta (for the
         default connection factory).
+    @ivar negotiator: the L{metaproxy.security.upstream.UpstreamNegotiator}
+        every connection of the default factory negotiates with before use
+        (a secured cluster), or L{None}; L{describe} shows its state as
+        C{auth}.
     @ivar last_used: the clock time of the last L{query_config}.
     @ivar last_ok: the clock time of the last usable answer, or L{None}.
     @ivar last_error: the last failure of any meta, C{"host:port: why"}.
@@ -113,6 +117,7 @@ class MetaCluster:
     breaker_window: float = 2.0
     fast_failures: int = attrs.field(init=False, default=0)
     _breaker_open: bool = attrs.field(init=False, default=False)
+    negotiator: object = None
     last_used: float = attrs.field(init=False, default=0.0)
     last_ok: object = attrs.field(init=False, default=None)
     last_error: str = attrs.field(init=False, default="")
@@ -128,7 +133,7 @@ class MetaCluster:
     def __attrs_post_init__(self):
         if self.connection_factory is None:
             self.connection_factory = _default_connection_factory(
-                self.reactor, self.connect_timeout, self.reconnect_max, self.max_reply_bytes
+                self.reactor, self.connect_timeout, self.reconnect_max, self.max_reply_bytes, self.negotiator
             )
         if not self.cluster_name:
             self.cluster_name = str(self.meta_addrs)
@@ -191,6 +196,7 @@ class MetaCluster:
             "in_flight": len(self._queries),
             "last_used": self.last_used,
             "metas": metas,
+            "auth": None if self.negotiator is None else self.negotiator.describe(),
         }
 
     def is_up(self):

@@ -136,6 +136,11 @@ class MetaConnection:
     @ivar header_version: the THFT request header version sent (0 or 1).
     @ivar partition_hash: the header's C{client_partition_hash} sent
         (metaproxy's pools send L{metaproxy.wire.clusterinfo.LOOP_MARKER}).
+    @ivar negotiator: an object whose C{negotiate(protocol, address)}
+        returns a L{Deferred} that must succeed before a new connection
+        carries calls (L{metaproxy.security.upstream.UpstreamNegotiator}),
+        or L{None}. Its failure closes the connection and counts as a
+        failed attempt (the reason becomes C{last_error}).
     @ivar state: one of C{connecting}, C{connected}, C{down}, C{stopped}.
     @ivar last_error: why the link last went down or failed to come up
         (empty while it is up).
@@ -156,6 +161,7 @@ class MetaConnection:
     header_version: int = 0
     partition_hash: int = 0
     down_reports: object = DOWN_REPORTS
+    negotiator: object = None
     state: str = attrs.field(init=False, default=STOPPED)
     last_error: str = attrs.field(init=False, default="")
     connected_since: object = attrs.field(init=False, default=None)
@@ -316,6 +322,22 @@ class MetaConnection:
     def _connected(self, proto):
         self._attempt = None
         proto = proto.unwrapped()
+        if self._factory is None:
+            proto.transport.loseConnection()
+            return
+        if self.negotiator is not None:  # the link stays CONNECTING until it succeeds
+            d = self._attempt = self.negotiator.negotiate(proto, self.address)
+            d.addCallbacks(lambda _: self._usable(proto), self._negotiation_failed, errbackArgs=(proto,))
+            return
+        self._usable(proto)
+
+    def _negotiation_failed(self, failure, proto):
+        if proto.transport is not None:
+            proto.transport.loseConnection()
+        self._attempt_failed(failure)
+
+    def _usable(self, proto):
+        self._attempt = None
         if self._factory is None:
             proto.transport.loseConnection()
             return

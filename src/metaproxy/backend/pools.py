@@ -85,6 +85,9 @@ class ClusterPools:
     @ivar cluster_factory: C{(meta_addrs) -> IMetaCluster} with C{last_used},
         C{in_flight()} and C{close()}; a L{MetaCluster} by default.
     @ivar max_reply_bytes: see L{MetaCluster.max_reply_bytes}.
+    @ivar negotiator_for: C{(cluster_name) -> negotiator or None}: the
+        L{MetaCluster.negotiator} of a new pool (secured clusters), or
+        L{None} for no negotiation anywhere.
     """
 
     reactor: object
@@ -101,6 +104,7 @@ class ClusterPools:
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     breaker_window: float = 2.0
     closed_count: int = attrs.field(init=False, default=0)
+    negotiator_for: object = None
     _pools: dict = attrs.field(init=False, factory=dict)
     _sweeper: object = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
@@ -147,6 +151,7 @@ class ClusterPools:
             cluster_name=cluster_name or "",
             max_reply_bytes=self.max_reply_bytes,
             breaker_window=self.breaker_window,
+            negotiator=None if self.negotiator_for is None else self.negotiator_for(cluster_name or ""),
         )
 
     def pools(self):

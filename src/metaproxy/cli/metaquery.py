@@ -64,12 +64,15 @@ class _WatchedEndpoint:
         return d
 
 
-def query_table(reactor, meta_addrs, table, timeout, header_version=0):
+def query_table(reactor, meta_addrs, table, timeout, header_version=0, security=None, cluster_name=""):
     """
     @param meta_addrs: a L{metaproxy.routes.route.MetaAddrs}: a cluster's metas,
         or the one address of a metaproxy.
     @param timeout: seconds for the whole query (connects included).
     @param header_version: the THFT header version to send (0 or 1).
+    @param security: the config's L{metaproxy.config.SecurityConfig}, or
+        L{None}: with a principal, connections to C{cluster_name} (when it
+        is secured) negotiate Kerberos first, as the proxy's do.
     @return: a L{Deferred} firing with the decoded
         L{metaproxy.wire.querycfg.QueryCfgResponse} (whatever its C{err}),
         or failing with L{Refused} (every meta refused the connection: at
@@ -79,10 +82,19 @@ def query_table(reactor, meta_addrs, table, timeout, header_version=0):
     """
     watch = _RefusalWatch(meta_addrs.strings())
 
+    kerberos = negotiator = None
+    if security is not None and security.secures(cluster_name):
+        from metaproxy.security.service import build_security
+
+        kerberos = build_security(security, reactor)
+        kerberos.pool.start()
+        negotiator = kerberos.negotiator_for(cluster_name)
+
     def connection(host, port):
         endpoint = _WatchedEndpoint(default_endpoint(reactor, host, port, timeout), f"{host}:{port}", watch)
         return MetaConnection(
-            reactor, host, port, connect_timeout=timeout, header_version=header_version, endpoint=endpoint
+            reactor, host, port, connect_timeout=timeout, header_version=header_version, endpoint=endpoint,
+            negotiator=negotiator,
         )
 
     cluster = MetaCluster(reactor, meta_addrs, connection_factory=connection)
@@ -98,6 +110,9 @@ def query_table(reactor, meta_addrs, table, timeout, header_version=0):
     watch.all_refused.addCallback(lambda refused: settle(Failure(refused)))
 
     def close(result):
+        if kerberos is not None:
+            kerberos.credentials.stop()
+            kerberos.pool.stop()
         return cluster.close().addBoth(lambda _: result)
 
     return first.addBoth(close)

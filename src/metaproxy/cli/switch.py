@@ -60,7 +60,7 @@ def add_parser(sub, common):
     q.set_defaults(command=run)
 
 
-def _ask_both(target, current, table, target_timeout, current_timeout, config=None):
+def _ask_both(target, current, table, target_timeout, current_timeout, config=None, security=None):
     """
     @param config: the loaded config: the target is verified first
         (L{verify_target}), or not when L{None}.
@@ -70,9 +70,11 @@ def _ask_both(target, current, table, target_timeout, current_timeout, config=No
     """
 
     def ask(_, reactor):
-        asks = [query_table(reactor, target.meta_addrs, table, target_timeout)]
+        asks = [query_table(reactor, target.meta_addrs, table, target_timeout, security=security,
+                            cluster_name=target.cluster_name)]
         asks.append(
-            query_table(reactor, current.meta_addrs, table, current_timeout) if current else defer.fail(ValueError())
+            query_table(reactor, current.meta_addrs, table, current_timeout, security=security,
+                        cluster_name=current.cluster_name) if current else defer.fail(ValueError())
         )
         return defer.DeferredList(asks, consumeErrors=True)
 
@@ -116,7 +118,7 @@ def run(args, out):
         fleetwait.refuse_registered(store, target)
         out.write(f"checking that {target.cluster_name} ({target.meta_addrs}) serves {args.table} ...\n")
         (ok_new, new), (ok_old, old) = run_on_reactor(
-            _ask_both(target, current, args.table, target_timeout, current_timeout, config)
+            _ask_both(target, current, args.table, target_timeout, current_timeout, config, config.security)
         )
         if not ok_new:
             raise CommandError(

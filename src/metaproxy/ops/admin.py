@@ -11,9 +11,11 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader (only once a meta answered), age, staleness and
     last error, and the cluster's own state (C{backend}: whether any meta
-    answered, when it last did, the last error, up or not); with ZooKeeper
-    routes also the C{czxid} and C{mzxid} of the node version held (the
-    CLI's fleet-wide wait compares them with the version it wrote).
+    answered, when it last did, the last error, up or not, and for a
+    Kerberos-secured cluster its negotiation state as C{auth}); with
+    ZooKeeper routes also the C{czxid} and C{mzxid} of the node version
+    held (the CLI's fleet-wide wait compares them with the version it
+    wrote).
     C{/routes?table=NAME} (repeatable) shows only those tables, or answers
     404 naming the ones not in the route cache.
   - C{/}: JSON list of what is served.
@@ -297,7 +299,7 @@ def _route_source_cause(route_table):
         return None
 
 
-_BACKEND_KEYS = ("answered", "last_answer_age", "last_error", "last_error_age", "up")
+_BACKEND_KEYS = ("answered", "last_answer_age", "last_error", "last_error_age", "up", "auth")
 
 
 def _backend(clusters, meta_addrs):

@@ -136,6 +136,9 @@ class Takeover:
         finally:
             os.close(fd)
         if capture.built is not None:
+            adopt = getattr(self.top.factory.handler, "adopt", None)
+            if header.get("principal") and adopt is not None:  # it had negotiated Kerberos with the old process
+                adopt(capture.built, header["principal"])
             capture.built.restore_handover(payload, header.get("framing"))
         self.received += 1
         self._channel.send({"type": "ack", "id": header.get("id")})

@@ -212,8 +212,12 @@ class Upgrader:
             partial, framing = state
             del self._waiting[cid]
             self._sent[cid] = proto
-            self._channel.send({"type": "conn", "id": cid, "family": int(transport.socket.family), "framing": framing},
-                               partial, fds=[transport.fileno()])
+            header = {"type": "conn", "id": cid, "family": int(transport.socket.family), "framing": framing}
+            principal_of = getattr(self.factory.handler, "principal_of", None)  # Kerberos clients (security.clients)
+            principal = principal_of(proto) if principal_of is not None else None
+            if principal is not None:
+                header["principal"] = principal
+            self._channel.send(header, partial, fds=[transport.fileno()])
         if not self._waiting and not self._done_sent:
             self._done_sent = True
             self._channel.send({"type": "done", "count": len(self._sent) + self.handed})

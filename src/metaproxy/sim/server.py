@@ -82,6 +82,7 @@ class SimulatedMeta:
     delay: Optional[float] = None
     silent: Optional[bool] = None
     answered: int = attrs.field(init=False, default=0)
+    handler: object = attrs.field(init=False, default=None)
     _listening: object = attrs.field(init=False, default=None)
     _forward: Optional[Reply] = attrs.field(init=False, default=None)
     _forward_to: object = attrs.field(init=False, default=None)
@@ -92,7 +93,8 @@ class SimulatedMeta:
         dispatcher = RpcDispatcher(
             {querycfg.QUERY_CFG: self.handle_query, clusterinfo.CLUSTER_INFO: self.handle_cluster_info}
         )
-        inner = PegasusServerFactory(dispatcher, self.cluster.reactor)
+        self.handler = self.cluster.secured(dispatcher)
+        inner = PegasusServerFactory(self.handler, self.cluster.reactor)
         self.factory = WrappingFactory(inner)
         self.factory.noisy = False  # no "Starting factory <repr>" line per meta
 
@@ -215,6 +217,15 @@ class SimulatedCluster(Service):
     @ivar delay: seconds every meta waits before answering.
     @ivar not_active: the leader answers C{ERR_SERVICE_NOT_ACTIVE}.
     @ivar silent: no meta ever answers.
+    @ivar enable_auth: answer C{RPC_NEGOTIATION} with Kerberos (SASL
+        GSSAPI) as a meta with C{[security] enable_auth} does, instead of
+        C{SASL_AUTH_DISABLE}.
+    @ivar mandatory_auth: close sessions that send anything else before
+        negotiating, as a meta with C{mandatory_auth} does.
+    @ivar keytab: the metas' service keytab (the library default when empty).
+    @ivar allow: principals or user names accepted (empty: all).
+    @ivar run: C{run(f, *args) -> Deferred} for blocking GSS-API calls;
+        the reactor's thread pool when L{None}.
     """
 
     reactor: object
@@ -225,6 +236,11 @@ class SimulatedCluster(Service):
     delay: float = 0.0
     not_active: bool = False
     silent: bool = False
+    enable_auth: bool = False
+    mandatory_auth: bool = False
+    keytab: str = ""
+    allow: tuple = ()
+    run: object = None
     servers: list = attrs.field(init=False, factory=list)
     _args_cache: dict = attrs.field(init=False, factory=dict)
 
@@ -232,6 +248,41 @@ class SimulatedCluster(Service):
         for i, text in enumerate(self.metas):
             host, port = parse_sim_address(text)
             self.servers.append(SimulatedMeta(self, i, host, port))
+
+    def secured(self, handler):
+        """
+        @return: C{handler} behind the negotiation a meta with this
+            cluster's C{[security]} settings runs (a
+            L{metaproxy.security.downstream.NegotiatingHandler}).
+        """
+        from metaproxy.security.downstream import NegotiatingHandler
+
+        acceptor = None
+        if self.enable_auth:
+            from metaproxy.security.sasl import acquire_acceptor
+
+            keytab = self.keytab
+
+            def acceptor():
+                return acquire_acceptor(keytab)
+
+        run = self.run
+        if run is None and acceptor is not None:
+            from metaproxy.security.upstream import thread_runner
+
+            run = thread_runner(self.reactor)
+        return NegotiatingHandler(
+            handler, acceptor, run, mandatory=self.enable_auth and self.mandatory_auth, allow=frozenset(self.allow),
+            clock=self.reactor,
+        )
+
+    def auth_counts(self):
+        """@return: the negotiation outcomes summed over the metas."""
+        total = {}
+        for meta in self.servers:
+            for k, v in meta.handler.counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
 
     @property
     def leader(self):
@@ -358,7 +409,13 @@ def build_simulator_service(simulator_config, reactor):
     host_ports = bool(getattr(simulator_config, "host_ports", False))
     for number, spec in enumerate(simulator_config.clusters):
         model = SimModel(replicas=_replicas_for(number), host_ports=host_ports)
-        cluster = SimulatedCluster(reactor, tuple(spec.metas), model, cluster_name=spec.name)
+        cluster = SimulatedCluster(
+            reactor, tuple(spec.metas), model, cluster_name=spec.name,
+            enable_auth=bool(getattr(spec, "enable_auth", False)),
+            mandatory_auth=bool(getattr(spec, "mandatory_auth", False)),
+            keytab=getattr(spec, "keytab", "") or "",
+            allow=tuple(getattr(spec, "allow", ()) or ()),
+        )
         for table, tspec in spec.tables.items():
             cluster.create_table(table, tspec.partition_count, getattr(tspec, "app_id", None))
         cluster.setName(spec.name)

@@ -29,6 +29,10 @@ class ClusterSpec:
     name: str
     metas: tuple
     tables: dict
+    enable_auth: bool = False
+    mandatory_auth: bool = False
+    keytab: str = ""
+    allow: tuple = ()
 
 
 @attrs.frozen
@@ -68,9 +72,13 @@ class Options(usage.Options):
         ["metas", "m", "127.0.0.1:34611,127.0.0.1:34612,127.0.0.1:34613",
          "Comma-separated ip:port of the simulated metas; the first is the leader."],
         ["name", "n", "sim", "The cluster's name (for logs)."],
+        ["keytab", None, "", "With --enable-auth: the metas' service keytab (default: the library's, KRB5_KTNAME)."],
+        ["allow", None, "", "With --enable-auth: comma-separated principals or user names accepted (default: all)."],
     ]
     optFlags = [
         ["host-ports", None, "Send the hp_* fields of Pegasus master (old clients cannot parse them)."],
+        ["enable-auth", None, "Negotiate Kerberos (SASL GSSAPI) as a meta with [security] enable_auth."],
+        ["mandatory-auth", None, "With --enable-auth: close sessions that query before negotiating."],
     ]
 
     def __init__(self):
@@ -103,6 +111,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--metas: {m!r} given twice")
             seen.add((host, port))
         self["metas"] = tuple(metas)
+        if (self["mandatory-auth"] or self["keytab"] or self["allow"]) and not self["enable-auth"]:
+            raise usage.UsageError("--mandatory-auth, --keytab and --allow need --enable-auth")
 
 
 def makeService(config, reactor=None):
@@ -116,7 +126,9 @@ def makeService(config, reactor=None):
     from metaproxy.sim.server import build_simulator_service
 
     spec = SimulatorSpec(
-        (ClusterSpec(config["name"], config["metas"], dict(config["tables"])),),
+        (ClusterSpec(config["name"], config["metas"], dict(config["tables"]),
+                     enable_auth=bool(config["enable-auth"]), mandatory_auth=bool(config["mandatory-auth"]),
+                     keytab=config["keytab"], allow=tuple(a.strip() for a in config["allow"].split(",") if a.strip())),),
         host_ports=bool(config["host-ports"]),
     )
     return build_simulator_service(spec, reactor)

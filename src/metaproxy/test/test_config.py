@@ -432,3 +432,47 @@ class HostileInputTests(SynchronousTestCase):
     def test_positionless_nodes(self):
         """Nodes ruamel keeps no position for (an !!omap) still get a located message, not a traceback."""
         self.assertIn("bad.yaml:1:9: expected a mapping, got integer", self.error("routes: !!omap [a: 1]\n"))
+
+
+class SecurityConfigTests(SynchronousTestCase):
+    """The C{security:} section (Kerberos)."""
+
+    def test_defaults_change_nothing(self):
+        """Without a security section nothing negotiates and clients get SASL_AUTH_DISABLE."""
+        config = parse_config(ROUTES)
+        self.assertEqual((config.security.principal, config.security.clients.enabled), ("", False))
+        self.assertFalse(config.security.secures("c"))
+
+    def test_full_section(self):
+        """Every key loads; a single cluster name is taken as a list; secures() follows secured_clusters."""
+        config = parse_config(ROUTES + (
+            "security:\n  principal: mp@R\n  keytab: /k\n  service_fqdn: meta.example\n"
+            "  secured_clusters: c1\n  clients: {enabled: true, mandatory: true, allow: [alice, 'bob/h@R']}\n"))
+        sec = config.security
+        self.assertEqual((sec.secured_clusters, sec.clients.allow), (("c1",), ("alice", "bob/h@R")))
+        self.assertEqual((sec.secures("c1"), sec.secures("c2")), (True, False))
+        self.assertTrue(parse_config(ROUTES + "security: {principal: mp@R, keytab: /k}\n").security.secures("any"))
+
+    def test_simulator_auth_keys(self):
+        """Simulated clusters take enable_auth, mandatory_auth, keytab and allow."""
+        config = parse_config(ROUTES + (
+            "simulator:\n  clusters:\n    - {name: s, metas: ['127.0.0.1:34611'], enable_auth: true,"
+            " mandatory_auth: true, keytab: /k, allow: [metaproxy]}\n"))
+        c = config.simulator.clusters[0]
+        self.assertEqual((c.enable_auth, c.mandatory_auth, c.keytab, c.allow), (True, True, "/k", ("metaproxy",)))
+
+    def test_problems_located(self):
+        """Inconsistent settings are reported at their keys, all at once."""
+        e = self.assertRaises(ConfigError, parse_config, ROUTES + (
+            "security:\n  principal: mp@R\n  service_name: 'a/b'\n  renew_ratio: 0.99\n"
+            "  clients: {mandatory: true}\n"), "bad.yaml")
+        msg = str(e)
+        self.assertIn("give the keytab", msg)
+        self.assertIn("must be a plain service name", msg)
+        self.assertIn("must be 0.5..0.95", msg)
+        self.assertIn("needs security.clients.enabled: true", msg)
+
+    def test_bad_allow_type(self):
+        """allow must be names, not a mapping."""
+        e = self.assertRaises(ConfigError, parse_config, ROUTES + "security:\n  clients: {allow: {a: 1}}\n", "bad.yaml")
+        self.assertIn("expected a list of names", str(e))

@@ -378,6 +378,17 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(sim.model.tables()["temp"].partition_count, 8)
         self.assertTrue(sim.model.host_ports)
 
+    def test_tap_auth(self):
+        """--enable-auth/--mandatory-auth/--keytab/--allow reach the cluster; the others need --enable-auth."""
+        options = tap.Options()
+        options.parseOptions(["--metas", "127.0.0.1:34611", "--enable-auth", "--mandatory-auth",
+                              "--keytab", "/etc/meta.keytab", "--allow", "alice, metaproxy"])
+        sim = tap.makeService(options, MemoryReactorClock()).getServiceNamed("sim")
+        self.assertEqual((sim.enable_auth, sim.mandatory_auth, sim.keytab, sim.allow),
+                         (True, True, "/etc/meta.keytab", ("alice", "metaproxy")))
+        self.assertTrue(sim.servers[0].handler.mandatory)
+        self.assertRaises(tap.usage.UsageError, tap.Options().parseOptions, ["--mandatory-auth"])
+
     def test_plugin(self):
         """The C{pegasus-sim} twistd plugin is discoverable and points at the tap."""
         from twisted.application.service import IServiceMaker

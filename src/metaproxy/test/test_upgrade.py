@@ -442,6 +442,37 @@ class WiringTests(SynchronousTestCase):
         self.assertNoResult(d)
 
 
+@defer.inlineCallbacks
+def _start_successor(case, extra=""):
+    """
+    Start a successor process's service tree in this process, in front of
+    a simulated cluster, with C{case} playing the old process over a real
+    channel; wait for its "ready".
+
+    @param extra: YAML appended to the config.
+    @return: C{(top, takeover, old channel, headers received, fatal messages)}.
+    """
+    from metaproxy.ops.takeover import Takeover
+
+    cluster = start_cluster(reactor, "a", {"temp": 8})
+    case.addCleanup(stop_all, cluster)
+    config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
+                                      {"temp": ("a", cluster.meta_addrs())}, extra))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    takeover = Takeover(reactor, theirs.detach(), poll=0.01)
+    fatal = []
+    top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
+    takeover.attach(top)
+    top.startService()
+    case.addCleanup(top.stopService)
+    got = []
+    old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
+        lambda h, p, f: got.append(h), lambda r: None))
+    case.addCleanup(old.transport.loseConnection)
+    yield case.until(lambda: got)
+    return top, takeover, old, got, fatal
+
+
 class TakeoverInProcessTests(TestCase):
     """The new process's side, with this test playing the old process over a real channel."""
 
@@ -463,24 +494,7 @@ class TakeoverInProcessTests(TestCase):
         it, answers the completed query, accepts new clients on the
         adopted port and says switched after done.
         """
-        from metaproxy.ops.takeover import Takeover
-
-        cluster = start_cluster(reactor, "a", {"temp": 8})
-        self.addCleanup(stop_all, cluster)
-        config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
-                                          {"temp": ("a", cluster.meta_addrs())}))
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        takeover = Takeover(reactor, theirs.detach(), poll=0.01)
-        fatal = []
-        top = build_service(config, reactor, fatal=fatal.append, endpoint_for=takeover.endpoint_for)
-        takeover.attach(top)
-        top.startService()
-        self.addCleanup(top.stopService)
-        got = []
-        old = handover.adopt_channel(reactor, ours.detach(), handover.HandoverChannel(
-            lambda h, p, f: got.append(h), lambda r: None))
-        self.addCleanup(old.transport.loseConnection)
-        yield self.until(lambda: got)
+        top, takeover, old, got, fatal = yield _start_successor(self)
         self.assertEqual(got[0], {"type": "ready", "pid": os.getpid(), "fds": 0})
 
         listener = socket.socket()
@@ -520,3 +534,50 @@ class TakeoverInProcessTests(TestCase):
         self.assertEqual(got[2]["type"], "switched")
         self.assertEqual(takeover.received, 1)
         self.assertEqual(fatal, [])
+
+
+class KerberosHandoverTests(TestCase):
+    """
+    With security.clients.mandatory, a connection that negotiated with the
+    old process keeps its principal across a hot upgrade (the conn record
+    carries it), so the new process serves it instead of closing it.
+    """
+
+    timeout = 30
+    until = TakeoverInProcessTests.until
+
+    @defer.inlineCallbacks
+    def _handed_over(self, header_extra):
+        top, takeover, old, got, fatal = yield _start_successor(
+            self, "security: {keytab: /nonexistent.keytab, clients: {enabled: true, mandatory: true}}\n")
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        self.addCleanup(listener.close)
+        client = yield connect_client(reactor, "127.0.0.1", listener.getsockname()[1])
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        server_side, _ = listener.accept()
+        self.addCleanup(server_side.close)
+        old.send(dict({"type": "conn", "id": 1, "family": int(socket.AF_INET), "framing": None}, **header_extra),
+                 b"", fds=[server_side.fileno()])
+        yield self.until(lambda: len(got) == 2)
+        server_side.close()
+        old.send({"type": "done", "count": 1})  # finish it: a takeover left half-way stops the reactor
+        yield self.until(lambda: len(got) == 3)
+        return top, client
+
+    @defer.inlineCallbacks
+    def test_negotiated_connection_kept(self):
+        """A handed-over connection with a principal is served under mandatory."""
+        top, client = yield self._handed_over({"principal": "alice@R"})
+        response = yield client.query("temp")
+        self.assertEqual(response.rpc_error, codes.ERR_OK)
+        self.assertEqual(top.security.handler.counts["refused_unauthenticated"], 0)
+
+    @defer.inlineCallbacks
+    def test_unauthenticated_connection_still_refused(self):
+        """A handed-over connection that had not negotiated is refused as before."""
+        top, client = yield self._handed_over({})
+        d = client.query("temp")
+        yield self.assertFailure(d, Exception)
+        self.assertEqual(top.security.handler.counts["refused_unauthenticated"], 1)
