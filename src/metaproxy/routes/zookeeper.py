@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.routes.route import Route
+from metaproxy.routes.route import MAX_TABLE_NAME, Route
 from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, TxZooKeeper, failure_reason
 from metaproxy.routes.zklisting import RootListing
 
@@ -55,7 +55,7 @@ LOADING, OK, STALE, INVALID, ERROR = "loading", "ok", "stale", "invalid", "error
 
 def valid_table_name(table):
     """@return: whether C{table} can be a ZooKeeper path component."""
-    if not table or table in (".", "..") or len(table) > 1024:
+    if not table or table in (".", "..") or len(table) > MAX_TABLE_NAME:
         return False
     return not any(c == "/" or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in table)
 
