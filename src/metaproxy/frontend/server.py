@@ -138,6 +138,7 @@ class PegasusServerProtocol(Protocol):
         self._held_in = 0
         self._peer_host = None
         self._turn = None
+        self._taken = b""
 
     # -- connection lifecycle
 
@@ -464,29 +465,44 @@ class PegasusServerProtocol(Protocol):
         return True
 
     def release_hold(self):
-        """The hand-over failed: serve this connection again as before."""
+        """The hand-over failed: serve this connection again as before (unsent bytes taken are sent here)."""
         if self._gate is None or not self._gate.paused(HANDOVER):
             return
+        taken, self._taken = self._taken, b""
+        if taken:
+            self._out.write(taken)
         self._gate.resume(HANDOVER)
         if self._closing:
             return
         self._arm_idle()
         self._watch_frame(False)
 
-    def handover_state(self):
+    def handover_state(self, with_unsent=False):
         """
+        @param with_unsent: also when reply bytes are unsent: they are then
+            taken away from this connection (see L{handover_unsent}).
         @return: L{None} while the connection is not held, is closing, has a
-            request unanswered or reply bytes unsent; else C{(partial,
-            framing)}: the bytes of an incomplete frame already read, and
-            the framing chosen (C{"THFT"}, C{"RDSN"} or L{None} before the
-            first 4 bytes). Replayed into a fresh connection, the partial
-            bytes choose the same framing: every frame starts with its magic.
+            request unanswered or (unless C{with_unsent}) reply bytes
+            unsent; else C{(partial, framing)}: the bytes of an incomplete
+            frame already read, and the framing chosen (C{"THFT"}, C{"RDSN"}
+            or L{None} before the first 4 bytes). Replayed into a fresh
+            connection, the partial bytes choose the same framing: every
+            frame starts with its magic.
         """
         if self._gate is None or not self._gate.paused(HANDOVER) or self._closing or self._pending:
             return None
         if self.unsent_bytes():
-            return None
+            if not with_unsent:
+                return None
+            self._taken += self._out.take()
         return self._decoder.held_bytes(), self._decoder.framing
+
+    def handover_unsent(self):
+        """
+        @return: the reply bytes L{handover_state} took away (they go with
+            the connection: the new process sends them first).
+        """
+        return self._taken
 
     def detach_for_handover(self):
         """
@@ -495,18 +511,33 @@ class PegasusServerProtocol(Protocol):
         neither FIN nor RST (the socket lives on in the new process).
         """
         self._closing = True
+        self._taken = b""
         self._drop_partial()
         self._out.unregister()
         self.transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
         self.transport.loseConnection()
 
-    def restore_handover(self, partial, framing=None):
+    def close_for_handover(self):
         """
-        Go on with a connection adopted from the old process: C{partial}
-        (the bytes of an incomplete frame it had read) is decoded first.
-        C{framing} is what L{handover_state} reported; the partial bytes
-        choose it again by themselves.
+        Close a held connection that cannot be handed over (the upgrade's
+        bound ran out): alone, now, whatever it still holds.
         """
+        self._taken = b""
+        self._closing = True
+        self._gate.pause(CLOSING)
+        self._out.unregister()
+        self.transport.abortConnection()
+
+    def restore_handover(self, partial, framing=None, unsent=b""):
+        """
+        Go on with a connection adopted from the old process: C{unsent}
+        (reply bytes the old process had not sent yet) is sent first, then
+        C{partial} (the bytes of an incomplete frame it had read) is
+        decoded. C{framing} is what L{handover_state} reported; the partial
+        bytes choose it again by themselves.
+        """
+        if unsent and self._out is not None:
+            self._out.write(unsent)
         if partial:
             self.dataReceived(partial)
 

@@ -247,6 +247,54 @@ class ServerHookTests(SynchronousTestCase):
         successor.dataReceived(self.request[7:])
         self.assertEqual(len(self.answers), 1)
 
+    def _stuck_reply(self):
+        """A held connection with one answer the transport would not take (its client does not read)."""
+        proto, transport = _connect(self.factory)
+        proto.dataReceived(self.request)
+        proto._out.pauseProducing()  # the transport is full
+        self.answers[0].callback(frame.Reply(querycfg.error_result(codes.ERR_OK)))
+        self.assertEqual(transport.value(), b"")
+        proto.hold_for_handover()
+        return proto, transport
+
+    def test_unsent_bytes_travel(self):
+        """
+        Unsent reply bytes hold a connection back until the upgrade asks
+        for them; then they are taken away (not sent here) and the new
+        process sends them first.
+        """
+        proto, transport = self._stuck_reply()
+        unsent = proto.unsent_bytes()
+        self.assertGreater(unsent, 0)
+        self.assertIsNone(proto.handover_state())
+        self.assertEqual(proto.handover_state(with_unsent=True), (b"", "THFT"))
+        moved = proto.handover_unsent()
+        self.assertGreater(len(moved), 20)  # the encoded reply
+        self.assertLessEqual(len(moved), unsent)
+        self.assertEqual(proto.unsent_bytes(), 0)
+        self.assertEqual(self.factory.budget.out_bytes, 0)
+        proto._out.resumeProducing()
+        self.assertEqual(transport.value(), b"")  # not sent from here any more
+        successor, successor_transport = _connect(self.factory)
+        successor.restore_handover(b"", "THFT", moved)
+        self.assertEqual(successor_transport.value(), moved)
+
+    def test_release_sends_taken_bytes_here(self):
+        """A failed hand-over after the bytes were taken sends them here after all."""
+        proto, transport = self._stuck_reply()
+        proto.handover_state(with_unsent=True)
+        moved = proto.handover_unsent()
+        proto._out.resumeProducing()
+        proto.release_hold()
+        self.assertEqual(transport.value(), moved)
+
+    def test_close_alone(self):
+        """A connection that cannot be handed over is aborted by itself."""
+        proto, transport = self._stuck_reply()
+        proto.close_for_handover()
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.factory.open_connections(), [])
+
     def test_release_reads_again(self):
         """A failed hand-over releases the connection: read again, idle timer back."""
         proto, transport = _connect(self.factory)
@@ -276,6 +324,26 @@ class ServerHookTests(SynchronousTestCase):
         proto.detach_for_handover()
         self.assertIs(transport._shouldShutdown, False)
         self.assertEqual(self.factory.open_connections(), [])
+
+
+class ListenDiffersTests(SynchronousTestCase):
+    """A changed C{listen:} across an upgrade is told apart from the listener handed over."""
+
+    def test_same(self):
+        from metaproxy.ops.takeover import listen_differs
+
+        address = IPv4Address("TCP", "127.0.0.1", 34601)
+        self.assertIsNone(listen_differs("tcp:34601:interface=127.0.0.1:backlog=9", address))
+        self.assertIsNone(listen_differs("tcp:0:interface=127.0.0.1", address))
+        self.assertIsNone(listen_differs("unix:/tmp/x", address))
+
+    def test_changed(self):
+        from metaproxy.ops.takeover import listen_differs
+
+        address = IPv4Address("TCP", "127.0.0.1", 34601)
+        self.assertEqual(listen_differs("tcp:34602:interface=127.0.0.1", address), "port 34602 != 34601")
+        self.assertEqual(listen_differs("tcp:port=34601:interface=127.0.0.2", address),
+                         "interface 127.0.0.2 != 127.0.0.1")
 
 
 class ChannelTests(TestCase):
@@ -426,8 +494,13 @@ class TakeoverInProcessTests(TestCase):
         it, answers the completed query, accepts new clients on the
         adopted port and says switched after done.
         """
+        from twisted.logger import globalLogPublisher
+
         from metaproxy.ops.takeover import Takeover
 
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         cluster = start_cluster(reactor, "a", {"temp": 8})
         self.addCleanup(stop_all, cluster)
         config = parse_config(config_text("tcp:1:interface=127.0.0.1", "tcp:2:interface=127.0.0.1",
@@ -483,3 +556,5 @@ class TakeoverInProcessTests(TestCase):
         self.assertEqual(got[2]["type"], "switched")
         self.assertEqual(takeover.received, 1)
         self.assertEqual(fatal, [])
+        self.assertTrue(any("is ignored" in e.get("log_format", "") and e.get("name") == "proxy"
+                            for e in self.events), "the changed listen: was not reported")
