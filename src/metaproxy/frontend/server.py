@@ -33,9 +33,11 @@ What a client is told when a handler does not produce a usable reply:
 """
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metaproxy.frontend.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.transport import set_nodelay
@@ -514,8 +516,14 @@ class PegasusServerProtocol(Protocol):
         self._taken = b""
         self._drop_partial()
         self._out.unregister()
-        self.transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
-        self.transport.loseConnection()
+        transport = self.transport
+        transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
+        if isinstance(transport, tcp.Connection) and transport.connected:
+            # Closed now: loseConnection would first wait for the socket to
+            # be writable, which never comes for a client that does not read.
+            transport.connectionLost(Failure(ConnectionDone("handed over to the new process")))
+        else:
+            transport.loseConnection()
 
     def close_for_handover(self):
         """

@@ -63,6 +63,29 @@ class ProcessUpgradeTests(TestCase):
         self.assertNotIn("Traceback", figures.log_tail)
 
     @defer.inlineCallbacks
+    def test_client_that_does_not_read(self):
+        """
+        One client holds 10 MB of replies unread while 50 others query
+        under load: the upgrade is not held up by it. Every query of the 50
+        is answered ERR_OK and none of them sees FIN or RST; the stuck
+        connection moves with its unsent bytes (logged) and, reading again,
+        gets every answer intact from the new process.
+        """
+        run = UpgradeRun(reactor, _workdir(self), connections=50, in_flight=5, stuck_bytes=10 << 20)
+        self.addCleanup(run.stop)
+        yield run.start()
+        figures = yield run.upgrade()
+        self.assertEqual(figures.queries_failed, [], repr(figures))
+        self.assertEqual(figures.closed_connections, 0)
+        self.assertGreaterEqual(figures.stuck_bytes, 10 << 20)
+        self.assertIn("moves with", figures.fates, figures.log_tail)
+        self.assertFalse(figures.stuck_closed)
+        self.assertEqual(figures.stuck_ok, figures.stuck_queries)
+        self.assertIn("51 connections handed over to pid", figures.handed_over)
+        self.assertEqual(figures.old_exit, 0)
+        self.assertNotIn("Traceback", figures.log_tail)
+
+    @defer.inlineCallbacks
     def test_invalid_config_refused(self):
         """
         With an invalid config file on disk, SIGUSR2 is refused (logged with
@@ -77,7 +100,7 @@ class ProcessUpgradeTests(TestCase):
         figures = yield run.upgrade(expect_switch=False)
         self.assertTrue(figures.refused_logged)
         self.assertIn("is not a valid config (still serving)", figures.log_tail)
-        self.assertIn("metaproxy.yaml:8:", figures.log_tail)  # the loader's located message
+        self.assertIn("metaproxy.yaml:9:", figures.log_tail)  # the loader's located message
         self.assertEqual(figures.queries_failed, [])
         self.assertEqual(figures.closed_connections, 0)
         self.assertIsNone(run.proc.poll())
