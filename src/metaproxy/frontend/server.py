@@ -81,6 +81,9 @@ class ServerCounters:
     @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
     @ivar framings: connections by the framing their first bytes chose
         (C{"THFT"}, C{"RDSN"}).
+    @ivar evicted: connections closed at C{max_connections} to make room
+        for a new client (each the oldest that never sent a complete
+        request).
     """
 
     requests: dict = attrs.Factory(dict)
@@ -92,6 +95,7 @@ class ServerCounters:
     handler_errors: int = 0
     invalid_requests: int = 0
     framings: dict = attrs.Factory(lambda: {"THFT": 0, "RDSN": 0})
+    evicted: int = 0
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
@@ -141,6 +145,7 @@ class PegasusServerProtocol(Protocol):
         self._peer_host = None
         self._turn = None
         self._taken = b""
+        self._silent = False
 
     # -- connection lifecycle
 
@@ -156,6 +161,8 @@ class PegasusServerProtocol(Protocol):
         factory.connection_count += 1
         factory.counters.accepted += 1
         factory._connections.add(self)
+        self._silent = True
+        factory._silent[self] = None
         self._gate = ReadGate(self.transport)
         self._out = WriteBuffer(
             self.transport, self._gate, factory.budget, factory.max_buffered_bytes_per_connection
@@ -170,6 +177,7 @@ class PegasusServerProtocol(Protocol):
             self._counted = False
             factory.connection_count -= 1
             factory._connections.discard(self)
+            factory._silent.pop(self, None)
             factory._release_peer(self._peer_host)
         for timer in (self._idle, self._grace, self._frame_timer, self._turn):
             if timer is not None and timer.active():
@@ -247,6 +255,9 @@ class PegasusServerProtocol(Protocol):
 
     def _dispatch(self, request):
         factory = self.factory
+        if self._silent:
+            self._silent = False
+            factory._silent.pop(self, None)
         factory.counters.count_request(request.name)
         refusal = self._decoder.framer.refuse(request)
         if refusal is not None:
@@ -423,6 +434,14 @@ class PegasusServerProtocol(Protocol):
         self._gate.pause(CLOSING)
         self._out.unregister()
         self.transport.loseConnection()
+
+    def _evict(self):
+        """Close now: another client needs the place (see L{PegasusServerFactory._make_room})."""
+        self._closing = True
+        self._drop_partial()
+        self._gate.pause(CLOSING)
+        self._out.unregister()
+        self.transport.abortConnection()
 
     def _grace_expired(self):
         self._grace = None
@@ -639,6 +658,7 @@ class PegasusServerFactory(Factory):
         self.counters = ServerCounters()
         self.draining = False
         self._connections = set()
+        self._silent = {}  # connections that never sent a complete request, oldest first
         self._per_peer = {}
         self._drain_waiters = []
         self._drain_result = None
@@ -675,11 +695,12 @@ class PegasusServerFactory(Factory):
         limit = self.max_connections
         host = _peer_host(transport)
         per_peer = self.max_connections_per_peer
+        peer_full = per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer
         if self.draining:
             reason = "draining"
-        elif limit and self.connection_count >= limit:
+        elif limit and self.connection_count >= limit and (peer_full or not self._make_room(transport)):
             reason = "limit"
-        elif per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer:
+        elif peer_full:
             reason = "per_peer"
         else:
             if host is not None:
@@ -698,6 +719,29 @@ class PegasusServerFactory(Factory):
             per_peer=per_peer,
         )
         return False
+
+    def _make_room(self, transport):
+        """
+        At C{max_connections}: close the oldest connection that never sent
+        a complete request (idle since it connected, or slowly sending its
+        first frame), so that a new client is not refused.
+
+        @return: L{False} if there is none (every connection is in use).
+        """
+        silent = self._silent
+        if not silent:
+            return False
+        oldest = next(iter(silent))
+        del silent[oldest]
+        oldest._silent = False
+        self.counters.evicted += 1
+        self._warn(
+            "closing the connection from {old}, which never sent a request, to make room for {peer}: "
+            "limits.max_connections {limit} ({suppressed} more since the last warning)",
+            old=_peer(oldest.transport), peer=_peer(transport), limit=self.max_connections,
+        )
+        oldest._evict()
+        return True
 
     def _release_peer(self, host):
         if host is None:

@@ -128,6 +128,31 @@ class PerPeerTests(_ProcessTest):
 
 
 
+class GlobalCapTests(_ProcessTest):
+    limits = {"max_connections": 200, "max_connections_per_peer": 10}
+
+    def test_new_clients_get_in_at_the_cap(self):
+        """
+        200 idle connections from 20 addresses fill max_connections (scaled
+        down from the 20 000 of bench/connection_cap.py); 22 new clients
+        are then all served: the oldest connections that never sent a
+        request make room, counted in a metric.
+        """
+        idle = []
+        for i in range(20):
+            idle.extend(self.open(10, source=f"127.0.0.{10 + i}"))
+        time.sleep(0.5)
+        self.assertEqual(sum(_eof(s) for s in idle), 0)
+        newcomers = [self.open(1, source=f"127.0.1.{1 + i}")[0] for i in range(22)]
+        for i, s in enumerate(newcomers):
+            s.setblocking(True)
+            self.assertEqual(query(s, 100 + i).seqid, 100 + i)
+        time.sleep(0.3)
+        self.assertEqual(sum(_eof(s) for s in idle), 22)
+        self.assertEqual(self.metric("metaproxy_client_connections_evicted_total"), 22.0)
+        self.assertEqual(self.metric('metaproxy_client_connections_refused_total{reason="limit"}'), 0.0)
+
+
 class DrainTests(SynchronousTestCase):
     """On SIGTERM, connections are drained one by one, still served meanwhile."""
 

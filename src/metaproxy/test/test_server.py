@@ -298,8 +298,9 @@ class FactoryTests(_Base, SynchronousTestCase):
     version = 0
 
     def test_connection_limit(self):
-        """Connections beyond max_connections are closed at once and counted."""
+        """Connections beyond max_connections, all in use, are closed at once and counted."""
         self.factory.max_connections = 1
+        self.proto.dataReceived(self.request("RPC_X", seqid=1))  # in use: not made room of
         _, transport = _connect(self.factory)
         self.assertFalse(transport.connected)
         self.assertEqual((self.factory.connection_count, self.factory.counters.rejected_connections), (1, 1))
@@ -405,6 +406,7 @@ class FactoryTests(_Base, SynchronousTestCase):
         events = []
         self.patch(server, "log", Logger(observer=events.append))
         self.factory.max_connections = 1
+        self.proto.dataReceived(self.request("RPC_X", seqid=1))  # in use: not made room of
         for _ in range(3):
             _connect(self.factory)
         self.clock.advance(10)
