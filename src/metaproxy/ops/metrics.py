@@ -368,6 +368,13 @@ class Metrics:
         self._version = str(self.version)
         self._route_table = None
         self._watched_counts = []
+        self._forwards_outside = {"followed": 0, "refused": 0}
+        self.watch_counts(
+            "metaproxy_backend_forwards_outside",
+            "Forwards (ERR_FORWARD_TO_OTHERS) naming a meta outside the route: followed, or refused because "
+            "3 copies of that query had gone outside already.",
+            "outcome", lambda: self._forwards_outside,
+        )
         self._watched_gauges = []
         self._opened = self._closed = self._zk_requests = 0
         self._accepted = None
@@ -501,6 +508,10 @@ class Metrics:
     def upstream_query(self, table):
         """Count one query_cfg sent upstream (for any number of coalesced requests)."""
         self._upstream.inc(self._key(table))
+
+    def forward_outside(self, outcome):
+        """Count one forward to a meta outside the route (C{"followed"} or C{"refused"})."""
+        self._forwards_outside[outcome] = self._forwards_outside.get(outcome, 0) + 1
 
     def backend_call(self, cluster, meta, outcome, seconds):
         """
