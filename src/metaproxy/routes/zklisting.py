@@ -7,10 +7,20 @@ name that is not listed can be answered "no such table" with no read, no
 watch and nothing remembered per name. While the root does not exist
 (typically a typo in C{zookeeper.root}) an exists watch waits for it, and
 the owner is told so it can report itself not ready.
+
+The listing may lag: a node created a moment ago by another ZooKeeper
+client may not be in it yet (its child event is still on its way, or this
+session's server is behind the leader). L{RootListing.confirm} gives a
+listing that is current: a C{sync} then a fresh listing, sent after the
+call; callers arriving while one runs share the next one, so a flood of
+unknown names costs at most two requests per round trip, and still
+nothing per name.
 """
 
 from kazoo.exceptions import NoNodeError
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
 
@@ -51,6 +61,9 @@ class RootListing:
         self._listing = OneAtATime(self._list, lambda: zk.state == CONNECTED)
         self._retry = None
         self._stopped = False
+        self._confirm_next = []
+        self._confirming = False
+        self.confirmations = 0
 
     def missing_text(self):
         """@return: the sentence that says the root does not exist."""
@@ -66,6 +79,47 @@ class RootListing:
         d = self._zk.get_children(self.root, self._watch)
         d.addCallbacks(self._listed, self._failed)
         return d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
+
+    def confirm(self):
+        """
+        @return: a L{Deferred} firing with L{names} from a listing sent
+            after this call behind a C{sync} (current as of the call), or
+            failing with why it could not be had. Calls made while one
+            runs share the next.
+        """
+        d = defer.Deferred()
+        self._confirm_next.append(d)
+        if not self._confirming:
+            self._confirm_round()
+        return d
+
+    def _confirm_round(self):
+        batch, self._confirm_next = self._confirm_next, []
+        self._confirming = True
+        self.confirmations += 1
+        self.requests += 2
+        zk = self._zk
+        d = zk.sync(self.root)
+        d.addCallback(lambda _: zk.get_children(self.root, self._watch))
+        d.addCallback(self._listed)
+        d.addBoth(self._confirmed, batch)
+
+    def _confirmed(self, result, batch):
+        self._confirming = False
+        failed = isinstance(result, Failure)
+        for d in batch:
+            if failed:
+                d.errback(result)
+            else:
+                d.callback(self.names)
+        if self._confirm_next:
+            if self._zk.state == CONNECTED and not self._stopped:
+                self._confirm_round()
+            else:
+                waiting, self._confirm_next = self._confirm_next, []
+                for d in waiting:
+                    d.errback(ZooKeeperUnavailable(f"ZooKeeper is {self._zk.state}"))
+        return None
 
     def forget(self):
         """The session changed: the names are unknown until listed again."""
@@ -89,6 +143,7 @@ class RootListing:
         self._retry = None
 
     def _listed(self, names):
+        """Keep C{names} as the listing (and say so); @return: L{None}."""
         self._watched.add(self.root)
         self.names = set(names)
         if self.missing:

@@ -5,8 +5,12 @@ C{{"cluster_name": "...", "meta_addrs": "h1:p1,h2:p2"}} (the layout of the
 Go meta-proxy and of admin-cli's table migrator).
 
  - The children of C{root} are listed and child-watched (one watch): a name
-   that is not listed gets L{TableNotFound} at once, with no read, no watch
-   and no cache entry, so unknown names cost nothing that stays. A missing
+   that is not listed gets L{TableNotFound} with no read of its own, no
+   watch and no cache entry, so unknown names cost nothing that stays. The
+   listing may lag behind a node created a moment ago, so the answer waits
+   for a current listing (C{sync} + list, shared by every name that waits:
+   L{RootListing.confirm}); a name found there is read as usual. Never a
+   false "no such table" for a table that exists. A missing
    C{root} makes the source unready (L{ZooKeeperRouteTable.unready_reason})
    and uncached tables retryable: a typo in the config is not "every table
    is gone".
@@ -40,6 +44,7 @@ from kazoo.exceptions import NoNodeError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
@@ -196,6 +201,8 @@ class ZooKeeperRouteTable(Service):
         self._watched = set()
         self._listing = RootListing(self._zk, self.root, reactor, self._watch, self._listed, self._watched)
         self._listing_waiters = Waiters()
+        self._absent_next = Waiters()  # names not listed, for the next confirmation
+        self._absent_batch = None  # those the running confirmation answers
         self._entries = OrderedDict()
         self._ever_connected = False
         self._connected_since = None
@@ -223,6 +230,9 @@ class ZooKeeperRouteTable(Service):
         for entry in self._entries.values():
             entry.waiters.fail(stopping)
         self._listing_waiters.fail(stopping)
+        self._absent_next.fail(stopping)
+        if self._absent_batch is not None:
+            self._absent_batch.fail(stopping)
         return self._zk.stop()
 
     # -- state for health and metrics
@@ -293,7 +303,7 @@ class ZooKeeperRouteTable(Service):
                 return defer.fail(RouteUnavailable(self._listing.missing_text()))
             return self._wait_listing(table)
         if table not in names:
-            return defer.fail(TableNotFound(table))
+            return self._confirm_absent(table)
         entry = _Entry(table)
         self._entries[table] = entry
         self._evict()
@@ -380,6 +390,40 @@ class ZooKeeperRouteTable(Service):
             return defer.fail(RouteUnavailable(f"{len(self._listing_waiters)} lookups already wait for ZooKeeper"))
         self._listing.refresh()
         return self._wait(self._listing_waiters, table, key=table)
+
+    def _confirm_absent(self, table):
+        """A name not in the listing: answer from a current listing (see L{RootListing.confirm})."""
+        batch = self._absent_batch
+        waiting = len(self._absent_next) + (len(batch) if batch is not None else 0)
+        if waiting >= self.max_waiting:
+            return defer.fail(RouteUnavailable(f"{waiting} lookups already wait for ZooKeeper"))
+        d = self._wait(self._absent_next, table, key=table)
+        if batch is None:
+            self._confirm_round()
+        return d
+
+    def _confirm_round(self):
+        batch, self._absent_next = self._absent_next, Waiters()
+        self._absent_batch = batch
+        self._listing.confirm().addBoth(self._absent_confirmed, batch)
+
+    def _absent_confirmed(self, result, batch):
+        if self._absent_batch is batch:
+            self._absent_batch = None
+        if isinstance(result, Failure):
+            batch.fail(RouteUnavailable(f"listing {self.root} failed: {failure_reason(result)}"))
+        else:
+            for table, d in batch.take():
+                if result is not None and table not in result:
+                    d.errback(TableNotFound(table))
+                else:
+                    self.lookup(table).chainDeferred(d)
+        if len(self._absent_next) and self._absent_batch is None:
+            if self._zk.state == CONNECTED:
+                self._confirm_round()
+            else:
+                self._absent_next.fail(RouteUnavailable(f"ZooKeeper is {self._zk.state}"))
+        return None
 
     def _listed(self, problem):
         """The listing is known again (C{problem} L{None}) or cannot be had: answer who waited for it."""
@@ -479,6 +523,9 @@ class ZooKeeperRouteTable(Service):
                     entry.state, entry.error = ERROR, why
                     entry.waiters.fail(RouteUnavailable(f"{entry.table} is not cached and {why}"))
             self._listing_waiters.fail(RouteUnavailable(why))
+            self._absent_next.fail(RouteUnavailable(why))
+            if self._absent_batch is not None:
+                self._absent_batch.fail(RouteUnavailable(why))
             return
         first = not self._ever_connected
         self._ever_connected = True
