@@ -15,7 +15,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.wire import frame, querycfg
-from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, query, request_bytes
+from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, query, request_bytes, unknown_names_rss
 
 MIB = 1 << 20
 
@@ -70,6 +70,26 @@ class PipeliningTests(_ProcessTest):
         with self.proxy.connect() as s:
             self.assertEqual(query(s, 1).seqid, 1)
         self.assertEqual(self.metric('metaproxy_buffered_bytes{direction="out"}'), 0.0)
+
+
+class UnknownNamesTests(SynchronousTestCase):
+    def test_long_unknown_names_pin_nothing(self):
+        """
+        With routes from ZooKeeper, 300 queries for distinct unknown names
+        of 1 MB each (scaled down from the 2 100 of
+        bench/unknown_names_rss.py), no scrape: each is answered
+        ERR_OBJECT_NOT_FOUND and RSS grows by less than 64 MB (every name
+        used to be kept as a pending metric label: +290 MB).
+        """
+        from metaproxy.testing.zkload import Processes
+
+        procs = Processes(tables=2)
+        self.addCleanup(procs.stop)
+        procs.start()
+        baseline, after, answers = unknown_names_rss(procs.proxy_pid, procs.port, 300, 1000 * 1000)
+        self.assertEqual(dict(answers), {"ERR_OBJECT_NOT_FOUND": 300})
+        self.assertLess(after - baseline, 64 * MIB, f"{baseline / MIB:.1f} -> {after / MIB:.1f} MiB")
+        self.assertNotIn('table="0000', procs.http("/metrics")[1])
 
 
 class StalledFrameTests(_ProcessTest):
