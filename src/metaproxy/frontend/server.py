@@ -58,6 +58,10 @@ _WARN_EVERY = 10.0
 #: idle) waits for the answers to the requests decoded before, and for
 #: its replies to be sent, before it is aborted regardless.
 CLOSE_GRACE = 30.0
+#: Seconds before the drain's timeout at which connections stop being
+#: read (at most half the timeout), so that the requests already in flight
+#: are answered before it rather than cut by it.
+DRAIN_QUIET = 3.0
 #: Why connections are refused (C{ServerCounters.refused} keys).
 REFUSED_REASONS = ("limit", "per_peer", "draining")
 
@@ -663,6 +667,7 @@ class PegasusServerFactory(Factory):
         self._drain_waiters = []
         self._drain_result = None
         self._drain_timer = None
+        self._quiet_timer = None
         self._last_warn = {}
 
     def buildProtocol(self, addr):
@@ -765,9 +770,13 @@ class PegasusServerFactory(Factory):
     def drain(self, timeout):
         """
         Close every connection as soon as it has nothing pending, while
-        still answering the requests that arrive on them meanwhile; after
-        C{timeout} seconds (on the clock) close the rest regardless. New
-        connections are refused. Calling it again waits for the same drain.
+        still answering the requests that arrive on them meanwhile. Shortly
+        before C{timeout} (L{DRAIN_QUIET} seconds, at most half of it) stop
+        reading every connection: each closes once the requests it had
+        sent are answered, so that a client sending steadily does not have
+        its last requests cut. After C{timeout} seconds (on the clock)
+        close the rest regardless. New connections are refused. Calling it
+        again waits for the same drain.
 
         @return: a L{Deferred} firing once every connection is closed, with
             the number of requests that were still unanswered when the
@@ -782,6 +791,7 @@ class PegasusServerFactory(Factory):
             return d
         self.draining = True
         self._drain_timer = self.clock.callLater(timeout, self._finish_drain)
+        self._quiet_timer = self.clock.callLater(timeout - min(DRAIN_QUIET, timeout / 2), self._stop_reading)
         for proto in list(self._connections):
             proto._close_if_done()
         self._check_drained()
@@ -791,7 +801,18 @@ class PegasusServerFactory(Factory):
         if self._drain_timer is not None and not self._connections:
             self._finish_drain()
 
+    def _stop_reading(self):
+        """The drain is about to time out: read no more; close each connection once answered."""
+        self._quiet_timer = None
+        for proto in list(self._connections):
+            if not proto._closing:
+                proto._drop_partial()
+                proto._close_when_answered()
+
     def _finish_drain(self):
+        quiet, self._quiet_timer = self._quiet_timer, None
+        if quiet is not None and quiet.active():
+            quiet.cancel()
         timer, self._drain_timer = self._drain_timer, None
         if timer is None:
             return
