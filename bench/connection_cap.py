@@ -22,23 +22,13 @@ import os
 import socket
 import time
 
-from metaproxy.testing.process import ProxyProcess, query
-
-
-def _closed(sock):
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+from metaproxy.testing.process import ProxyProcess, peer_closed, query
 
 
 def _prune(socks):
     kept = []
     for s in socks:
-        if _closed(s):
+        if peer_closed(s):
             s.close()
         else:
             kept.append(s)

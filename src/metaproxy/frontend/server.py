@@ -703,10 +703,10 @@ class PegasusServerFactory(Factory):
         peer_full = per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer
         if self.draining:
             reason = "draining"
-        elif limit and self.connection_count >= limit and (peer_full or not self._make_room(transport)):
-            reason = "limit"
         elif peer_full:
-            reason = "per_peer"
+            reason = "per_peer"  # checked first: making room for it would not let it in
+        elif limit and self.connection_count >= limit and not self._make_room(transport):
+            reason = "limit"
         else:
             if host is not None:
                 self._per_peer[host] = self._per_peer.get(host, 0) + 1

@@ -283,18 +283,22 @@ class Upgrader:
             self._send_idle_connections()
         self._timer = self.reactor.callLater(self.switch_grace, self._never_switched)
 
-    def _never_switched(self):
-        """The new process adopted connections but does not confirm: it keeps them; accept here again."""
-        self._timer = None
-        if self.state != "handing":
-            return
-        self.state = "idle"
+    def _serve_here_again(self):
+        """Close the channel; accept here again; serve every connection not handed over as before."""
         self._channel.transport.loseConnection()
         for port in self._ports:
             port.startReading()
         for proto in list(self._waiting.values()) + list(self._sent.values()):
             proto.release_hold()
         self._ports, self._waiting, self._sent = [], {}, {}
+
+    def _never_switched(self):
+        """The new process adopted connections but does not confirm: it keeps them; accept here again."""
+        self._timer = None
+        if self.state != "handing":
+            return
+        self.state = "idle"
+        self._serve_here_again()
         log.error("hot upgrade unfinished: pid {pid} did not confirm within {grace:g} s; it keeps the {count} "
                   "connections it adopted and was not killed; this process accepts again", pid=self._process.pid,
                   grace=self.switch_grace, count=self.handed)
@@ -339,12 +343,7 @@ class Upgrader:
             self._process.signalProcess("KILL")
         except Exception:
             pass  # already gone
-        self._channel.transport.loseConnection()
-        for port in self._ports:
-            port.startReading()
-        for proto in list(self._waiting.values()) + list(self._sent.values()):
-            proto.release_hold()
-        self._ports, self._waiting, self._sent = [], {}, {}
+        self._serve_here_again()
         log.error(
             "hot upgrade failed: {why}; this process keeps serving ({lost} connections had been handed over)",
             why=why, lost=lost,

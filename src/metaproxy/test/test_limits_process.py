@@ -15,20 +15,19 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy.wire import frame, querycfg
-from metaproxy.testing.process import ProxyProcess, pipeline_without_reading, query, request_bytes, unknown_names_rss
+from metaproxy.testing.process import (
+    ProxyProcess,
+    peer_closed,
+    pipeline_without_reading,
+    query,
+    request_bytes,
+    unknown_names_rss,
+)
 
 MIB = 1 << 20
 
 
-def _eof(sock):
-    """@return: L{True} if the peer closed C{sock} (non-blocking check)."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+_eof = peer_closed
 
 
 class _ProcessTest(SynchronousTestCase):

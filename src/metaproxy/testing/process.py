@@ -145,6 +145,17 @@ class ProxyProcess:
         stop_process(self.proc)
 
 
+def peer_closed(sock):
+    """@return: L{True} if the peer closed C{sock} (a non-blocking check; leaves C{sock} non-blocking)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def request_bytes(seqid, table=TABLE):
     """@return: one query_cfg request frame (v0, as the Go client sends it)."""
     return frame.encode_request(querycfg.QUERY_CFG, seqid, querycfg.encode_args(table))
