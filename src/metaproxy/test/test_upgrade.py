@@ -185,6 +185,28 @@ class FailedUpgradeTests(TestCase):
         yield self.still_serving(upgrader)
 
     @defer.inlineCallbacks
+    def test_ready_successor_never_killed(self):
+        """
+        A new process that said ready has the listeners: it is not killed
+        when it is slow (here it adopts nothing and never confirms). After
+        the switch grace this process accepts and serves again beside it,
+        and says so.
+        """
+        code = (
+            "import json, os, socket, struct, time\n"
+            "s = socket.socket(fileno=3)\n"
+            "h = json.dumps({'type': 'ready', 'pid': os.getpid()}).encode()\n"
+            "s.sendall(struct.pack('!II', len(h), 0) + h)\n"
+            "time.sleep(5)\n"
+        )
+        upgrader = self.upgrader(code, timeout=0.5, switch_grace=1.0)
+        self.assertTrue((yield upgrader.request()))
+        pid = upgrader._process.pid
+        yield self.still_serving(upgrader)
+        self.assertTrue(pid_alive(pid))
+        self.assertEqual(upgrader.fates["moved"], 1)
+
+    @defer.inlineCallbacks
     def test_invalid_config_refused(self):
         """An invalid config file (read in a thread): request() refuses, starts nothing, counts it."""
         with open(self.path, "a") as f:
