@@ -391,6 +391,77 @@ class ListenDiffersTests(SynchronousTestCase):
                          "interface 127.0.0.2 != 127.0.0.1")
 
 
+class _SocketTransport(StringTransportWithDisconnection):
+    """A test transport with what the upgrade reads of a TCP connection (its family and descriptor)."""
+
+    class socket:
+        family = socket.AF_INET
+
+    def fileno(self):
+        return -1
+
+
+class _Channel:
+    """Records what the old process sends over the hand-over channel."""
+
+    def __init__(self):
+        self.sent = []
+        self.transport = StringTransportWithDisconnection()
+
+    def send(self, header, payload=b"", fds=()):
+        self.sent.append((header, payload))
+
+
+class HandOverBoundsTests(SynchronousTestCase):
+    """The old process's bounds on the hand-over, on a clock."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.answers = []
+        self.factory = PegasusServerFactory(
+            RpcDispatcher({querycfg.QUERY_CFG: lambda r, c: self.answers.append(defer.Deferred()) or self.answers[-1]}),
+            self.clock,
+        )
+        self.upgrader = Upgrader(self.clock, "unused", None, None, self.factory, pending_wait=15.0)
+        self.upgrader._channel = _Channel()
+        self.upgrader._process = type("P", (), {"pid": 4242})()
+        self.upgrader.state = "starting"
+        self.events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def connect(self):
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = _SocketTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 4000))
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_unanswered_connection_closed_alone(self):
+        """
+        A connection whose request is still unanswered after pending_wait
+        is closed by itself; the others moved at once, and the hand-over
+        then finishes ("done"): no waiting on it, no kill.
+        """
+        idle, idle_transport = self.connect()
+        busy, busy_transport = self.connect()
+        busy.dataReceived(frame.encode_request(querycfg.QUERY_CFG, 1, querycfg.encode_args("t")))
+        self.upgrader._record({"type": "ready"}, b"", [])
+        kinds = [h["type"] for h, _ in self.upgrader._channel.sent]
+        self.assertEqual(kinds, ["conn"])
+        self.clock.advance(14.9)
+        self.assertTrue(busy_transport.connected)
+        self.clock.advance(0.2)
+        self.assertFalse(busy_transport.connected)
+        self.assertTrue(idle_transport.connected)  # still here until the new process acks it
+        self.assertEqual([h["type"] for h, _ in self.upgrader._channel.sent], ["conn", "done"])
+        self.assertEqual(self.upgrader.fates, {"moved": 1, "moved_unsent": 0, "closed": 1, "gone": 0})
+        self.assertTrue(any("alone" in e.get("log_format", "") and "unanswered" in str(e.get("why"))
+                            for e in self.events))
+
+
 class ChannelTests(TestCase):
     """The hand-over channel over a real Unix socket pair."""
 
