@@ -264,6 +264,9 @@ class Upgrader:
             self._done_sent = True
             self._channel.send({"type": "done", "count": len(self._sent) + self.handed})
             self._pump.stop()
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = self.reactor.callLater(self.switch_grace, self._never_switched)
 
     def _close_alone(self, proto, why):
         self.fates["closed"] += 1
@@ -280,8 +283,7 @@ class Upgrader:
             self._close_alone(proto, f"{proto.pending_count()} requests still unanswered after "
                                      f"{self.pending_wait:g} s")
         if self._pump is not None and self._pump.running:
-            self._send_idle_connections()
-        self._timer = self.reactor.callLater(self.switch_grace, self._never_switched)
+            self._send_idle_connections()  # sends "done" and starts the switch grace
 
     def _serve_here_again(self):
         """Close the channel; accept here again; serve every connection not handed over as before."""
@@ -305,7 +307,7 @@ class Upgrader:
 
     def _switched(self, header):
         self.state = "done"
-        if self._timer.active():
+        if self._timer is not None and self._timer.active():
             self._timer.cancel()
         for port in self._ports:
             port._shouldShutdown = False  # closing our copy must not stop the new process's listener

@@ -6,6 +6,7 @@ its memory read from C{/proc}. Each test runs in a few seconds and uses
 generous bounds, so that a slow, shared machine does not make it flaky.
 """
 
+import platform
 import signal
 import socket
 import statistics
@@ -87,7 +88,10 @@ class UnknownNamesTests(SynchronousTestCase):
         procs.start()
         baseline, after, answers = unknown_names_rss(procs.proxy_pid, procs.port, 300, 1000 * 1000)
         self.assertEqual(dict(answers), {"ERR_OBJECT_NOT_FOUND": 300})
-        self.assertLess(after - baseline, 64 * MIB, f"{baseline / MIB:.1f} -> {after / MIB:.1f} MiB")
+        # PyPy frees the 1 MB frames only at its next major collection: its
+        # growth is that lag (about 70 MiB, the same for 300 or 2 100 names).
+        bound = 128 * MIB if platform.python_implementation() == "PyPy" else 64 * MIB
+        self.assertLess(after - baseline, bound, f"{baseline / MIB:.1f} -> {after / MIB:.1f} MiB")
         self.assertNotIn('table="0000', procs.http("/metrics")[1])
 
 

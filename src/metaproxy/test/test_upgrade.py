@@ -197,12 +197,15 @@ class FailedUpgradeTests(TestCase):
             "s = socket.socket(fileno=3)\n"
             "h = json.dumps({'type': 'ready', 'pid': os.getpid()}).encode()\n"
             "s.sendall(struct.pack('!II', len(h), 0) + h)\n"
-            "time.sleep(5)\n"
+            "time.sleep(12)\n"
         )
-        upgrader = self.upgrader(code, timeout=0.5, switch_grace=1.0)
+        upgrader = self.upgrader(code, timeout=4.0, switch_grace=1.0)
+        started = reactor.seconds()
         self.assertTrue((yield upgrader.request()))
         pid = upgrader._process.pid
         yield self.still_serving(upgrader)
+        # Past the ready timeout (which used to bound the whole upgrade and kill it): alive.
+        yield task.deferLater(reactor, max(0.0, started + 5.0 - reactor.seconds()), lambda: None)
         self.assertTrue(pid_alive(pid))
         self.assertEqual(upgrader.fates["moved"], 1)
 
