@@ -12,9 +12,9 @@ The listing may lag: a node created a moment ago by another ZooKeeper
 client may not be in it yet (its child event is still on its way, or this
 session's server is behind the leader). L{RootListing.confirm} gives a
 listing that is current: a C{sync} then a fresh listing, sent after the
-call; callers arriving while one runs share the next one, so a flood of
-unknown names costs at most two requests per round trip, and still
-nothing per name.
+call (its owner makes the callers arriving meanwhile share the next one,
+so a flood of unknown names costs a few requests per round trip, and
+still nothing per name).
 """
 
 from kazoo.exceptions import NoNodeError
@@ -61,8 +61,6 @@ class RootListing:
         self._listing = OneAtATime(self._list, lambda: zk.state == CONNECTED)
         self._retry = None
         self._stopped = False
-        self._confirm_next = []
-        self._confirming = False
         self.confirmations = 0
 
     def missing_text(self):
@@ -82,44 +80,24 @@ class RootListing:
 
     def confirm(self):
         """
-        @return: a L{Deferred} firing with L{names} from a listing sent
-            after this call behind a C{sync} (current as of the call), or
-            failing with why it could not be had. Calls made while one
-            runs share the next.
-        """
-        d = defer.Deferred()
-        self._confirm_next.append(d)
-        if not self._confirming:
-            self._confirm_round()
-        return d
+        Send a C{sync} and, right behind it, a fresh listing (ZooKeeper
+        answers one session's requests in order, so the listing is current
+        as of this call).
 
-    def _confirm_round(self):
-        batch, self._confirm_next = self._confirm_next, []
-        self._confirming = True
+        @return: a L{Deferred} firing with L{names} from that listing, or
+            failing with why it could not be had.
+        """
         self.confirmations += 1
         self.requests += 2
-        zk = self._zk
-        d = zk.sync(self.root)
-        d.addCallback(lambda _: zk.get_children(self.root, self._watch))
-        d.addCallback(self._listed)
-        d.addBoth(self._confirmed, batch)
+        synced = self._zk.sync(self.root)
+        listed = self._zk.get_children(self.root, self._watch)
+        d = defer.gatherResults([synced, listed], consumeErrors=True)
+        d.addCallbacks(self._confirmed, _first_error)
+        return d
 
-    def _confirmed(self, result, batch):
-        self._confirming = False
-        failed = isinstance(result, Failure)
-        for d in batch:
-            if failed:
-                d.errback(result)
-            else:
-                d.callback(self.names)
-        if self._confirm_next:
-            if self._zk.state == CONNECTED and not self._stopped:
-                self._confirm_round()
-            else:
-                waiting, self._confirm_next = self._confirm_next, []
-                for d in waiting:
-                    d.errback(ZooKeeperUnavailable(f"ZooKeeper is {self._zk.state}"))
-        return None
+    def _confirmed(self, results):
+        self._listed(results[1])
+        return self.names
 
     def forget(self):
         """The session changed: the names are unknown until listed again."""
@@ -180,4 +158,11 @@ class RootListing:
         self._watched.add(self.root)
         if stat is not None:
             self.refresh()
+
+
+def _first_error(failure):
+    """@return: the failure inside a L{defer.FirstError} (what actually went wrong)."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
 

@@ -55,6 +55,10 @@ from metaproxy.routes.zklisting import RootListing
 
 log = Logger()
 
+#: Confirmations of names missing from the listing (a sync + a listing
+#: each) in flight at once; names arriving meanwhile share the next one.
+_CONFIRMING = 2
+
 LOADING, OK, STALE, INVALID, ERROR = "loading", "ok", "stale", "invalid", "error"
 
 
@@ -202,7 +206,7 @@ class ZooKeeperRouteTable(Service):
         self._listing = RootListing(self._zk, self.root, reactor, self._watch, self._listed, self._watched)
         self._listing_waiters = Waiters()
         self._absent_next = Waiters()  # names not listed, for the next confirmation
-        self._absent_batch = None  # those the running confirmation answers
+        self._absent_batches = []  # those each running confirmation answers
         self._entries = OrderedDict()
         self._ever_connected = False
         self._connected_since = None
@@ -231,8 +235,8 @@ class ZooKeeperRouteTable(Service):
             entry.waiters.fail(stopping)
         self._listing_waiters.fail(stopping)
         self._absent_next.fail(stopping)
-        if self._absent_batch is not None:
-            self._absent_batch.fail(stopping)
+        for batch in self._absent_batches:
+            batch.fail(stopping)
         return self._zk.stop()
 
     # -- state for health and metrics
@@ -393,23 +397,22 @@ class ZooKeeperRouteTable(Service):
 
     def _confirm_absent(self, table):
         """A name not in the listing: answer from a current listing (see L{RootListing.confirm})."""
-        batch = self._absent_batch
-        waiting = len(self._absent_next) + (len(batch) if batch is not None else 0)
+        waiting = len(self._absent_next) + sum(len(b) for b in self._absent_batches)
         if waiting >= self.max_waiting:
             return defer.fail(RouteUnavailable(f"{waiting} lookups already wait for ZooKeeper"))
         d = self._wait(self._absent_next, table, key=table)
-        if batch is None:
+        if len(self._absent_batches) < _CONFIRMING:
             self._confirm_round()
         return d
 
     def _confirm_round(self):
         batch, self._absent_next = self._absent_next, Waiters()
-        self._absent_batch = batch
+        self._absent_batches.append(batch)
         self._listing.confirm().addBoth(self._absent_confirmed, batch)
 
     def _absent_confirmed(self, result, batch):
-        if self._absent_batch is batch:
-            self._absent_batch = None
+        if batch in self._absent_batches:
+            self._absent_batches.remove(batch)
         if isinstance(result, Failure):
             batch.fail(RouteUnavailable(f"listing {self.root} failed: {failure_reason(result)}"))
         else:
@@ -418,7 +421,7 @@ class ZooKeeperRouteTable(Service):
                     d.errback(TableNotFound(table))
                 else:
                     self.lookup(table).chainDeferred(d)
-        if len(self._absent_next) and self._absent_batch is None:
+        if len(self._absent_next) and len(self._absent_batches) < _CONFIRMING:
             if self._zk.state == CONNECTED:
                 self._confirm_round()
             else:
@@ -524,8 +527,8 @@ class ZooKeeperRouteTable(Service):
                     entry.waiters.fail(RouteUnavailable(f"{entry.table} is not cached and {why}"))
             self._listing_waiters.fail(RouteUnavailable(why))
             self._absent_next.fail(RouteUnavailable(why))
-            if self._absent_batch is not None:
-                self._absent_batch.fail(RouteUnavailable(why))
+            for batch in self._absent_batches:
+                batch.fail(RouteUnavailable(why))
             return
         first = not self._ever_connected
         self._ever_connected = True

@@ -297,18 +297,23 @@ class RouteTableFakeTests(SynchronousTestCase):
     def test_unlisted_name_not_found_without_read(self):
         """
         A name absent from the root's listing is not found once a current
-        listing (sync + list, shared by every such name) says so: no read of
-        its node, no entry.
+        listing (a sync and a list sent behind it) says so: no read of its
+        node, no entry. At most two confirmations run at once; names
+        arriving meanwhile share the next.
         """
         self.connect(["t"])
-        d1, d2 = self.routes.lookup("nope"), self.routes.lookup("nope2")
+        d1, d2, d3, d4 = (self.routes.lookup(n) for n in ("nope1", "nope2", "nope3", "nope4"))
         self.assertNoResult(d1)
-        self.assertEqual([(o, p) for o, p, _ in self.zk.reads], [("sync", "/pc")])
+        self.assertEqual([(o, p) for o, p, _ in self.zk.reads], [("sync", "/pc"), ("ls", "/pc")] * 2)
         self.current(["t"])
         self.failureResultOf(d1, TableNotFound)
-        self.assertNoResult(d2)  # asked while that confirmation ran: the next one answers it
+        self.assertNoResult(d3)
         self.current(["t"])
         self.failureResultOf(d2, TableNotFound)
+        self.assertNoResult(d3)
+        self.current(["t"])  # the one started when the first ended, for d3 and d4
+        self.failureResultOf(d3, TableNotFound)
+        self.failureResultOf(d4, TableNotFound)
         self.assertEqual((self.zk.reads, self.routes.describe()), ([], []))
 
     def test_name_created_a_moment_ago_is_found(self):
