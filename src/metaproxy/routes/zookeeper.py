@@ -57,7 +57,9 @@ log = Logger()
 
 #: Confirmations of names missing from the listing (a sync + a listing
 #: each) in flight at once; names arriving meanwhile share the next one.
-_CONFIRMING = 2
+#: (2 was measured too: a new table's first answer under a flood of
+#: unknown names came later, and fewer unknown names were answered.)
+_CONFIRMING = 1
 
 LOADING, OK, STALE, INVALID, ERROR = "loading", "ok", "stale", "invalid", "error"
 
@@ -140,6 +142,46 @@ class Waiters:
             d.errback(exc)
 
 
+class _Absent:
+    """
+    Names missing from the listing that wait for one confirmation: one
+    timer for all of them (a flood of unknown names arms no timer each).
+    """
+
+    __slots__ = ("items", "timer")
+
+    def __init__(self):
+        self.items = {}  # Deferred -> table name
+        self.timer = None
+
+    def __len__(self):
+        return len(self.items)
+
+    def add(self, table, reactor, timeout, root):
+        """@return: a L{Deferred} for C{table}; cancelling it forgets it."""
+        items = self.items
+        d = defer.Deferred(lambda d: items.pop(d, None))
+        items[d] = table
+        if self.timer is None:
+            self.timer = reactor.callLater(
+                timeout, self.fail, RouteUnavailable(f"ZooKeeper did not confirm the listing of {root} in time")
+            )
+        return d
+
+    def take(self):
+        """@return: every C{(table, deferred)} waiting, removing them (the timer is stopped)."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        items, self.items = self.items, {}
+        return [(table, d) for d, table in items.items()]
+
+    def fail(self, exc):
+        """Fail every waiter with C{exc}."""
+        for _, d in self.take():
+            d.errback(exc)
+
+
 @attrs.define(eq=False)
 class _Entry:
     table: str
@@ -205,7 +247,7 @@ class ZooKeeperRouteTable(Service):
         self._watched = set()
         self._listing = RootListing(self._zk, self.root, reactor, self._watch, self._listed, self._watched)
         self._listing_waiters = Waiters()
-        self._absent_next = Waiters()  # names not listed, for the next confirmation
+        self._absent_next = _Absent()  # names not listed, for the next confirmation
         self._absent_batches = []  # those each running confirmation answers
         self._entries = OrderedDict()
         self._ever_connected = False
@@ -234,8 +276,7 @@ class ZooKeeperRouteTable(Service):
         for entry in self._entries.values():
             entry.waiters.fail(stopping)
         self._listing_waiters.fail(stopping)
-        self._absent_next.fail(stopping)
-        for batch in self._absent_batches:
+        for batch in [self._absent_next] + self._absent_batches:
             batch.fail(stopping)
         return self._zk.stop()
 
@@ -400,13 +441,13 @@ class ZooKeeperRouteTable(Service):
         waiting = len(self._absent_next) + sum(len(b) for b in self._absent_batches)
         if waiting >= self.max_waiting:
             return defer.fail(RouteUnavailable(f"{waiting} lookups already wait for ZooKeeper"))
-        d = self._wait(self._absent_next, table, key=table)
+        d = self._absent_next.add(table, self._reactor, self.read_timeout, self.root)
         if len(self._absent_batches) < _CONFIRMING:
             self._confirm_round()
         return d
 
     def _confirm_round(self):
-        batch, self._absent_next = self._absent_next, Waiters()
+        batch, self._absent_next = self._absent_next, _Absent()
         self._absent_batches.append(batch)
         self._listing.confirm().addBoth(self._absent_confirmed, batch)
 
@@ -526,8 +567,7 @@ class ZooKeeperRouteTable(Service):
                     entry.state, entry.error = ERROR, why
                     entry.waiters.fail(RouteUnavailable(f"{entry.table} is not cached and {why}"))
             self._listing_waiters.fail(RouteUnavailable(why))
-            self._absent_next.fail(RouteUnavailable(why))
-            for batch in self._absent_batches:
+            for batch in [self._absent_next] + self._absent_batches:
                 batch.fail(RouteUnavailable(why))
             return
         first = not self._ever_connected

@@ -168,7 +168,7 @@ class RouteTableTests(_ZKBase):
         reads = routes.zk_request_count
         lookups = [self.assertFailure(routes.lookup(f"ghost{n}"), TableNotFound) for n in range(200)]
         yield defer.gatherResults(lookups)
-        self.assertLessEqual(routes.zk_request_count, reads + 6)  # two rounds at once, then one for the rest
+        self.assertLessEqual(routes.zk_request_count, reads + 4)  # one round, then one for the rest
         self.assertEqual((routes.describe(), routes.zk_watches), ([], 1))
         yield self.write("ghost7", node("c9", "10.0.0.9:34601"))
         yield wait_until(lambda: self.cluster_of(routes, "ghost7").addCallback(lambda c: c == "c9"))
