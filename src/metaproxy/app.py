@@ -197,6 +197,12 @@ def watch_server_limits(metrics, factory):
         lambda: factory.counters.refused,
     )
     metrics.watch_counts(
+        "metaproxy_client_connections_evicted",
+        "Client connections closed at limits.max_connections to make room for a new client "
+        "(each the oldest that never sent a complete request).",
+        None, lambda: factory.counters.evicted,
+    )
+    metrics.watch_counts(
         "metaproxy_client_frame_timeouts", "Client connections closed because a request frame stayed incomplete.",
         None, lambda: factory.counters.frame_timeouts,
     )

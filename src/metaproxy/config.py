@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import re
+import stat
 import sys
 import typing
 from typing import Optional
@@ -635,10 +636,32 @@ def _log_file_problem(path):
         if os.path.exists(path):
             if not os.access(path, os.W_OK):
                 return f"{short(path, 100)} is not writable"
+            return _append_problem(path)
         elif not os.access(parent, os.W_OK | os.X_OK):
             return f"cannot create files in {short(parent, 100)}"
     except (OSError, ValueError) as e:
         return f"cannot use this path ({str(e)[:100]})"
+    return None
+
+
+def _append_problem(path):
+    """
+    @return: why the existing C{path} cannot take a log by appending (not a
+        regular file, or refusing writes, as C{/proc/version} does even
+        for root), or L{None}. Writes nothing.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    except OSError as e:
+        return f"{short(path, 100)} cannot be opened for appending ({e.strerror})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"{short(path, 100)} is not a regular file"
+        os.write(fd, b"")
+    except OSError as e:
+        return f"{short(path, 100)} cannot be appended to ({e.strerror})"
+    finally:
+        os.close(fd)
     return None
 
 

@@ -39,6 +39,13 @@ class ConnectionClosed(CallError):
     """The connection closed before the meta answered the call."""
 
 
+class WrongReply(CallError):
+    """
+    The meta answered the call's seqid with a reply for another rpc (its
+    name is not the request's C{<name>_ACK}): not taken as the answer.
+    """
+
+
 class ReplyTooLarge(CallError):
     """
     The meta's reply declared more bytes than C{max_frame_bytes}; it was
@@ -64,6 +71,7 @@ def next_seqid(seqid):
 @attrs.define(eq=False, slots=False)
 class _Pending:
     deferred: defer.Deferred
+    ack: str = ""
     timer: object = None
 
 
@@ -131,8 +139,9 @@ class MetaClientProtocol(Protocol):
         @param client_timeout_ms: the C{client_timeout} header field.
 
         @return: a L{Deferred} that fires with the L{frame.Response}, or
-            fails with L{NotConnected} (not sent), L{CallTimedOut} or
-            L{ConnectionClosed}. Cancelling it forgets the call; a late reply
+            fails with L{NotConnected} (not sent), L{CallTimedOut},
+            L{ConnectionClosed}, L{ReplyTooLarge} or L{WrongReply} (a reply
+            named for another rpc). Cancelling it forgets the call; a late reply
             is then dropped.
         """
         if not self._open:
@@ -149,7 +158,7 @@ class MetaClientProtocol(Protocol):
                 entry.timer.cancel()
 
         d = defer.Deferred(cancel)
-        entry = _Pending(d)
+        entry = _Pending(d, frame.ack_name(name))
         if timeout is not None:
             entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
         pending[seqid] = entry
@@ -192,6 +201,12 @@ class MetaClientProtocol(Protocol):
                 continue
             if entry.timer is not None:
                 entry.timer.cancel()
+            if response.name != entry.ack:
+                why = (f"meta {_peer(self.transport)} answered seqid {response.seqid} with {response.name!r}, "
+                       f"expected {entry.ack}")
+                log.warn("{why}; the call fails", why=why)
+                entry.deferred.errback(WrongReply(why))
+                continue
             entry.deferred.callback(response)
 
     def _oversized(self, response, entry):

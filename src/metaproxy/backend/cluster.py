@@ -76,6 +76,9 @@ class MetaCluster:
         leader is elected) and the deadline allows it.
     @ivar max_extra: how many connections to leaders outside the configured
         list are kept at most.
+    @ivar forwards_outside: forwards naming a meta outside the configured
+        list, by C{followed} and C{refused} (one query sent outside at most
+        L{metaproxy.backend.query.MAX_OUTSIDE_SENDS} times).
     @ivar connect_timeout: seconds one connection attempt may take.
     @ivar reconnect_max: the cap of each connection's reconnect delay.
     @ivar connection_factory: C{(host, port) -> MetaConnection}-like object
@@ -129,6 +132,7 @@ class MetaCluster:
     _queries: set = attrs.field(init=False, factory=set)
     _closed: bool = attrs.field(init=False, default=False)
     _args: dict = attrs.field(init=False, factory=dict)
+    forwards_outside: dict = attrs.field(init=False, factory=lambda: {"followed": 0, "refused": 0})
 
     def __attrs_post_init__(self):
         if self.connection_factory is None:
@@ -336,15 +340,10 @@ class MetaCluster:
     def _label(self, key):
         return f"{key[0]}:{key[1]}"
 
-    def _key_for(self, ip, port):
-        """
-        @return: the key of the connection serving C{ip:port}, making a new
-            extra connection when no known meta matches it.
-        """
+    def _known_key(self, ip, port):
+        """@return: the key of the connection serving C{ip:port} (configured or extra), or L{None}."""
         key = (ip, port)
-        if key in self._configured:
-            return key
-        if key in self._extra:
+        if key in self._configured or key in self._extra:
             return key
         for k, conn in self._configured.items():
             if conn.matches(ip, port):
@@ -352,6 +351,24 @@ class MetaCluster:
         for k, conn in self._extra.items():
             if conn.matches(ip, port):
                 return k
+        return None
+
+    def _count_forward_outside(self, outcome):
+        """Count a forward to a meta outside the route: C{"followed"} or C{"refused"} (over the bound)."""
+        self.forwards_outside[outcome] = self.forwards_outside.get(outcome, 0) + 1
+        count = getattr(self.metrics, "forward_outside", None)
+        if count is not None:
+            count(outcome)
+
+    def _key_for(self, ip, port):
+        """
+        @return: the key of the connection serving C{ip:port}, making a new
+            extra connection when no known meta matches it.
+        """
+        key = self._known_key(ip, port)
+        if key is not None:
+            return key
+        key = (ip, port)
         log.info(
             "meta {meta} of {cluster} is not in the configured list; connecting to it",
             meta=self._label(key),

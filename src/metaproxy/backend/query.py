@@ -10,6 +10,12 @@ of the deadline), at once when the believed leader's link is not up, and
 as soon as an attempt fails or a forward gives no usable leader. The first
 answer that is not a forward wins.
 
+A forward may name an address outside the route's metas (a leader moved,
+or a lying meta): at most L{MAX_OUTSIDE_SENDS} copies of one client query
+go to such addresses over the query's whole life, so at most that many
+connections are opened for it; a forward beyond that is not followed
+(counted by the cluster's C{forwards_outside}).
+
 A round ends when everything it could send has been sent and every attempt
 has ended without a winner; the decision is never taken while the sending
 loop still runs, so a meta that fails synchronously (its link is down)
@@ -29,6 +35,9 @@ from twisted.internet import defer
 from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
+
+#: Copies of one query sent to metas outside the route, at most.
+MAX_OUTSIDE_SENDS = 3
 
 
 @attrs.define(eq=False)
@@ -50,6 +59,7 @@ class Query:
     hedged: bool = attrs.field(init=False, default=False)
     done: bool = attrs.field(init=False, default=False)
     rounds: int = attrs.field(init=False, default=0)
+    outside_sends: int = attrs.field(init=False, default=0)
     last_error: str = attrs.field(init=False, default="")
     #: What the caller gets at the deadline (L{ClusterDown} for a probe
     #: while the cluster's circuit breaker is open).
@@ -113,6 +123,11 @@ class Query:
 
     def _send(self, key):
         cluster = self.cluster
+        if key not in cluster._configured:
+            if self.outside_sends >= MAX_OUTSIDE_SENDS:
+                cluster._count_forward_outside("refused")
+                return
+            self.outside_sends += 1
         conn = cluster._connection(key)
         self.asked.add(key)
         started = cluster.reactor.seconds()
@@ -172,7 +187,16 @@ class Query:
         if target is None:
             self._note_failure(key, "forward without a leader")
             return
-        leader_key = cluster._key_for(*target)
+        leader_key = cluster._known_key(*target)
+        if leader_key is None or leader_key not in cluster._configured:
+            if self.outside_sends >= MAX_OUTSIDE_SENDS:
+                cluster._count_forward_outside("refused")
+                self._note_failure(key, f"forward to {target[0]}:{target[1]}, outside the route, not followed: "
+                                        f"{MAX_OUTSIDE_SENDS} copies of this query went outside already")
+                return
+            cluster._count_forward_outside("followed")
+            if leader_key is None:
+                leader_key = cluster._key_for(*target)
         if leader_key in self._busy():
             return  # already waiting for that leader
         if leader_key in self.asked:

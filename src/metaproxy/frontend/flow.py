@@ -259,6 +259,35 @@ class WriteBuffer:
         else:
             done()
 
+    def take(self):
+        """
+        Take every unsent byte away, in order: what the transport's buffers
+        hold (not yet taken by the kernel) and what is queued here; nothing
+        of it is sent from here any more (a hot upgrade moves it with the
+        connection). Stops counting it.
+
+        @return: the bytes (L{bytes}).
+        """
+        parts = []
+        transport = self._transport
+        try:
+            parts.append(bytes(transport.dataBuffer[transport.offset:]))
+            parts.extend(transport._tempDataBuffer)
+            transport.dataBuffer, transport.offset = b"", 0
+            transport._tempDataBuffer, transport._tempDataLen = [], 0
+        except (AttributeError, TypeError):
+            pass  # not a FileDescriptor: nothing held there
+        if self._queue is not None:
+            parts.extend(self._queue[self._head:])
+        unsent = self._queued + self._held
+        self._queue, self._head = None, 0
+        self._queued = self._held = 0
+        self._full = False
+        if unsent:
+            self._budget.add_out(-unsent)
+        self._gate.resume(OUT)
+        return b"".join(parts)
+
     def unregister(self):
         """Stop being the transport's producer (needed before it can close)."""
         if getattr(self._transport, "producer", None) is self:

@@ -33,9 +33,11 @@ What a client is told when a handler does not produce a usable reply:
 """
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metaproxy.frontend.flow import CLOSING, HANDOVER, PENDING, TURN, BufferBudget, ReadGate, WriteBuffer
 from metaproxy.transport import set_nodelay
@@ -56,6 +58,10 @@ _WARN_EVERY = 10.0
 #: idle) waits for the answers to the requests decoded before, and for
 #: its replies to be sent, before it is aborted regardless.
 CLOSE_GRACE = 30.0
+#: Seconds before the drain's timeout at which connections stop being
+#: read (at most half the timeout), so that the requests already in flight
+#: are answered before it rather than cut by it.
+DRAIN_QUIET = 3.0
 #: Why connections are refused (C{ServerCounters.refused} keys).
 REFUSED_REASONS = ("limit", "per_peer", "draining")
 
@@ -79,6 +85,9 @@ class ServerCounters:
     @ivar invalid_requests: requests answered C{ERR_INVALID_PARAMETERS}.
     @ivar framings: connections by the framing their first bytes chose
         (C{"THFT"}, C{"RDSN"}).
+    @ivar evicted: connections closed at C{max_connections} to make room
+        for a new client (each the oldest that never sent a complete
+        request).
     """
 
     requests: dict = attrs.Factory(dict)
@@ -90,6 +99,7 @@ class ServerCounters:
     handler_errors: int = 0
     invalid_requests: int = 0
     framings: dict = attrs.Factory(lambda: {"THFT": 0, "RDSN": 0})
+    evicted: int = 0
 
     def count_request(self, name):
         """Count one request called C{name}, keeping the name set bounded."""
@@ -138,6 +148,8 @@ class PegasusServerProtocol(Protocol):
         self._held_in = 0
         self._peer_host = None
         self._turn = None
+        self._taken = b""
+        self._silent = False
 
     # -- connection lifecycle
 
@@ -153,6 +165,8 @@ class PegasusServerProtocol(Protocol):
         factory.connection_count += 1
         factory.counters.accepted += 1
         factory._connections.add(self)
+        self._silent = True
+        factory._silent[self] = None
         self._gate = ReadGate(self.transport)
         self._out = WriteBuffer(
             self.transport, self._gate, factory.budget, factory.max_buffered_bytes_per_connection
@@ -167,6 +181,7 @@ class PegasusServerProtocol(Protocol):
             self._counted = False
             factory.connection_count -= 1
             factory._connections.discard(self)
+            factory._silent.pop(self, None)
             factory._release_peer(self._peer_host)
         for timer in (self._idle, self._grace, self._frame_timer, self._turn):
             if timer is not None and timer.active():
@@ -245,6 +260,9 @@ class PegasusServerProtocol(Protocol):
 
     def _dispatch(self, request):
         factory = self.factory
+        if self._silent:
+            self._silent = False
+            factory._silent.pop(self, None)
         factory.counters.count_request(request.name)
         refusal = self._decoder.framer.refuse(request)
         if refusal is not None:
@@ -422,6 +440,14 @@ class PegasusServerProtocol(Protocol):
         self._out.unregister()
         self.transport.loseConnection()
 
+    def _evict(self):
+        """Close now: another client needs the place (see L{PegasusServerFactory._make_room})."""
+        self._closing = True
+        self._drop_partial()
+        self._gate.pause(CLOSING)
+        self._out.unregister()
+        self.transport.abortConnection()
+
     def _grace_expired(self):
         self._grace = None
         self._out.unregister()
@@ -465,29 +491,44 @@ class PegasusServerProtocol(Protocol):
         return True
 
     def release_hold(self):
-        """The hand-over failed: serve this connection again as before."""
+        """The hand-over failed: serve this connection again as before (unsent bytes taken are sent here)."""
         if self._gate is None or not self._gate.paused(HANDOVER):
             return
+        taken, self._taken = self._taken, b""
+        if taken:
+            self._out.write(taken)
         self._gate.resume(HANDOVER)
         if self._closing:
             return
         self._arm_idle()
         self._watch_frame(False)
 
-    def handover_state(self):
+    def handover_state(self, with_unsent=False):
         """
+        @param with_unsent: also when reply bytes are unsent: they are then
+            taken away from this connection (see L{handover_unsent}).
         @return: L{None} while the connection is not held, is closing, has a
-            request unanswered or reply bytes unsent; else C{(partial,
-            framing)}: the bytes of an incomplete frame already read, and
-            the framing chosen (C{"THFT"}, C{"RDSN"} or L{None} before the
-            first 4 bytes). Replayed into a fresh connection, the partial
-            bytes choose the same framing: every frame starts with its magic.
+            request unanswered or (unless C{with_unsent}) reply bytes
+            unsent; else C{(partial, framing)}: the bytes of an incomplete
+            frame already read, and the framing chosen (C{"THFT"}, C{"RDSN"}
+            or L{None} before the first 4 bytes). Replayed into a fresh
+            connection, the partial bytes choose the same framing: every
+            frame starts with its magic.
         """
         if self._gate is None or not self._gate.paused(HANDOVER) or self._closing or self._pending:
             return None
         if self.unsent_bytes():
-            return None
+            if not with_unsent:
+                return None
+            self._taken += self._out.take()
         return self._decoder.held_bytes(), self._decoder.framing
+
+    def handover_unsent(self):
+        """
+        @return: the reply bytes L{handover_state} took away (they go with
+            the connection: the new process sends them first).
+        """
+        return self._taken
 
     def detach_for_handover(self):
         """
@@ -496,18 +537,39 @@ class PegasusServerProtocol(Protocol):
         neither FIN nor RST (the socket lives on in the new process).
         """
         self._closing = True
+        self._taken = b""
         self._drop_partial()
         self._out.unregister()
-        self.transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
-        self.transport.loseConnection()
+        transport = self.transport
+        transport._shouldShutdown = False  # Twisted's tcp.Connection: close without shutdown()
+        if isinstance(transport, tcp.Connection) and transport.connected:
+            # Closed now: loseConnection would first wait for the socket to
+            # be writable, which never comes for a client that does not read.
+            transport.connectionLost(Failure(ConnectionDone("handed over to the new process")))
+        else:
+            transport.loseConnection()
 
-    def restore_handover(self, partial, framing=None):
+    def close_for_handover(self):
         """
-        Go on with a connection adopted from the old process: C{partial}
-        (the bytes of an incomplete frame it had read) is decoded first.
-        C{framing} is what L{handover_state} reported; the partial bytes
-        choose it again by themselves.
+        Close a held connection that cannot be handed over (the upgrade's
+        bound ran out): alone, now, whatever it still holds.
         """
+        self._taken = b""
+        self._closing = True
+        self._gate.pause(CLOSING)
+        self._out.unregister()
+        self.transport.abortConnection()
+
+    def restore_handover(self, partial, framing=None, unsent=b""):
+        """
+        Go on with a connection adopted from the old process: C{unsent}
+        (reply bytes the old process had not sent yet) is sent first, then
+        C{partial} (the bytes of an incomplete frame it had read) is
+        decoded. C{framing} is what L{handover_state} reported; the partial
+        bytes choose it again by themselves.
+        """
+        if unsent and self._out is not None:
+            self._out.write(unsent)
         if partial:
             self.dataReceived(partial)
 
@@ -601,10 +663,12 @@ class PegasusServerFactory(Factory):
         self.counters = ServerCounters()
         self.draining = False
         self._connections = set()
+        self._silent = {}  # connections that never sent a complete request, oldest first
         self._per_peer = {}
         self._drain_waiters = []
         self._drain_result = None
         self._drain_timer = None
+        self._quiet_timer = None
         self._last_warn = {}
 
     def buildProtocol(self, addr):
@@ -637,12 +701,13 @@ class PegasusServerFactory(Factory):
         limit = self.max_connections
         host = _peer_host(transport)
         per_peer = self.max_connections_per_peer
+        peer_full = per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer
         if self.draining:
             reason = "draining"
-        elif limit and self.connection_count >= limit:
+        elif peer_full:
+            reason = "per_peer"  # checked first: making room for it would not let it in
+        elif limit and self.connection_count >= limit and not self._make_room(transport):
             reason = "limit"
-        elif per_peer and host is not None and self._per_peer.get(host, 0) >= per_peer:
-            reason = "per_peer"
         else:
             if host is not None:
                 self._per_peer[host] = self._per_peer.get(host, 0) + 1
@@ -660,6 +725,29 @@ class PegasusServerFactory(Factory):
             per_peer=per_peer,
         )
         return False
+
+    def _make_room(self, transport):
+        """
+        At C{max_connections}: close the oldest connection that never sent
+        a complete request (idle since it connected, or slowly sending its
+        first frame), so that a new client is not refused.
+
+        @return: L{False} if there is none (every connection is in use).
+        """
+        silent = self._silent
+        if not silent:
+            return False
+        oldest = next(iter(silent))
+        del silent[oldest]
+        oldest._silent = False
+        self.counters.evicted += 1
+        self._warn(
+            "closing the connection from {old}, which never sent a request, to make room for {peer}: "
+            "limits.max_connections {limit} ({suppressed} more since the last warning)",
+            old=_peer(oldest.transport), peer=_peer(transport), limit=self.max_connections,
+        )
+        oldest._evict()
+        return True
 
     def _release_peer(self, host):
         if host is None:
@@ -683,9 +771,13 @@ class PegasusServerFactory(Factory):
     def drain(self, timeout):
         """
         Close every connection as soon as it has nothing pending, while
-        still answering the requests that arrive on them meanwhile; after
-        C{timeout} seconds (on the clock) close the rest regardless. New
-        connections are refused. Calling it again waits for the same drain.
+        still answering the requests that arrive on them meanwhile. Shortly
+        before C{timeout} (L{DRAIN_QUIET} seconds, at most half of it) stop
+        reading every connection: each closes once the requests it had
+        sent are answered, so that a client sending steadily does not have
+        its last requests cut. After C{timeout} seconds (on the clock)
+        close the rest regardless. New connections are refused. Calling it
+        again waits for the same drain.
 
         @return: a L{Deferred} firing once every connection is closed, with
             the number of requests that were still unanswered when the
@@ -700,6 +792,7 @@ class PegasusServerFactory(Factory):
             return d
         self.draining = True
         self._drain_timer = self.clock.callLater(timeout, self._finish_drain)
+        self._quiet_timer = self.clock.callLater(timeout - min(DRAIN_QUIET, timeout / 2), self._stop_reading)
         for proto in list(self._connections):
             proto._close_if_done()
         self._check_drained()
@@ -709,7 +802,18 @@ class PegasusServerFactory(Factory):
         if self._drain_timer is not None and not self._connections:
             self._finish_drain()
 
+    def _stop_reading(self):
+        """The drain is about to time out: read no more; close each connection once answered."""
+        self._quiet_timer = None
+        for proto in list(self._connections):
+            if not proto._closing:
+                proto._drop_partial()
+                proto._close_when_answered()
+
     def _finish_drain(self):
+        quiet, self._quiet_timer = self._quiet_timer, None
+        if quiet is not None and quiet.active():
+            quiet.cancel()
         timer, self._drain_timer = self._drain_timer, None
         if timer is None:
             return

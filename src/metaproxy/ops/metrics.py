@@ -39,6 +39,8 @@ import attrs
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from metaproxy.routes.route import MAX_TABLE_NAME
+
 OTHER = "_other"
 OTHER_TABLE = OTHER
 
@@ -60,6 +62,9 @@ ZK_STATES = ("CONNECTED", "SUSPENDED", "LOST", "STOPPED")
 #: Label values a labelled counter starts with (at 0) when all its labels
 #: have one; families with other labels (e.g. backend outcomes) start empty.
 _IDLE_LABELS = {"table": OTHER, "err": "ERR_OK", "cluster_name": OTHER, "outcome": OTHER}
+
+#: Bytes of not-yet-known table names kept as pending label values.
+PENDING_NAME_BYTES = 256 << 10
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -121,9 +126,13 @@ class _TableLabels:
 
     A table becomes I{named} (its own value, for good) when C{allowed}
     says yes and fewer than C{cap} tables are named. A table not allowed
-    yet is I{pending}: counted under its own name but re-checked later and
-    folded into C{_other} by L{settle} if still not allowed. At most C{cap}
-    tables are pending; beyond that they go to C{_other} at once.
+    yet (a lookup still running) is I{pending}: counted under its own name
+    but re-checked later and folded into C{_other} by L{settle} if still
+    not allowed. What pending names may hold is bounded in bytes as well as
+    in number (L{PENDING_NAME_BYTES}, and no name longer than
+    L{MAX_TABLE_NAME}), so names that are not routes, however long, never
+    pin more than that until the next scrape; beyond it they go to
+    C{_other} at once.
     """
 
     def __init__(self, allowed, cap):
@@ -131,20 +140,26 @@ class _TableLabels:
         self._cap = cap
         self.named = set()
         self.pending = set()
+        self.pending_bytes = 0
         self.counts = []
 
     def of(self, table):
         """@return: the label value to count C{table} under right now."""
         if table in self.named:
             return table
-        if len(self.named) < self._cap:
+        if len(self.named) < self._cap and len(table) <= MAX_TABLE_NAME:
             allowed = self._allowed
             if allowed is None or allowed(table):
                 self.named.add(table)
-                self.pending.discard(table)
+                if table in self.pending:
+                    self.pending.discard(table)
+                    self.pending_bytes -= len(table)
                 return table
-            if table in self.pending or len(self.pending) < self._cap:
+            if table in self.pending:
+                return table
+            if len(self.pending) < self._cap and self.pending_bytes + len(table) <= PENDING_NAME_BYTES:
                 self.pending.add(table)
+                self.pending_bytes += len(table)
                 return table
         return OTHER
 
@@ -153,6 +168,7 @@ class _TableLabels:
         if not self.pending:
             return
         pending, self.pending = self.pending, set()
+        self.pending_bytes = 0
         fold = set()
         for table in pending:
             if len(self.named) < self._cap and self._allowed(table):
@@ -353,6 +369,13 @@ class Metrics:
         self._version = str(self.version)
         self._route_table = None
         self._watched_counts = []
+        self._forwards_outside = {"followed": 0, "refused": 0}
+        self.watch_counts(
+            "metaproxy_backend_forwards_outside",
+            "Forwards (ERR_FORWARD_TO_OTHERS) naming a meta outside the route: followed, or refused because "
+            "3 copies of that query had gone outside already.",
+            "outcome", lambda: self._forwards_outside,
+        )
         self._watched_gauges = []
         self._opened = self._closed = self._zk_requests = 0
         self._accepted = None
@@ -486,6 +509,10 @@ class Metrics:
     def upstream_query(self, table):
         """Count one query_cfg sent upstream (for any number of coalesced requests)."""
         self._upstream.inc(self._key(table))
+
+    def forward_outside(self, outcome):
+        """Count one forward to a meta outside the route (C{"followed"} or C{"refused"})."""
+        self._forwards_outside[outcome] = self._forwards_outside.get(outcome, 0) + 1
 
     def backend_call(self, cluster, meta, outcome, seconds):
         """

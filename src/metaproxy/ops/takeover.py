@@ -13,6 +13,7 @@ answer; route caches then fill through the resolver's coalescing lookup
 first queries after the switch do not stampede ZooKeeper.
 """
 
+import ipaddress
 import os
 
 from twisted.internet import defer
@@ -28,6 +29,40 @@ log = Logger()
 
 #: Seconds the hand-over waits for the fleet registration before saying C{switched}.
 REGISTER_WAIT = 5.0
+
+
+def _address(address):
+    host = getattr(address, "host", None)
+    return f"{host}:{address.port}" if host is not None else str(address)
+
+
+def listen_differs(description, address):
+    """
+    @param description: a C{listen:} endpoint string of the config
+        (C{tcp:PORT:interface=HOST...}).
+    @param address: the address of the listener actually handed over.
+    @return: how they differ (a L{str}), or L{None} if the listener is
+        what the description asks for (or it cannot be told).
+    """
+    if not isinstance(description, str):
+        return None
+    fields = description.split(":")
+    if fields[0] not in ("tcp", "tcp6") or len(fields) < 2:
+        return None
+    options = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
+    port = options.get("port", fields[1] if "=" not in fields[1] else None)
+    problems = []
+    if port is not None and port.isdigit() and int(port) not in (0, getattr(address, "port", None)):
+        problems.append(f"port {port} != {address.port}")
+    interface = options.get("interface")
+    if interface is not None:
+        try:
+            same = ipaddress.ip_address(interface) == ipaddress.ip_address(address.host)
+        except (ValueError, AttributeError):
+            same = True
+        if not same:
+            problems.append(f"interface {interface} != {address.host}")
+    return "; ".join(problems) or None
 
 
 @implementer(IStreamServerEndpoint)
@@ -126,6 +161,12 @@ class Takeover:
             port = self._reactor.adoptStreamPort(fd, header["family"], endpoint.factory)
         finally:
             os.close(fd)
+        differs = listen_differs(endpoint.description, port.getHost())
+        if differs is not None:
+            log.warn("hot upgrade: {name} listen {description!r} is ignored ({why}): this process keeps the "
+                     "listener handed over, {address}; a restart applies the new one",
+                     name=endpoint.name, description=endpoint.description, why=differs,
+                     address=_address(port.getHost()))
         endpoint._adopted(port)
 
     def _adopt_connection(self, header, payload, fd):
@@ -139,7 +180,10 @@ class Takeover:
             adopt = getattr(self.top.factory.handler, "adopt", None)
             if header.get("principal") and adopt is not None:  # it had negotiated Kerberos with the old process
                 adopt(capture.built, header["principal"])
-            capture.built.restore_handover(payload, header.get("framing"))
+            unsent = header.get("unsent", 0)
+            unsent = unsent if isinstance(unsent, int) and 0 < unsent <= len(payload) else 0
+            cut = len(payload) - unsent
+            capture.built.restore_handover(payload[:cut], header.get("framing"), payload[cut:])
         self.received += 1
         self._channel.send({"type": "ack", "id": header.get("id")})
 

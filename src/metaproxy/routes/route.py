@@ -12,6 +12,12 @@ from twisted.logger import Logger
 
 from metaproxy.errors import InvalidRoute
 
+#: The longest table name metaproxy looks up: a Pegasus meta sets no
+#: length of its own in query_cfg (an unknown name, however long, is
+#: ERR_OBJECT_NOT_FOUND), so longer names get that same answer without a
+#: lookup, and nothing keyed by them is kept.
+MAX_TABLE_NAME = 1024
+
 log = Logger()
 
 

@@ -270,6 +270,14 @@ class TxZooKeeper:
         """@return: a L{Deferred} firing with the stat or L{None}."""
         return self._submit(lambda: self.client.exists_async(path, watch=watch))
 
+    def sync(self, path):
+        """
+        @return: a L{Deferred} firing once the server this session talks to
+            has caught up with the leader (reads sent after it see every
+            write acknowledged before it).
+        """
+        return self._submit(lambda: self.client.sync_async(path))
+
     def get_children(self, path, watch=None):
         """@return: a L{Deferred} firing with the list of child names; fails with NoNodeError etc."""
         return self._submit(lambda: self.client.get_children_async(path, watch=watch))

@@ -7,9 +7,18 @@ name that is not listed can be answered "no such table" with no read, no
 watch and nothing remembered per name. While the root does not exist
 (typically a typo in C{zookeeper.root}) an exists watch waits for it, and
 the owner is told so it can report itself not ready.
+
+The listing may lag: a node created a moment ago by another ZooKeeper
+client may not be in it yet (its child event is still on its way, or this
+session's server is behind the leader). L{RootListing.confirm} gives a
+listing that is current: a C{sync} then a fresh listing, sent after the
+call (its owner makes the callers arriving meanwhile share the next one,
+so a flood of unknown names costs a few requests per round trip, and
+still nothing per name).
 """
 
 from kazoo.exceptions import NoAuthError, NoNodeError
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, ZooKeeperUnavailable, failure_reason
@@ -54,6 +63,7 @@ class RootListing:
         self._listing = OneAtATime(self._list, lambda: zk.state == CONNECTED)
         self._retry = None
         self._stopped = False
+        self.confirmations = 0
 
     def missing_text(self):
         """@return: the sentence that says the root does not exist."""
@@ -69,6 +79,27 @@ class RootListing:
         d = self._zk.get_children(self.root, self._watch)
         d.addCallbacks(self._listed, self._failed)
         return d.addErrback(lambda f: log.failure("listing {root} failed unexpectedly", f, root=self.root))
+
+    def confirm(self):
+        """
+        Send a C{sync} and, right behind it, a fresh listing (ZooKeeper
+        answers one session's requests in order, so the listing is current
+        as of this call).
+
+        @return: a L{Deferred} firing with L{names} from that listing, or
+            failing with why it could not be had.
+        """
+        self.confirmations += 1
+        self.requests += 2
+        synced = self._zk.sync(self.root)
+        listed = self._zk.get_children(self.root, self._watch)
+        d = defer.gatherResults([synced, listed], consumeErrors=True)
+        d.addCallbacks(self._confirmed, _first_error)
+        return d
+
+    def _confirmed(self, results):
+        self._listed(results[1])
+        return self.names
 
     def forget(self):
         """The session changed: the names are unknown until listed again."""
@@ -92,6 +123,7 @@ class RootListing:
         self._retry = None
 
     def _listed(self, names):
+        """Keep C{names} as the listing (and say so); @return: L{None}."""
         self._watched.add(self.root)
         self.names = set(names)
         if self.missing:
@@ -136,4 +168,11 @@ class RootListing:
         self._watched.add(self.root)
         if stat is not None:
             self.refresh()
+
+
+def _first_error(failure):
+    """@return: the failure inside a L{defer.FirstError} (what actually went wrong)."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
 

@@ -5,8 +5,12 @@ C{{"cluster_name": "...", "meta_addrs": "h1:p1,h2:p2"}} (the layout of the
 Go meta-proxy and of admin-cli's table migrator).
 
  - The children of C{root} are listed and child-watched (one watch): a name
-   that is not listed gets L{TableNotFound} at once, with no read, no watch
-   and no cache entry, so unknown names cost nothing that stays. A missing
+   that is not listed gets L{TableNotFound} with no read of its own, no
+   watch and no cache entry, so unknown names cost nothing that stays. The
+   listing may lag behind a node created a moment ago, so the answer waits
+   for a current listing (C{sync} + list, shared by every name that waits:
+   L{RootListing.confirm}); a name found there is read as usual. Never a
+   false "no such table" for a table that exists. A missing
    C{root} makes the source unready (L{ZooKeeperRouteTable.unready_reason})
    and uncached tables retryable: a typo in the config is not "every table
    is gone".
@@ -40,22 +44,29 @@ from kazoo.exceptions import NoNodeError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from metaproxy.errors import InvalidRoute, RouteUnavailable, TableNotFound
 from metaproxy.interfaces import IRouteTable
-from metaproxy.routes.route import Route
+from metaproxy.routes.route import MAX_TABLE_NAME, Route
 from metaproxy.routes.zkbridge import CONNECTED, OneAtATime, TxZooKeeper, failure_reason
 from metaproxy.routes.zklisting import RootListing
 
 log = Logger()
+
+#: Confirmations of names missing from the listing (a sync + a listing
+#: each) in flight at once; names arriving meanwhile share the next one.
+#: (2 was measured too: a new table's first answer under a flood of
+#: unknown names came later, and fewer unknown names were answered.)
+_CONFIRMING = 1
 
 LOADING, OK, STALE, INVALID, ERROR = "loading", "ok", "stale", "invalid", "error"
 
 
 def valid_table_name(table):
     """@return: whether C{table} can be a ZooKeeper path component."""
-    if not table or table in (".", "..") or len(table) > 1024:
+    if not table or table in (".", "..") or len(table) > MAX_TABLE_NAME:
         return False
     return not any(c == "/" or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in table)
 
@@ -124,6 +135,46 @@ class Waiters:
             if item.timer.active():
                 item.timer.cancel()
         return [(item.key, item.deferred) for item in items]
+
+    def fail(self, exc):
+        """Fail every waiter with C{exc}."""
+        for _, d in self.take():
+            d.errback(exc)
+
+
+class _Absent:
+    """
+    Names missing from the listing that wait for one confirmation: one
+    timer for all of them (a flood of unknown names arms no timer each).
+    """
+
+    __slots__ = ("items", "timer")
+
+    def __init__(self):
+        self.items = {}  # Deferred -> table name
+        self.timer = None
+
+    def __len__(self):
+        return len(self.items)
+
+    def add(self, table, reactor, timeout, root):
+        """@return: a L{Deferred} for C{table}; cancelling it forgets it."""
+        items = self.items
+        d = defer.Deferred(lambda d: items.pop(d, None))
+        items[d] = table
+        if self.timer is None:
+            self.timer = reactor.callLater(
+                timeout, self.fail, RouteUnavailable(f"ZooKeeper did not confirm the listing of {root} in time")
+            )
+        return d
+
+    def take(self):
+        """@return: every C{(table, deferred)} waiting, removing them (the timer is stopped)."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        items, self.items = self.items, {}
+        return [(table, d) for d, table in items.items()]
 
     def fail(self, exc):
         """Fail every waiter with C{exc}."""
@@ -205,6 +256,8 @@ class ZooKeeperRouteTable(Service):
         self._watched = set()
         self._listing = RootListing(self._zk, self.root, reactor, self._watch, self._listed, self._watched)
         self._listing_waiters = Waiters()
+        self._absent_next = _Absent()  # names not listed, for the next confirmation
+        self._absent_batches = []  # those each running confirmation answers
         self._entries = OrderedDict()
         self._ever_connected = False
         self._connected_since = None
@@ -232,6 +285,8 @@ class ZooKeeperRouteTable(Service):
         for entry in self._entries.values():
             entry.waiters.fail(stopping)
         self._listing_waiters.fail(stopping)
+        for batch in [self._absent_next] + self._absent_batches:
+            batch.fail(stopping)
         return self._zk.stop()
 
     # -- state for health and metrics
@@ -314,7 +369,7 @@ class ZooKeeperRouteTable(Service):
                 return defer.fail(RouteUnavailable(self._listing.missing_text()))
             return self._wait_listing(table)
         if table not in names:
-            return defer.fail(TableNotFound(table))
+            return self._confirm_absent(table)
         entry = _Entry(table)
         self._entries[table] = entry
         self._evict()
@@ -429,6 +484,39 @@ class ZooKeeperRouteTable(Service):
             return defer.fail(RouteUnavailable(f"{len(self._listing_waiters)} lookups already wait for ZooKeeper"))
         self._listing.refresh()
         return self._wait(self._listing_waiters, table, key=table)
+
+    def _confirm_absent(self, table):
+        """A name not in the listing: answer from a current listing (see L{RootListing.confirm})."""
+        waiting = len(self._absent_next) + sum(len(b) for b in self._absent_batches)
+        if waiting >= self.max_waiting:
+            return defer.fail(RouteUnavailable(f"{waiting} lookups already wait for ZooKeeper"))
+        d = self._absent_next.add(table, self._reactor, self.read_timeout, self.root)
+        if len(self._absent_batches) < _CONFIRMING:
+            self._confirm_round()
+        return d
+
+    def _confirm_round(self):
+        batch, self._absent_next = self._absent_next, _Absent()
+        self._absent_batches.append(batch)
+        self._listing.confirm().addBoth(self._absent_confirmed, batch)
+
+    def _absent_confirmed(self, result, batch):
+        if batch in self._absent_batches:
+            self._absent_batches.remove(batch)
+        if isinstance(result, Failure):
+            batch.fail(RouteUnavailable(f"listing {self.root} failed: {failure_reason(result)}"))
+        else:
+            for table, d in batch.take():
+                if result is not None and table not in result:
+                    d.errback(TableNotFound(table))
+                else:
+                    self.lookup(table).chainDeferred(d)
+        if len(self._absent_next) and len(self._absent_batches) < _CONFIRMING:
+            if self._zk.state == CONNECTED:
+                self._confirm_round()
+            else:
+                self._absent_next.fail(RouteUnavailable(f"ZooKeeper is {self._zk.state}"))
+        return None
 
     def _listed(self, problem):
         """The listing is known again (C{problem} L{None}) or cannot be had: answer who waited for it."""
@@ -547,6 +635,8 @@ class ZooKeeperRouteTable(Service):
                     entry.state, entry.error = ERROR, why
                     entry.waiters.fail(RouteUnavailable(f"{entry.table} is not cached and {why}"))
             self._listing_waiters.fail(RouteUnavailable(why))
+            for batch in [self._absent_next] + self._absent_batches:
+                batch.fail(RouteUnavailable(why))
             return
         first = not self._ever_connected
         self._ever_connected = True

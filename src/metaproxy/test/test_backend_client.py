@@ -22,6 +22,7 @@ from metaproxy.backend.client import (
     DEFAULT_MAX_REPLY_BYTES,
     NotConnected,
     ReplyTooLarge,
+    WrongReply,
     next_seqid,
 )
 from metaproxy.backend.connection import MetaConnection
@@ -114,6 +115,23 @@ class MetaClientProtocolTests(SynchronousTestCase):
         [r] = sent_requests(transport)
         proto.dataReceived(reply_to(r, None, "ERR_HANDLER_NOT_FOUND"))
         self.assertEqual(self.successResultOf(d).rpc_error, "ERR_HANDLER_NOT_FOUND")
+
+    def test_reply_for_another_rpc_is_not_the_answer(self):
+        """
+        A reply with the call's seqid but another rpc's name
+        (RPC_CM_LIST_APPS_ACK for a query_cfg) fails the call with
+        WrongReply instead of being taken as its answer; the connection
+        goes on serving the other calls.
+        """
+        proto, transport = connected_protocol()
+        d1, d2 = proto.call(QCFG, ARGS), proto.call(QCFG, ARGS)
+        r1, r2 = sent_requests(transport)
+        proto.dataReceived(encode_reply("RPC_CM_LIST_APPS_ACK", r1.seqid, b"\x0c\x00\x00\x00", "ERR_OK"))
+        f = self.failureResultOf(d1, WrongReply)
+        self.assertIn("'RPC_CM_LIST_APPS_ACK', expected RPC_CM_QUERY_PARTITION_CONFIG_BY_INDEX_ACK", str(f.value))
+        proto.dataReceived(reply_to(r2))
+        self.assertEqual(self.successResultOf(d2).rpc_error, "ERR_OK")
+        self.assertTrue(proto.is_open())
 
     def test_deadline(self):
         """A call not answered within its timeout fails with L{CallTimedOut}; a late reply is dropped."""

@@ -216,6 +216,33 @@ class MetaClusterTests(ClusterFixture, SynchronousTestCase):
         self.assertTrue(self.conns["10.0.1.1:34601"].stopped)
         self.assertFalse(self.conns["10.0.1.3:34601"].stopped)
 
+    def test_forwards_outside_the_route_bounded(self):
+        """
+        Metas that keep forwarding one query to addresses outside the route
+        (each time another one, which never answers) get at most 3 copies
+        of it sent outside and 3 connections opened there, over the whole
+        budget; the forwards not followed are counted.
+        """
+        d = self.query(timeout=20.0)
+        configured = set(self.addrs.split(","))
+        outside = iter(range(60000))
+        for _ in range(2000):
+            if d.called:
+                break
+            for label, conn in list(self.conns.items()):
+                while conn.pending:
+                    if label in configured:
+                        conn.answer(forward("10.%d.%d.9" % divmod(next(outside), 250), 34601))
+                    else:
+                        conn.fail(CallTimedOut("x"))
+            self.clock.advance(0.1)
+        self.failureResultOf(d, BackendUnavailable)
+        extra = {a: c for a, c in self.conns.items() if a not in configured}
+        self.assertLessEqual(len(extra), 3)
+        self.assertLessEqual(sum(c.sent for c in extra.values()), 3)
+        self.assertEqual(self.cluster.forwards_outside["followed"], 3)
+        self.assertGreater(self.cluster.forwards_outside["refused"], 10)
+
     def test_forward_without_leader_hedges(self):
         """A forward naming no leader makes every other meta be asked at once."""
         self.query()

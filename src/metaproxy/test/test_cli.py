@@ -94,6 +94,14 @@ class CheckTests(SynchronousTestCase):
             "metrics: none; log level info",
         )
 
+    def test_log_path_that_cannot_be_appended_to(self):
+        """`metaproxy check` refuses logging.file /proc/version (twistd used to die on it with a traceback)."""
+        path = _write(self, GOOD + "logging: {file: /proc/version}\n")
+        result = run_cli("check", "--config", path)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(f"{path}:4:17: '/proc/version' cannot be", result.stderr)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+
     def test_twistd_check(self):
         """`twistd metaproxy --check` does what `metaproxy check` does, without serving."""
         twistd = twistd_argv(nodaemon=False) + ["metaproxy", "--check"]

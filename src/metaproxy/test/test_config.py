@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from metaproxy import config
 from metaproxy.config import ConfigError, load_config, parse_config
 
 GO_CONFIG = """\
@@ -362,6 +363,28 @@ class HostileInputTests(SynchronousTestCase):
         os.makedirs(path)
         msg = self.one(ROUTES + f"logging: {{file: '{path}'}}\n")
         self.assertRegex(msg, r"^bad\.yaml:3:17: '/.*' is a directory; give a file path")
+
+    def test_log_file_not_appendable(self):
+        """
+        logging.file naming something that exists but cannot take a log by
+        appending (a /proc file refuses writes even for root; a FIFO is no
+        regular file) is located, not left for twistd to die on.
+        """
+        import os
+
+        msg = self.one(ROUTES + "logging: {file: /proc/version}\n")
+        self.assertRegex(msg, r"^bad\.yaml:3:17: '/proc/version' cannot be (appended to|opened for appending)")
+        fifo = os.path.abspath(self.mktemp())
+        os.mkfifo(fifo)
+        msg = self.one(ROUTES + f"logging: {{file: '{fifo}'}}\n")
+        self.assertIn("bad.yaml:3:17: ", msg)
+        self.assertIn("(No such device or address)", msg)
+        regular = os.path.abspath(self.mktemp())
+        with open(regular, "w") as f:
+            f.write("kept\n")
+        self.assertIsNone(config._log_file_problem(regular))
+        with open(regular) as f:
+            self.assertEqual(f.read(), "kept\n")
 
     def test_log_file_in_missing_directory(self):
         """logging.file whose directory does not exist (or is a file) is located."""

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from metaproxy import __version__
-from metaproxy.ops.metrics import OTHER_TABLE, Metrics, SnapshotWindow, const_label_problem
+from metaproxy.ops.metrics import OTHER_TABLE, PENDING_NAME_BYTES, Metrics, SnapshotWindow, const_label_problem
+from metaproxy.routes.route import MAX_TABLE_NAME
 
 
 class _Routes:
@@ -167,6 +168,22 @@ class TableLabelTests(SynchronousTestCase):
         self.assertEqual(m._labels.pending, {"p1", "p2"})
         self.assertEqual(_value(m, "metaproxy_client_queries_total", table=OTHER_TABLE), 3.0)
         self.assertEqual(m._labels.pending, set())
+
+    def test_pending_names_bounded_in_bytes(self):
+        """
+        Names that are not routes pin at most PENDING_NAME_BYTES as pending
+        labels, and a name longer than MAX_TABLE_NAME is never kept, however
+        many arrive before a scrape.
+        """
+        m = Metrics(table_allowed=lambda t: False)
+        m.query_received("x" * (MAX_TABLE_NAME + 1))
+        self.assertEqual(m._labels.pending, set())
+        for i in range(2100):
+            m.query_received(f"{i:04d}" + "y" * (MAX_TABLE_NAME - 4))
+        self.assertLessEqual(m._labels.pending_bytes, PENDING_NAME_BYTES)
+        self.assertLessEqual(sum(len(n) for n in m._labels.pending), PENDING_NAME_BYTES)
+        self.assertEqual(_value(m, "metaproxy_client_queries_total", table=OTHER_TABLE), 2101.0)
+        self.assertEqual(m._labels.pending_bytes, 0)
 
     def test_table_labels_off(self):
         """With table_labels off no series has a table label."""

@@ -298,8 +298,9 @@ class FactoryTests(_Base, SynchronousTestCase):
     version = 0
 
     def test_connection_limit(self):
-        """Connections beyond max_connections are closed at once and counted."""
+        """Connections beyond max_connections, all in use, are closed at once and counted."""
         self.factory.max_connections = 1
+        self.proto.dataReceived(self.request("RPC_X", seqid=1))  # in use: not made room of
         _, transport = _connect(self.factory)
         self.assertFalse(transport.connected)
         self.assertEqual((self.factory.connection_count, self.factory.counters.rejected_connections), (1, 1))
@@ -375,6 +376,30 @@ class FactoryTests(_Base, SynchronousTestCase):
         self.assertFalse(self.transport.connected)
         self.assertEqual(self.successResultOf(d), 0)
 
+    def test_drain_stops_reading_before_its_timeout(self):
+        """
+        A client that keeps sending during a drain: DRAIN_QUIET seconds
+        before the timeout the connection is no longer read, the requests
+        it had sent are answered, and it closes then, so the drain ends
+        clean (0 unanswered) instead of cutting them at the timeout.
+        """
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
+        d = self.factory.drain(10)
+        seqid = 1
+        while self.clock.seconds() < 10 - server.DRAIN_QUIET:
+            seqid += 1
+            self.proto.dataReceived(self.request("RPC_SLOW", seqid=seqid))  # sent before the last is answered
+            self.deferring.calls[-2][1].callback(frame.Reply(OK_BODY))
+            self.clock.advance(0.5)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.proto.dataReceived(self.request("RPC_SLOW", seqid=seqid + 1))  # not read any more
+        self.assertEqual(len(self.deferring.calls), seqid)
+        self.assertNoResult(d)
+        self.deferring.calls[-1][1].callback(frame.Reply(OK_BODY))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertFalse(self.transport.connected)
+        self.assertEqual([r.seqid for r in _replies(self.transport)], list(range(1, seqid + 1)))
+
     def test_drain_timeout(self):
         """Drain gives up after its timeout and reports what was unanswered."""
         self.proto.dataReceived(self.request("RPC_SLOW", seqid=1))
@@ -405,6 +430,7 @@ class FactoryTests(_Base, SynchronousTestCase):
         events = []
         self.patch(server, "log", Logger(observer=events.append))
         self.factory.max_connections = 1
+        self.proto.dataReceived(self.request("RPC_X", seqid=1))  # in use: not made room of
         for _ in range(3):
             _connect(self.factory)
         self.clock.advance(10)

@@ -338,11 +338,37 @@ class PerPeerTests(_Base, SynchronousTestCase):
         self.assertEqual(factory.counters.refused["per_peer"], 6)
 
     def test_total_limit_counted_apart(self):
-        """A refusal by max_connections is counted under its own reason."""
+        """A refusal by max_connections (every connection in use) is counted under its own reason."""
         factory = self.factory(max_connections=1, max_connections_per_peer=5)
-        _connect(factory)
+        proto, _ = _connect(factory)
+        proto.dataReceived(_request(seqid=1))
         _connect(factory)
         self.assertEqual(factory.counters.refused["limit"], 1)
+        self.assertEqual(factory.counters.evicted, 0)
+
+    def test_cap_makes_room_by_closing_the_oldest_silent(self):
+        """
+        At max_connections a new client is not refused: the oldest
+        connection that never sent a complete request is closed instead;
+        connections that did send one are kept.
+        """
+        factory = self.factory(max_connections=4, max_connections_per_peer=0)
+        used, _ = _connect(factory, "10.0.0.1", 40000)
+        used.dataReceived(_request(seqid=1))
+        silent = [_connect(factory, "10.0.0.%d" % (2 + i), 40000) for i in range(3)]
+        silent[1][0].dataReceived(b"THFT")  # half a frame: still never a complete request
+        newcomers = [_connect(factory, "10.0.1.%d" % i, 40000) for i in range(3)]
+        self.assertEqual([t.connected for _, t in newcomers], [True] * 3)
+        self.assertEqual([t.connected for _, t in silent], [False] * 3)
+        self.assertEqual(factory.counters.evicted, 3)
+        self.assertEqual(factory.counters.refused["limit"], 0)
+        self.assertIn("never sent a request, to make room", self.warnings()[0])
+        for proto, _ in newcomers:
+            proto.dataReceived(_request(seqid=2))
+        _, refused = _connect(factory, "10.0.2.1", 40000)
+        self.assertFalse(refused.connected)  # every connection is in use: refused as before
+        self.assertEqual(factory.counters.refused["limit"], 1)
+        self.assertEqual(factory.connection_count, 4)
 
     def test_address_without_host_is_not_capped(self):
         """A transport without an IP peer (a UNIX socket) is not counted per peer."""

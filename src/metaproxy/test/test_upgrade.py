@@ -100,6 +100,29 @@ class ProcessUpgradeTests(TestCase):
         self.assertNotIn("Closed)", text)
 
     @defer.inlineCallbacks
+    def test_client_that_does_not_read(self):
+        """
+        One client holds 10 MB of replies unread while 50 others query
+        under load: the upgrade is not held up by it. Every query of the 50
+        is answered ERR_OK and none of them sees FIN or RST; the stuck
+        connection moves with its unsent bytes (logged) and, reading again,
+        gets every answer intact from the new process.
+        """
+        run = UpgradeRun(reactor, _workdir(self), connections=50, in_flight=5, stuck_bytes=10 << 20)
+        self.addCleanup(run.stop)
+        yield run.start()
+        figures = yield run.upgrade()
+        self.assertEqual(figures.queries_failed, [], repr(figures))
+        self.assertEqual(figures.closed_connections, 0)
+        self.assertGreaterEqual(figures.stuck_bytes, 10 << 20)
+        self.assertIn("moves with", figures.fates, figures.log_tail)
+        self.assertFalse(figures.stuck_closed)
+        self.assertEqual(figures.stuck_ok, figures.stuck_queries)
+        self.assertIn("51 connections handed over to pid", figures.handed_over)
+        self.assertEqual(figures.old_exit, 0)
+        self.assertNotIn("Traceback", figures.log_tail)
+
+    @defer.inlineCallbacks
     def test_invalid_config_refused(self):
         """
         With an invalid config file on disk, SIGUSR2 is refused (logged with
@@ -114,7 +137,7 @@ class ProcessUpgradeTests(TestCase):
         figures = yield run.upgrade(expect_switch=False)
         self.assertTrue(figures.refused_logged)
         self.assertIn("is not a valid config (still serving)", figures.log_tail)
-        self.assertIn("metaproxy.yaml:8:", figures.log_tail)  # the loader's located message
+        self.assertIn("metaproxy.yaml:9:", figures.log_tail)  # the loader's located message
         self.assertEqual(figures.queries_failed, [])
         self.assertEqual(figures.closed_connections, 0)
         self.assertIsNone(run.proc.poll())
@@ -197,6 +220,31 @@ class FailedUpgradeTests(TestCase):
         upgrader = self.upgrader(code)
         self.assertTrue((yield upgrader.request()))
         yield self.still_serving(upgrader)
+
+    @defer.inlineCallbacks
+    def test_ready_successor_never_killed(self):
+        """
+        A new process that said ready has the listeners: it is not killed
+        when it is slow (here it adopts nothing and never confirms). After
+        the switch grace this process accepts and serves again beside it,
+        and says so.
+        """
+        code = (
+            "import json, os, socket, struct, time\n"
+            "s = socket.socket(fileno=3)\n"
+            "h = json.dumps({'type': 'ready', 'pid': os.getpid()}).encode()\n"
+            "s.sendall(struct.pack('!II', len(h), 0) + h)\n"
+            "time.sleep(12)\n"
+        )
+        upgrader = self.upgrader(code, timeout=4.0, switch_grace=1.0)
+        started = reactor.seconds()
+        self.assertTrue((yield upgrader.request()))
+        pid = upgrader._process.pid
+        yield self.still_serving(upgrader)
+        # Past the ready timeout (which used to bound the whole upgrade and kill it): alive.
+        yield task.deferLater(reactor, max(0.0, started + 5.0 - reactor.seconds()), lambda: None)
+        self.assertTrue(pid_alive(pid))
+        self.assertEqual(upgrader.fates["moved"], 1)
 
     @defer.inlineCallbacks
     def test_invalid_config_refused(self):
@@ -284,6 +332,54 @@ class ServerHookTests(SynchronousTestCase):
         successor.dataReceived(self.request[7:])
         self.assertEqual(len(self.answers), 1)
 
+    def _stuck_reply(self):
+        """A held connection with one answer the transport would not take (its client does not read)."""
+        proto, transport = _connect(self.factory)
+        proto.dataReceived(self.request)
+        proto._out.pauseProducing()  # the transport is full
+        self.answers[0].callback(frame.Reply(querycfg.error_result(codes.ERR_OK)))
+        self.assertEqual(transport.value(), b"")
+        proto.hold_for_handover()
+        return proto, transport
+
+    def test_unsent_bytes_travel(self):
+        """
+        Unsent reply bytes hold a connection back until the upgrade asks
+        for them; then they are taken away (not sent here) and the new
+        process sends them first.
+        """
+        proto, transport = self._stuck_reply()
+        unsent = proto.unsent_bytes()
+        self.assertGreater(unsent, 0)
+        self.assertIsNone(proto.handover_state())
+        self.assertEqual(proto.handover_state(with_unsent=True), (b"", "THFT"))
+        moved = proto.handover_unsent()
+        self.assertGreater(len(moved), 20)  # the encoded reply
+        self.assertLessEqual(len(moved), unsent)
+        self.assertEqual(proto.unsent_bytes(), 0)
+        self.assertEqual(self.factory.budget.out_bytes, 0)
+        proto._out.resumeProducing()
+        self.assertEqual(transport.value(), b"")  # not sent from here any more
+        successor, successor_transport = _connect(self.factory)
+        successor.restore_handover(b"", "THFT", moved)
+        self.assertEqual(successor_transport.value(), moved)
+
+    def test_release_sends_taken_bytes_here(self):
+        """A failed hand-over after the bytes were taken sends them here after all."""
+        proto, transport = self._stuck_reply()
+        proto.handover_state(with_unsent=True)
+        moved = proto.handover_unsent()
+        proto._out.resumeProducing()
+        proto.release_hold()
+        self.assertEqual(transport.value(), moved)
+
+    def test_close_alone(self):
+        """A connection that cannot be handed over is aborted by itself."""
+        proto, transport = self._stuck_reply()
+        proto.close_for_handover()
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.factory.open_connections(), [])
+
     def test_release_reads_again(self):
         """A failed hand-over releases the connection: read again, idle timer back."""
         proto, transport = _connect(self.factory)
@@ -313,6 +409,97 @@ class ServerHookTests(SynchronousTestCase):
         proto.detach_for_handover()
         self.assertIs(transport._shouldShutdown, False)
         self.assertEqual(self.factory.open_connections(), [])
+
+
+class ListenDiffersTests(SynchronousTestCase):
+    """A changed C{listen:} across an upgrade is told apart from the listener handed over."""
+
+    def test_same(self):
+        from metaproxy.ops.takeover import listen_differs
+
+        address = IPv4Address("TCP", "127.0.0.1", 34601)
+        self.assertIsNone(listen_differs("tcp:34601:interface=127.0.0.1:backlog=9", address))
+        self.assertIsNone(listen_differs("tcp:0:interface=127.0.0.1", address))
+        self.assertIsNone(listen_differs("unix:/tmp/x", address))
+
+    def test_changed(self):
+        from metaproxy.ops.takeover import listen_differs
+
+        address = IPv4Address("TCP", "127.0.0.1", 34601)
+        self.assertEqual(listen_differs("tcp:34602:interface=127.0.0.1", address), "port 34602 != 34601")
+        self.assertEqual(listen_differs("tcp:port=34601:interface=127.0.0.2", address),
+                         "interface 127.0.0.2 != 127.0.0.1")
+
+
+class _SocketTransport(StringTransportWithDisconnection):
+    """A test transport with what the upgrade reads of a TCP connection (its family and descriptor)."""
+
+    class socket:
+        family = socket.AF_INET
+
+    def fileno(self):
+        return -1
+
+
+class _Channel:
+    """Records what the old process sends over the hand-over channel."""
+
+    def __init__(self):
+        self.sent = []
+        self.transport = StringTransportWithDisconnection()
+
+    def send(self, header, payload=b"", fds=()):
+        self.sent.append((header, payload))
+
+
+class HandOverBoundsTests(SynchronousTestCase):
+    """The old process's bounds on the hand-over, on a clock."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.answers = []
+        self.factory = PegasusServerFactory(
+            RpcDispatcher({querycfg.QUERY_CFG: lambda r, c: self.answers.append(defer.Deferred()) or self.answers[-1]}),
+            self.clock,
+        )
+        self.upgrader = Upgrader(self.clock, "unused", None, None, self.factory, pending_wait=15.0)
+        self.upgrader._channel = _Channel()
+        self.upgrader._process = type("P", (), {"pid": 4242})()
+        self.upgrader.state = "starting"
+        self.events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def connect(self):
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = _SocketTransport(peerAddress=IPv4Address("TCP", "10.1.1.1", 4000))
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_unanswered_connection_closed_alone(self):
+        """
+        A connection whose request is still unanswered after pending_wait
+        is closed by itself; the others moved at once, and the hand-over
+        then finishes ("done"): no waiting on it, no kill.
+        """
+        idle, idle_transport = self.connect()
+        busy, busy_transport = self.connect()
+        busy.dataReceived(frame.encode_request(querycfg.QUERY_CFG, 1, querycfg.encode_args("t")))
+        self.upgrader._record({"type": "ready"}, b"", [])
+        kinds = [h["type"] for h, _ in self.upgrader._channel.sent]
+        self.assertEqual(kinds, ["conn"])
+        self.clock.advance(14.9)
+        self.assertTrue(busy_transport.connected)
+        self.clock.advance(0.2)
+        self.assertFalse(busy_transport.connected)
+        self.assertTrue(idle_transport.connected)  # still here until the new process acks it
+        self.assertEqual([h["type"] for h, _ in self.upgrader._channel.sent], ["conn", "done"])
+        self.assertEqual(self.upgrader.fates, {"moved": 1, "moved_unsent": 0, "closed": 1, "gone": 0})
+        self.assertTrue(any("alone" in e.get("log_format", "") and "unanswered" in str(e.get("why"))
+                            for e in self.events))
 
 
 class ChannelTests(TestCase):
@@ -494,6 +681,11 @@ class TakeoverInProcessTests(TestCase):
         it, answers the completed query, accepts new clients on the
         adopted port and says switched after done.
         """
+        from twisted.logger import globalLogPublisher
+
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         top, takeover, old, got, fatal = yield _start_successor(self)
         self.assertEqual(got[0], {"type": "ready", "pid": os.getpid(), "fds": 0})
 
@@ -534,6 +726,8 @@ class TakeoverInProcessTests(TestCase):
         self.assertEqual(got[2]["type"], "switched")
         self.assertEqual(takeover.received, 1)
         self.assertEqual(fatal, [])
+        self.assertTrue(any("is ignored" in e.get("log_format", "") and e.get("name") == "proxy"
+                            for e in self.events), "the changed listen: was not reported")
 
 
 class KerberosHandoverTests(TestCase):

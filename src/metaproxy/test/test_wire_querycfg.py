@@ -132,6 +132,18 @@ class StripTests(SynchronousTestCase):
         self.assertIsNone(querycfg.decode_result(stripped).partitions[0].hp_primary)
 
 
+    def test_top_level_host_port_fields_stripped(self):
+        """hp_*-shaped fields at the top level of the response, outside the partitions, are cut too."""
+        body = querycfg.encode_result(samples.big_response(2, False))
+        hp = querycfg.HostPort("meta1.example", 34601, 1)
+        extra = (
+            binary.pack_field(binary.STRUCT, 9) + querycfg._pack_host_port(hp)
+            + querycfg._pack_hp_list(10, (hp, hp))
+        )
+        patched = body[:-2] + extra + body[-2:]
+        self.assertIsNone(querycfg._hp_cuts_fast(patched))
+        self.assertEqual(querycfg.strip_host_port(patched), body)
+
 class MalformedTests(SynchronousTestCase):
     def test_truncations_raise_decode_error_only(self):
         """Every truncation of a body is a DecodeError (or a harmless read), never another exception."""

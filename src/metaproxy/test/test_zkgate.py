@@ -242,6 +242,9 @@ class _FakeZK:
     def get_children(self, path, watch=None):
         return self._read("ls", path)
 
+    def sync(self, path):
+        return self._read("sync", path)
+
     def answer(self, op, path, result=None, exc=None):
         for i, (o, p, d) in enumerate(self.reads):
             if (o, p) == (op, path):
@@ -273,6 +276,11 @@ class RouteTableFakeTests(SynchronousTestCase):
     def warnings(self):
         return [e for e in self.log if e["log_level"] == LogLevel.warn]
 
+    def current(self, tables=("t",)):
+        """Answer the sync and the listing that confirm names missing from the listing."""
+        self.zk.answer("sync", "/pc", "/pc")
+        self.zk.answer("ls", "/pc", list(tables))
+
     def test_uncached_fails_fast_while_not_connected(self):
         """Before any session, and during an outage, uncached tables fail at once, never waiting."""
         f = self.failureResultOf(self.routes.lookup("t"), RouteUnavailable)
@@ -287,10 +295,51 @@ class RouteTableFakeTests(SynchronousTestCase):
         self.assertEqual(len(self.routes.describe()), 1)
 
     def test_unlisted_name_not_found_without_read(self):
-        """A name absent from the root's listing is not found at once: no read, no entry."""
+        """
+        A name absent from the root's listing is not found once a current
+        listing (a sync and a list sent behind it) says so: no read of its
+        node, no entry. One confirmation runs at a time; names arriving
+        meanwhile share the next.
+        """
         self.connect(["t"])
-        self.failureResultOf(self.routes.lookup("nope"), TableNotFound)
+        d1, d2, d3 = (self.routes.lookup(n) for n in ("nope1", "nope2", "nope3"))
+        self.assertNoResult(d1)
+        self.assertEqual([(o, p) for o, p, _ in self.zk.reads], [("sync", "/pc"), ("ls", "/pc")])
+        self.current(["t"])
+        self.failureResultOf(d1, TableNotFound)
+        self.assertNoResult(d2)  # asked while that confirmation ran: the next one answers it
+        self.current(["t"])
+        self.failureResultOf(d2, TableNotFound)
+        self.failureResultOf(d3, TableNotFound)
         self.assertEqual((self.zk.reads, self.routes.describe()), ([], []))
+
+    def test_name_created_a_moment_ago_is_found(self):
+        """A name the (lagging) listing lacks but the current one has is read and served, never denied."""
+        self.connect(["t"])
+        d = self.routes.lookup("fresh")
+        self.current(["t", "fresh"])
+        self.zk.answer("get", "/pc/fresh", (node("c1", "10.0.0.1:1"), stat(1)))
+        self.assertEqual(self.successResultOf(d).cluster_name, "c1")
+
+    def test_names_arriving_during_a_confirmation_wait_for_the_next(self):
+        """A lookup made while a confirmation runs is answered by the next one (sent after it), not that one."""
+        self.connect(["t"])
+        first = self.routes.lookup("a")
+        self.zk.answer("sync", "/pc", "/pc")
+        second = self.routes.lookup("b")
+        self.zk.answer("ls", "/pc", ["t"])
+        self.failureResultOf(first, TableNotFound)
+        self.assertNoResult(second)
+        self.current(["t", "b"])
+        self.zk.answer("get", "/pc/b", (node("c2", "10.0.0.2:1"), stat(1)))
+        self.assertEqual(self.successResultOf(second).cluster_name, "c2")
+
+    def test_confirmation_cut_by_outage_is_retryable(self):
+        """ZooKeeper going away while a name is being confirmed answers the retryable error, not 'no such table'."""
+        self.connect(["t"])
+        d = self.routes.lookup("maybe")
+        self.zk.set_state(SUSPENDED)
+        self.failureResultOf(d, RouteUnavailable)
 
     def test_lookups_wait_for_listing(self):
         """Lookups made before the listing arrives are answered from it."""
@@ -298,6 +347,8 @@ class RouteTableFakeTests(SynchronousTestCase):
         d1, d2 = self.routes.lookup("t"), self.routes.lookup("nope")
         self.assertNoResult(d1)
         self.zk.answer("ls", "/pc", ["t"])
+        self.zk.answer("ls", "/pc", ["t"])  # the listing asked for again meanwhile
+        self.current(["t"])
         self.failureResultOf(d2, TableNotFound)
         self.zk.answer("get", "/pc/t", (node("c1", "10.0.0.1:1"), stat(1)))
         self.assertEqual(self.successResultOf(d1).cluster_name, "c1")
@@ -368,7 +419,9 @@ class RouteTableFakeTests(SynchronousTestCase):
         d = self.routes.lookup("t")
         self.zk.answer("get", "/pc/t", exc=NoNodeError())
         self.failureResultOf(d, TableNotFound)
-        self.failureResultOf(self.routes.lookup("t"), TableNotFound)
+        d = self.routes.lookup("t")
+        self.current([])
+        self.failureResultOf(d, TableNotFound)
 
     def test_first_read_cut_by_outage_shows_error(self):
         """A first read pending when ZooKeeper goes away answers at once and shows state error with a reason."""
@@ -404,7 +457,9 @@ class RouteTableFakeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.routes.lookup("t")).cluster_name, "c2")
         self.zk.watch(WatchedEvent(EventType.DELETED, CONNECTED, "/pc/t"))
         self.zk.answer("get", "/pc/t", exc=NoNodeError())
-        self.failureResultOf(self.routes.lookup("t"), TableNotFound)
+        d = self.routes.lookup("t")
+        self.current([])
+        self.failureResultOf(d, TableNotFound)
 
     def test_bad_first_value_is_invalid(self):
         """A table never read well fails with InvalidRoute naming the node and the position, not the content."""

@@ -145,6 +145,17 @@ class ProxyProcess:
         stop_process(self.proc)
 
 
+def peer_closed(sock):
+    """@return: L{True} if the peer closed C{sock} (a non-blocking check; leaves C{sock} non-blocking)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def request_bytes(seqid, table=TABLE):
     """@return: one query_cfg request frame (v0, as the Go client sends it)."""
     return frame.encode_request(querycfg.QUERY_CFG, seqid, querycfg.encode_args(table))
@@ -242,3 +253,26 @@ def pipeline_without_reading(proxy, megabytes=20, stall=2.0, warmup=2000, deadli
         return AbuseResult(state["sent"], seconds, baseline, peak, proxy.rss(), latencies)
     finally:
         neighbour.close()
+
+
+def unknown_names_rss(pid, port, names, name_bytes):
+    """
+    Query C{names} distinct table names of C{name_bytes} bytes each, none
+    of them a route, one after the other on one connection to the proxy
+    (process C{pid}, client port C{port}); no scrape.
+
+    @return: C{(baseline RSS, RSS after, answers by error name)}.
+    """
+    import collections
+
+    baseline = rss_bytes(pid)
+    answers = collections.Counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for i in range(names):
+            name = f"{i:08d}".ljust(name_bytes, "x")
+            response = query(sock, i, name)
+            err = response.rpc_error
+            if err == "ERR_OK":
+                err = querycfg.peek_result(response.body).err
+            answers[err] += 1
+    return baseline, rss_bytes(pid), answers

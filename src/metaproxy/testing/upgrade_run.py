@@ -57,6 +57,11 @@ class UpgradeFigures:
     handed_over: str = ""  # the new process's log line
     refused_logged: bool = False
     log_tail: str = ""
+    stuck_queries: int = 0  # queries of the client that does not read during the upgrade
+    stuck_ok: int = 0
+    stuck_bytes: int = 0  # reply bytes it had not read when SIGUSR2 was sent
+    stuck_closed: bool = False
+    fates: str = ""  # the old process's lines on connections that did not simply move
 
 
 class UpgradeRun:
@@ -66,15 +71,22 @@ class UpgradeRun:
     @param workdir: an existing directory for the config and the log.
     """
 
-    def __init__(self, reactor, workdir, connections=200, in_flight=10, log_file=None, log_max_bytes=None):
+    def __init__(self, reactor, workdir, connections=200, in_flight=10, log_file=None, log_max_bytes=None,
+                 stuck_bytes=0):
         """
         @param log_file: also set C{logging.file} to this path (both
             processes then write to it).
         @param log_max_bytes: its C{logging.max_bytes} (the default if L{None}).
+        @param stuck_bytes: if not 0, one more client (not among
+            C{connections}) has this many reply bytes unread when SIGUSR2
+            is sent: it queries a large table and stops reading, and reads
+            again once the upgrade is over.
         """
         self.reactor = reactor
         self.log_file = log_file
         self.log_max_bytes = log_max_bytes
+        self.stuck_bytes = stuck_bytes
+        self.stuck = None
         self.workdir = workdir
         self.connections = connections
         self.in_flight = in_flight
@@ -91,7 +103,7 @@ class UpgradeRun:
     @defer.inlineCallbacks
     def start(self):
         """Start the clusters and the proxy; connect and check every client (one query each)."""
-        fast = start_cluster(self.reactor, "fast", {"temp": 8})
+        fast = start_cluster(self.reactor, "fast", {"temp": 8, "big": 1024})
         slow = start_cluster(self.reactor, "slow", {"slow": 4})
         slow.set_delay(SLOW_DELAY)
         self._clusters = [fast, slow]
@@ -99,7 +111,8 @@ class UpgradeRun:
         self.config_text = config_text(
             f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
             f"tcp:{free_port()}:interface=127.0.0.1",
-            {"temp": ("fast", fast.meta_addrs()), "slow": ("slow", slow.meta_addrs())},
+            {"temp": ("fast", fast.meta_addrs()), "slow": ("slow", slow.meta_addrs()),
+             "big": ("fast", fast.meta_addrs())},
             extra="limits: {max_connections: 0, idle_timeout: 0}\n"
             + (f"logging: {{level: info, file: '{self.log_file}'"
                + (f", max_bytes: {self.log_max_bytes}" if self.log_max_bytes else "") + "}\n" if self.log_file else ""),
@@ -123,6 +136,34 @@ class UpgradeRun:
             )
             self.clients.extend(batch)
         yield self._query_all("temp")
+        if self.stuck_bytes:
+            self.stuck = yield connect_client(self.reactor, "127.0.0.1", self.port, "go", record=False)
+            received = []
+            deliver = self.stuck.dataReceived
+            self.stuck.dataReceived = lambda data: received.append(len(data)) or deliver(data)
+            response = yield self.stuck.query("big")
+            assert response.rpc_error == codes.ERR_OK, response.rpc_error
+            self._stuck_reply_size = sum(received)
+
+    @defer.inlineCallbacks
+    def _stop_reading_stuck(self):
+        """The stuck client stops reading and asks for C{stuck_bytes} of replies."""
+        figures = self.figures
+        self.stuck.transport.pauseProducing()
+        count = -(-self.stuck_bytes // self._stuck_reply_size)
+        figures.stuck_queries = count
+        figures.stuck_bytes = count * self._stuck_reply_size
+        queries = []
+        for _ in range(count):
+            d = self.stuck.query("big")
+            d.addCallbacks(self._stuck_answered, lambda f: None)
+            queries.append(d)
+        yield task.deferLater(self.reactor, 1.0, lambda: None)  # the proxy answers what it can read
+        return queries
+
+    def _stuck_answered(self, response):
+        if response.rpc_error == codes.ERR_OK:
+            self.figures.stuck_ok += 1
 
     def _record(self, response):
         self.figures.queries += 1
@@ -161,6 +202,7 @@ class UpgradeRun:
         split_client.transport.write = write
         write(held[0][: len(held[0]) // 2])
         others = self.clients[1:]
+        stuck = (yield self._stop_reading_stuck()) if self.stuck is not None else []
         inflight = [self._query(c, "slow") for c in random.sample(others, min(self.in_flight, len(others)))]
         steady = []
         ticker = task.LoopingCall(lambda: steady.append(self._query(random.choice(others), "temp")))
@@ -187,11 +229,16 @@ class UpgradeRun:
         ticker.stop()
         yield self._bounded(inflight + steady + [split])
         yield self._query_all("temp")
+        if self.stuck is not None:
+            self.stuck.transport.resumeProducing()
+            yield defer.DeferredList(stuck).addTimeout(30, self.reactor).addErrback(lambda f: None)
+            figures.stuck_closed = self.stuck.closed.called
         figures.closed_connections = sum(1 for c in self.clients if c.closed.called)
         figures.stopping_sent = sum(1 for m in self._notify.messages if "STOPPING=1" in m)
         log = self._read_log()
         figures.handed_over = next((l for l in log.splitlines() if "connections handed over to pid" in l), "")
         figures.log_tail = log[-3000:]
+        figures.fates = "\n".join(l for l in log.splitlines() if "moves with" in l or "closing the connection from" in l)
         return figures
 
     def _read_log(self):
@@ -209,7 +256,7 @@ class UpgradeRun:
     @defer.inlineCallbacks
     def stop(self):
         """Close the clients, end every proxy process started (by pid), stop the clusters."""
-        for c in self.clients:
+        for c in self.clients + ([self.stuck] if self.stuck is not None else []):
             c.transport.loseConnection()
         for pid in self._pids:
             if pid_alive(pid):

@@ -439,24 +439,36 @@ def _walk_partition(r, cuts):
             if etype != _STRUCT:
                 raise DecodeError("address list: expected STRUCT elements")
             r.take(8 * n)
-        elif fid == 9 and ttype == _STRUCT:
-            _skip_host_port(r)
-            cuts.append((start, r.pos))
-        elif fid in (10, 11) and ttype == _LIST:
-            etype, n = r.list_header()
-            if etype != _STRUCT:
-                raise DecodeError("host_port list: expected STRUCT elements")
-            for _ in range(n):
-                _skip_host_port(r)
-            cuts.append((start, r.pos))
-        else:
+        elif not _cut_host_port(r, ttype, fid, start, cuts):
             r.skip(ttype)
+
+
+def _cut_host_port(r, ttype, fid, start, cuts):
+    """
+    Skip field C{fid} (its header read from C{start}) and record its span
+    if it is C{hp_*}-shaped (9: a host_port, 10 or 11: a list of them).
+
+    @return: whether it was.
+    """
+    if fid == 9 and ttype == _STRUCT:
+        _skip_host_port(r)
+    elif fid in (10, 11) and ttype == _LIST:
+        etype, n = r.list_header()
+        if etype != _STRUCT:
+            raise DecodeError("host_port list: expected STRUCT elements")
+        for _ in range(n):
+            _skip_host_port(r)
+    else:
+        return False
+    cuts.append((start, r.pos))
+    return True
 
 
 def strip_host_port(body):
     """
     Remove the C{hp_primary}, C{hp_secondaries} and C{hp_last_drops} fields
-    (ids 9-11) from every partition. Clients generated before 2024 cannot
+    (ids 9-11) from every partition, and any field of that shape at the
+    top level of the response too. Clients generated before 2024 cannot
     skip them (their first byte reads as STOP) and desynchronise.
 
     @return: C{body} itself when it has no such field, else the new bytes.
@@ -486,6 +498,7 @@ def _hp_cuts_walk(body):
     _enter_result(r)
     cuts = []
     while True:
+        start = r.pos
         ttype, fid = r.field()
         if ttype == _STOP:
             break
@@ -497,8 +510,8 @@ def _hp_cuts_walk(body):
                 raise DecodeError("partitions: expected STRUCT elements")
             for _ in range(n):
                 _walk_partition(r, cuts)
-        else:
-            r.skip(ttype)
+        elif not _cut_host_port(r, ttype, fid, start, cuts):
+            r.skip(ttype)  # an hp_*-shaped field outside the partitions is cut as well
     return cuts
 
 
