@@ -476,7 +476,7 @@ class VersionTests(SynchronousTestCase):
         from metaproxy import __version__
 
         source = source_dir()
-        if os.path.abspath(metaproxy.__file__).startswith(os.path.join(source, "")):
+        if os.path.abspath(metaproxy.__file__).startswith(os.path.join(source, "src", "")):
             raise SkipTest("metaproxy is imported from the source tree, not installed from it")
         if "+g" not in __version__:
             raise SkipTest(f"metaproxy is not installed from a git checkout here (version {__version__})")
