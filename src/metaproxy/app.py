@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from metaproxy.ops.activation import server_endpoint
 from metaproxy.ops.admin import build_admin_root, build_admin_site
+from metaproxy.backend.lastgood import LastGoodAnswers
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
@@ -159,6 +160,24 @@ def watch_server_limits(metrics, factory):
     )
 
 
+def build_last_good(config, reactor, metrics):
+    """
+    @return: the L{LastGoodAnswers} of stale-if-error, its size and stale
+        answers watched by C{metrics}: at most one answer per table the
+        route cache can hold (times a few partition_indices variants).
+    """
+    capacity = config.zookeeper.table_watcher_cache_capacity if config.zookeeper is not None else 1024
+    last_good = LastGoodAnswers(reactor, max_age=config.stale_if_error, capacity=max(capacity, len(config.routes)))
+    metrics.watch_counts("metaproxy_stale_answers", "query_cfg answered with the table's last good answer "
+                         "because its cluster could not answer (stale-if-error).", "cluster_name",
+                         last_good.served_by_cluster)
+    metrics.watch_gauges("metaproxy_last_good_answers", "query_cfg answers kept for stale-if-error.", None,
+                         last_good.entries)
+    metrics.watch_gauges("metaproxy_last_good_answer_bytes", "Bytes of the query_cfg answers kept for stale-if-error.",
+                         None, last_good.size_bytes)
+    return last_good
+
+
 def build_service(config, reactor, fatal=None, endpoint_for=None):
     """
     Build metaproxy's service tree.
@@ -233,6 +252,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     pools_service.setName("pools")
     pools_service.setServiceParent(top)
 
+    last_good = build_last_good(config, reactor, metrics)
     resolver = QueryConfigResolver(
         routes,
         pools,
@@ -242,6 +262,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         margin_min=config.timeouts.margin_min,
         metrics=metrics,
         clock=reactor,
+        last_good=last_good,
     )
     metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
                         resolver.in_flight)
@@ -286,7 +307,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         pool = pools.pools().get(MetaAddrs.parse(meta_addrs))
         return None if pool is None else pool.describe()
 
-    root = build_admin_root(routes, ready, clusters=cluster_of)
+    root = build_admin_root(routes, ready, clusters=cluster_of, last_good_ages=last_good.ages)
     reporter = find_reporter(config.metric.type) if config.metric.type != "none" else None
     reporter_service = None
     if reporter is not None:

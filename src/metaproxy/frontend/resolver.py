@@ -9,6 +9,12 @@ draw on it, and when it runs out the request is answered with the retryable
 C{ERR_SERVICE_NOT_ACTIVE}, before the client's own timer fires, whatever is
 still running.
 
+When the cluster could not answer (budget spent, every meta failed, or the
+leader said C{ERR_SERVICE_NOT_ACTIVE} / C{ERR_UNDER_RECOVERY}), the one place
+that turns this into an answer is L{QueryConfigResolver.could_not_answer}:
+the table's last good answer if L{metaproxy.backend.lastgood} may serve it
+(stale-if-error), else the retryable error.
+
 Identical queries are coalesced *with freshness*: per (cluster, table,
 partition_indices) at most one upstream query is in flight, plus one queued
 batch. A request that arrives while a query is in flight waits for the next
@@ -44,6 +50,10 @@ _RELAY_CACHE_SIZE = 4096
 
 _NOT_FOUND = _error_reply(codes.ERR_OBJECT_NOT_FOUND)
 _RETRY_LATER = _error_reply(codes.ERR_SERVICE_NOT_ACTIVE)
+
+#: Answers meaning "this cluster could not answer now" (an election, a
+#: recovering leader, or the proxy's own retryable error).
+_UNANSWERED = (codes.ERR_SERVICE_NOT_ACTIVE, codes.ERR_UNDER_RECOVERY)
 
 
 def relay_reply(response):
@@ -90,6 +100,7 @@ class _Waiter:
     lookup: Optional[defer.Deferred] = None
     key: Optional[tuple] = None
     done: bool = False
+    route: object = None
 
 
 @attrs.define(eq=False)
@@ -107,6 +118,7 @@ class _Flight:
     running: _Batch
     cluster_name: str = ""
     queued: Optional[_Batch] = None
+    route: object = None
 
 
 @attrs.define(eq=False)
@@ -132,6 +144,8 @@ class QueryConfigResolver:
     @ivar timer: returns the current time in seconds, for latency metrics.
     @ivar refused_upstream: requests answered at once because
         C{max_upstream} queries were in flight.
+    @ivar last_good: a L{metaproxy.backend.lastgood.LastGoodAnswers}
+        (stale-if-error), or L{None} for none.
     """
 
     routes: object
@@ -144,6 +158,7 @@ class QueryConfigResolver:
     margin_ratio: float = 0.1
     margin_min: float = 0.1
     max_upstream: int = 4096
+    last_good: object = None
     refused_upstream: int = attrs.field(init=False, default=0)
     _flights: dict = attrs.field(init=False, factory=dict)
     _relayed: dict = attrs.field(init=False, factory=dict)
@@ -237,7 +252,9 @@ class QueryConfigResolver:
         if waiter.done:
             return
         self._detach(waiter)
-        self._reply(waiter, _RETRY_LATER)
+        # Routed and waiting for its cluster: the cluster could not answer
+        # in time. Still waiting for its route: nothing is known.
+        self._reply(waiter, _RETRY_LATER if waiter.route is None else self.could_not_answer(waiter, _RETRY_LATER))
 
     def _cancelled(self, waiter):
         if not waiter.done:
@@ -246,7 +263,36 @@ class QueryConfigResolver:
     def _routed(self, route, waiter, query):
         waiter.lookup = None
         if not waiter.done:
+            if self.last_good is not None:
+                self.last_good.route_seen(query.app_name, route)
+            waiter.route = route
             self._join(route, waiter, query)
+
+    def could_not_answer(self, waiter, reply):
+        """
+        The one place where "the table's cluster could not answer" becomes
+        the answer: the table's last good answer when stale-if-error allows
+        it (see L{metaproxy.backend.lastgood}), else C{reply} (the
+        retryable error, or what the meta said, e.g. C{ERR_UNDER_RECOVERY}).
+
+        @param waiter: the request; its C{route} and C{key} are set.
+        @return: a L{Reply}.
+        """
+        last_good = self.last_good
+        if last_good is None or waiter.route is None or waiter.key is None:
+            return reply
+        table = waiter.table
+        stale = last_good.stale_reply(waiter.route, table, waiter.key[2], self._current_route(table))
+        return reply if stale is None else stale
+
+    def _current_route(self, table):
+        """@return: the table's route now if the route table knows it at once, else L{None}."""
+        is_cached = getattr(self.routes, "is_cached", None)
+        if is_cached is None or not is_cached(table):
+            return None
+        found = []
+        self.routes.lookup(table).addCallbacks(found.append, lambda _: None)
+        return found[0] if found else None
 
     def _lookup_failed(self, failure, waiter):
         waiter.lookup = None
@@ -283,7 +329,7 @@ class QueryConfigResolver:
             self._at_cap = False
             waiter.key = key
             batch = _Batch([waiter])
-            self._flights[key] = _Flight(batch, route.cluster_name)
+            self._flights[key] = _Flight(batch, route.cluster_name, route=route)
             self._start(key, batch)
             return
         waiter.key = key
@@ -317,17 +363,31 @@ class QueryConfigResolver:
         # (memcmp) is far cheaper than decoding and stripping them again.
         last = self._relayed.get(key)
         if last is not None and last[0] == response.body and response.rpc_error == codes.ERR_OK:
-            return last[1]
-        try:
-            reply = relay_reply(response)
-        except ValueError:
-            log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
-            return _RETRY_LATER
-        if response.rpc_error == codes.ERR_OK and reply.app_error == codes.ERR_OK:
-            if len(self._relayed) >= _RELAY_CACHE_SIZE:
-                self._relayed.clear()
-            self._relayed[key] = (response.body, reply)
+            reply = last[1]
+        else:
+            try:
+                reply = relay_reply(response)
+            except ValueError:
+                log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
+                return _RETRY_LATER
+            if response.rpc_error == codes.ERR_OK and reply.app_error == codes.ERR_OK:
+                if len(self._relayed) >= _RELAY_CACHE_SIZE:
+                    self._relayed.clear()
+                self._relayed[key] = (response.body, reply)
+        if self.last_good is not None and reply.rpc_error == codes.ERR_OK:
+            self._note_live(key, reply)
         return reply
+
+    def _note_live(self, key, reply):
+        """A meta answered: keep an C{ERR_OK} answer as the last good one, forget the table on a final error."""
+        flight = self._flights.get(key)
+        route = None if flight is None else flight.route
+        if route is None or reply.app_error in _UNANSWERED:
+            return
+        if reply.app_error == codes.ERR_OK:
+            self.last_good.remember(route, key[1], key[2], reply)
+        else:
+            self.last_good.forget(route, key[1])
 
     def _upstream_failed(self, failure, table):
         if not failure.check(errors.BackendUnavailable, defer.CancelledError):
@@ -344,8 +404,9 @@ class QueryConfigResolver:
             else:
                 del self._flights[key]
         waiters, batch.waiters = batch.waiters, []
+        unanswered = reply.rpc_error == codes.ERR_OK and reply.app_error in _UNANSWERED
         for waiter in waiters:
-            self._answer(waiter, reply)
+            self._answer(waiter, self.could_not_answer(waiter, reply) if unanswered else reply)
 
     def _leave(self, key, waiter):
         """

@@ -10,7 +10,9 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
   - C{/routes}: JSON: every cached table with its cluster, meta
     addresses, the leader (only once a meta answered), age, staleness and
     last error, and the cluster's own state (C{backend}: whether any meta
-    answered, when it last did, the last error, up or not).
+    answered, when it last did, the last error, up or not) and
+    C{last_good_age}: the age of the table's last good query_cfg answer,
+    which stale-if-error may serve while the cluster cannot answer.
     C{/routes?table=NAME} (repeatable) shows only those tables, or answers
     404 naming the ones not in the route cache.
   - C{/}: JSON list of what is served.
@@ -149,7 +151,7 @@ def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0):
     return LimitedSite(QuietSite(root, timeout=idle_timeout, reactor=reactor), max_connections, reactor)
 
 
-def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None):
+def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None, last_good_ages=None):
     """
     Build the admin resource tree.
 
@@ -170,6 +172,9 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
     @param health: optional mapping of name -> C{callable() -> bool}:
         extra liveness checks for C{/healthz} (keep them cheap and about
         this process only; none by default).
+    @param last_good_ages: optional C{callable() -> {table: seconds}}: the
+        age of each table's last good query_cfg answer (stale-if-error),
+        shown in C{/routes} as C{last_good_age} (L{None}: none kept).
     @return: the root L{Resource}, serving C{/}, C{/healthz}, C{/readyz}
         and C{/routes}.
     """
@@ -200,6 +205,7 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
         wanted = _wanted_tables(request)
         entries = []
         known = {}
+        ages = _last_good_ages(last_good_ages)
         for entry in route_table.describe():
             if wanted is not None and entry.get("table") not in wanted:
                 continue
@@ -216,6 +222,8 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
                 if key not in known:
                     known[key] = _leader(leaders, key) if key else None
                 entry["leader"] = known[key]
+            if ages is not None:
+                entry["last_good_age"] = ages.get(entry.get("table"))
             entries.append(entry)
         entries.sort(key=lambda e: str(e.get("table")))
         if wanted is not None:
@@ -284,6 +292,17 @@ def _backend(clusters, meta_addrs):
         return None
     backend = {k: state.get(k) for k in _BACKEND_KEYS}
     return (state.get("leader") if state.get("answered") else None), backend
+
+
+def _last_good_ages(last_good_ages):
+    """@return: C{last_good_ages()}, or L{None} when not given or it failed."""
+    if last_good_ages is None:
+        return None
+    try:
+        return last_good_ages()
+    except Exception:
+        log.failure("reading the ages of the last good answers failed")
+        return None
 
 
 def _leader(leaders, meta_addrs):
