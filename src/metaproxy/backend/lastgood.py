@@ -120,8 +120,12 @@ class LastGoodAnswers:
         else:
             self._tables.move_to_end(table)
         answers = kept.answers
-        old = answers.pop(indices, None)
+        old = answers.get(indices)
+        if old is not None and old.reply is reply:
+            old.taken_at = self.clock.seconds()  # the same answer again (the relay reuses its Reply)
+            return
         if old is not None:
+            del answers[indices]
             self._count -= 1
             self._bytes -= old.size
         elif len(answers) >= _MAX_VARIANTS:

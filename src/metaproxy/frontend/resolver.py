@@ -291,7 +291,10 @@ class QueryConfigResolver:
         if is_cached is None or not is_cached(table):
             return None
         found = []
-        self.routes.lookup(table).addCallbacks(found.append, lambda _: None)
+        lookup = self.routes.lookup(table)
+        lookup.addCallbacks(found.append, lambda _: None)
+        if not lookup.called:
+            lookup.cancel()  # a read would be needed: do not wait for it, nor leave it waiting
         return found[0] if found else None
 
     def _lookup_failed(self, failure, waiter):

@@ -169,6 +169,16 @@ class StaleIfErrorTests(_Setup, SynchronousTestCase):
         self.assertEqual([r.app_error for r in got], [codes.ERR_SERVICE_NOT_ACTIVE])
         self.assertEqual(self.last_good.served, {"c1": 0})
 
+    def test_route_being_read_gives_no_stale_answer(self):
+        """If the route table cannot tell the table's route at once, no stale answer, and its lookup is cancelled."""
+        self.serve_live()
+        got = self.ask()
+        cancelled = []
+        self.routes.lookup = lambda table: defer.Deferred(cancelled.append)
+        self.calls()[-1][3].errback(errors.BackendUnavailable("down"))
+        self.assertEqual([r.app_error for r in got], [codes.ERR_SERVICE_NOT_ACTIVE])
+        self.assertEqual(len(cancelled), 1)
+
     def test_same_addresses_other_cluster_name(self):
         """The route identity is cluster name and metas: a renamed cluster is another route."""
         self.serve_live()
