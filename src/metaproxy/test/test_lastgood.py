@@ -5,7 +5,7 @@ resolver's failure path, on a L{Clock}.
 
 import json
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +16,7 @@ from metaproxy.frontend.resolver import QueryConfigResolver
 from metaproxy.ops.admin import build_admin_root
 from metaproxy.routes.route import Route
 from metaproxy.test.test_admin import _get
+from metaproxy.test.test_zkroutes import _ZKBase, node, wait_until
 from metaproxy.test.test_resolver import META1, META2, _ok, _Pools, _request, _Routes, _table_response
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.frame import Reply, Response
@@ -268,3 +269,43 @@ class BoundsTests(SynchronousTestCase):
             store.remember(ROUTE1, "c", (i,), Reply(b"z"))
         self.assertLessEqual(store.entries(), 16)
         self.assertEqual(store.size_bytes(), store.entries())
+
+
+class ZooKeeperSwitchTests(_ZKBase):
+    """With the real ZooKeeper route table, a switch is never answered from the old cluster's answer."""
+
+    @defer.inlineCallbacks
+    def test_switch_with_zookeeper_routes(self):
+        """Stale answers of c1 are served before the node is rewritten to c2, never after."""
+        yield self.write("temp", node("c1", str(META1)))
+        routes = yield self.table()
+        pools = _Pools()
+        last_good = LastGoodAnswers(reactor)
+        resolver = QueryConfigResolver(routes, pools, clock=reactor, default_timeout=10.0, last_good=last_good)
+
+        @defer.inlineCallbacks
+        def ask(meta, outcome):
+            answered = resolver.handle(_request("temp"), None)
+            cluster = yield wait_until(lambda: pools.clusters.get(meta))
+            yield wait_until(lambda: [c for c in cluster.calls if not c[3].called])
+            [pending] = [c for c in cluster.calls if not c[3].called]
+            if outcome is not None:
+                outcome(pending[3])
+            return answered, pending[3]
+
+        live, _ = yield ask(META1, lambda d: d.callback(_ok()))
+        live = yield live
+        stale, _ = yield ask(META1, lambda d: d.errback(errors.BackendUnavailable("down")))
+        stale = yield stale
+        self.assertEqual((stale.app_error, stale.body), (codes.ERR_OK, live.body))
+        waiting, upstream = yield ask(META1, None)  # routed to c1, still waiting at the switch
+
+        yield self.write("temp", node("c2", str(META2)))
+        yield wait_until(lambda: self.cluster_of(routes, "temp").addCallback(lambda c: c == "c2"))
+        upstream.errback(errors.BackendUnavailable("down"))
+        waiting = yield waiting
+        self.assertEqual(waiting.app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        after, _ = yield ask(META2, lambda d: d.errback(errors.BackendUnavailable("down")))
+        after = yield after
+        self.assertEqual(after.app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual((last_good.served, last_good.entries()), ({"c1": 1}, 0))
