@@ -366,31 +366,36 @@ class QueryConfigResolver:
         # (memcmp) is far cheaper than decoding and stripping them again.
         last = self._relayed.get(key)
         if last is not None and last[0] == response.body and response.rpc_error == codes.ERR_OK:
-            reply = last[1]
-        else:
-            try:
-                reply = relay_reply(response)
-            except ValueError:
-                log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
-                return _RETRY_LATER
-            if response.rpc_error == codes.ERR_OK and reply.app_error == codes.ERR_OK:
-                if len(self._relayed) >= _RELAY_CACHE_SIZE:
-                    self._relayed.clear()
-                self._relayed[key] = (response.body, reply)
-        if self.last_good is not None and reply.rpc_error == codes.ERR_OK:
-            self._note_live(key, reply)
-        return reply
+            return self._live(key, last[1])
+        try:
+            reply = relay_reply(response)
+        except ValueError:
+            log.warn("malformed query_cfg answer from a meta server ({size} bytes)", size=len(response.body))
+            return _RETRY_LATER
+        if response.rpc_error == codes.ERR_OK and reply.app_error == codes.ERR_OK:
+            if len(self._relayed) >= _RELAY_CACHE_SIZE:
+                self._relayed.clear()
+            self._relayed[key] = (response.body, reply)
+        return self._live(key, reply)
 
-    def _note_live(self, key, reply):
-        """A meta answered: keep an C{ERR_OK} answer as the last good one, forget the table on a final error."""
+    def _live(self, key, reply):
+        """
+        A meta answered: keep an C{ERR_OK} answer as the table's last good
+        one, forget the table on a final error (stale-if-error).
+
+        @return: C{reply}.
+        """
+        if self.last_good is None or reply.rpc_error != codes.ERR_OK or reply.app_error in _UNANSWERED:
+            return reply
         flight = self._flights.get(key)
         route = None if flight is None else flight.route
-        if route is None or reply.app_error in _UNANSWERED:
-            return
+        if route is None:
+            return reply
         if reply.app_error == codes.ERR_OK:
             self.last_good.remember(route, key[1], key[2], reply)
         else:
             self.last_good.forget(route, key[1])
+        return reply
 
     def _upstream_failed(self, failure, table):
         if not failure.check(errors.BackendUnavailable, defer.CancelledError):
