@@ -112,7 +112,7 @@ class LastGoodAnswers:
         if self.max_age <= 0:
             return
         kept = self._tables.get(table)
-        if kept is not None and kept.route != route:
+        if kept is not None and kept.route is not route and kept.route != route:
             self._drop(table)
             kept = None
         if kept is None:
@@ -150,7 +150,7 @@ class LastGoodAnswers:
     def route_seen(self, table, route):
         """A request for C{table} was routed by C{route}: drop answers of any other route."""
         kept = self._tables.get(table)
-        if kept is not None and kept.route != route:
+        if kept is not None and kept.route is not route and kept.route != route:
             self._drop(table)
 
     def cluster_answered(self, cluster_name):
