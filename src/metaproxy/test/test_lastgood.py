@@ -180,6 +180,22 @@ class StaleIfErrorTests(_Setup, SynchronousTestCase):
         self.assertEqual([r.app_error for r in got], [codes.ERR_SERVICE_NOT_ACTIVE])
         self.assertEqual(len(cancelled), 1)
 
+    def test_cluster_known_down_answers_at_once(self):
+        """
+        A cluster that fails at once (as a circuit breaker's fast answer
+        does): a served table gets its last answer and a never-served one
+        the retryable error, both without waiting for the budget.
+        """
+        live = self.serve_live("temp")
+        cluster = self.pools.get(META1)
+        cluster.query_config = lambda *a: defer.fail(errors.BackendUnavailable("cluster known down"))
+        self.routes.table["never-served"] = ROUTE1
+        served = self.ask("temp")
+        never = self.ask("never-served")
+        self.assertEqual([r.body for r in served], [live.body])
+        self.assertEqual([r.app_error for r in never], [codes.ERR_SERVICE_NOT_ACTIVE])
+        self.assertEqual(self.clock.seconds(), 0.0)
+
     def test_same_addresses_other_cluster_name(self):
         """The route identity is cluster name and metas: a renamed cluster is another route."""
         self.serve_live()
