@@ -9,6 +9,12 @@ draw on it, and when it runs out the request is answered with the retryable
 C{ERR_SERVICE_NOT_ACTIVE}, before the client's own timer fires, whatever is
 still running.
 
+When the cluster could not answer (budget spent, every meta failed, or the
+leader said C{ERR_SERVICE_NOT_ACTIVE} / C{ERR_UNDER_RECOVERY}), the one place
+that turns this into an answer is L{QueryConfigResolver.could_not_answer}:
+the table's last good answer if L{metaproxy.backend.lastgood} may serve it
+(stale-if-error), else the retryable error.
+
 Identical queries are coalesced *with freshness*: per (cluster, table,
 partition_indices) at most one upstream query is in flight, plus one queued
 batch. A request that arrives while a query is in flight waits for the next
@@ -35,7 +41,9 @@ never serves an answer of the old cluster.
 A cluster the backend knows to be down (its circuit breaker is open, see
 L{metaproxy.backend.cluster.MetaCluster}) fails the query at once; every
 "cluster unavailable" outcome becomes the client's answer in one place,
-L{QueryConfigResolver.cluster_unavailable}.
+L{QueryConfigResolver.cluster_unavailable}, and then, per request,
+L{QueryConfigResolver.could_not_answer} (so an open breaker gives a served
+table its last good answer at once, and others the retryable error).
 """
 
 from typing import Optional
@@ -75,6 +83,10 @@ def _safe_error_reply(err):
     if reply is None:
         reply = _SAFE_ERRORS[err] = _error_reply(err)
     return reply
+
+#: Answers meaning "this cluster could not answer now" (an election, a
+#: recovering leader, or the proxy's own retryable error).
+_UNANSWERED = (codes.ERR_SERVICE_NOT_ACTIVE, codes.ERR_UNDER_RECOVERY)
 
 
 def relay_reply(response):
@@ -124,6 +136,7 @@ class _Waiter:
     lookup: Optional[defer.Deferred] = None
     key: Optional[tuple] = None
     done: bool = False
+    route: object = None
 
 
 @attrs.define(eq=False)
@@ -145,6 +158,7 @@ class _Flight:
     running: _Batch
     cluster_name: str = ""
     queued: Optional[_Batch] = None
+    route: object = None
 
 
 @attrs.define(eq=False)
@@ -185,6 +199,8 @@ class QueryConfigResolver:
     @ivar timer: returns the current time in seconds, for latency metrics.
     @ivar refused_upstream: requests answered at once because
         C{max_upstream} queries were in flight.
+    @ivar last_good: a L{metaproxy.backend.lastgood.LastGoodAnswers}
+        (stale-if-error), or L{None} for none.
     """
 
     routes: object
@@ -200,6 +216,7 @@ class QueryConfigResolver:
     untrusted_timeout: float = 30.0
     new_connection_margin: float = 0.2
     late_answer: float = 5.0
+    last_good: object = None
     refused_upstream: int = attrs.field(init=False, default=0)
     family_counts: dict = attrs.field(init=False, factory=dict)
     suspicious_counts: dict = attrs.field(init=False, factory=dict)
@@ -329,7 +346,9 @@ class QueryConfigResolver:
         if waiter.done:
             return
         self._detach(waiter, expired=True)
-        self._reply(waiter, _RETRY_LATER)
+        # Routed and waiting for its cluster: the cluster could not answer
+        # in time. Still waiting for its route: nothing is known.
+        self._reply(waiter, _RETRY_LATER if waiter.route is None else self.could_not_answer(waiter, _RETRY_LATER))
 
     def _cancelled(self, waiter):
         if not waiter.done:
@@ -338,7 +357,39 @@ class QueryConfigResolver:
     def _routed(self, route, waiter, query):
         waiter.lookup = None
         if not waiter.done:
+            if self.last_good is not None:
+                self.last_good.route_seen(query.app_name, route)
+            waiter.route = route
             self._join(route, waiter, query)
+
+    def could_not_answer(self, waiter, reply):
+        """
+        The one place where "the table's cluster could not answer" becomes
+        the answer: the table's last good answer when stale-if-error allows
+        it (see L{metaproxy.backend.lastgood}), else C{reply} (the
+        retryable error, or what the meta said, e.g. C{ERR_UNDER_RECOVERY}).
+
+        @param waiter: the request; its C{route} and C{key} are set.
+        @return: a L{Reply}.
+        """
+        last_good = self.last_good
+        if last_good is None or waiter.route is None or waiter.key is None:
+            return reply
+        table = waiter.table
+        stale = last_good.stale_reply(waiter.route, table, waiter.key[2], self._current_route(table))
+        return reply if stale is None else stale
+
+    def _current_route(self, table):
+        """@return: the table's route now if the route table knows it at once, else L{None}."""
+        is_cached = getattr(self.routes, "is_cached", None)
+        if is_cached is None or not is_cached(table):
+            return None
+        found = []
+        lookup = self.routes.lookup(table)
+        lookup.addCallbacks(found.append, lambda _: None)
+        if not lookup.called:
+            lookup.cancel()  # a read would be needed: do not wait for it, nor leave it waiting
+        return found[0] if found else None
 
     def _lookup_failed(self, failure, waiter):
         waiter.lookup = None
@@ -392,7 +443,7 @@ class QueryConfigResolver:
             batch = _Batch([waiter])
             if conn is not None:
                 batch.connections.add(conn)
-            self._flights[key] = _Flight(batch, route.cluster_name)
+            self._flights[key] = _Flight(batch, route.cluster_name, route=route)
             self._start(key, batch)
             return
         waiter.key = key
@@ -437,7 +488,7 @@ class QueryConfigResolver:
         # (memcmp) is far cheaper than decoding and stripping them again.
         last = self._relayed.get(key)
         if last is not None and last[0] == response.body and response.rpc_error == codes.ERR_OK:
-            return last[1]
+            return self._live(key, last[1])
         try:
             reply = relay_reply(response)
         except ValueError:
@@ -447,6 +498,25 @@ class QueryConfigResolver:
             if len(self._relayed) >= _RELAY_CACHE_SIZE:
                 self._relayed.clear()
             self._relayed[key] = (response.body, reply)
+        return self._live(key, reply)
+
+    def _live(self, key, reply):
+        """
+        A meta answered: keep an C{ERR_OK} answer as the table's last good
+        one, forget the table on a final error (stale-if-error).
+
+        @return: C{reply}.
+        """
+        if self.last_good is None or reply.rpc_error != codes.ERR_OK or reply.app_error in _UNANSWERED:
+            return reply
+        flight = self._flights.get(key)
+        route = None if flight is None else flight.route
+        if route is None:
+            return reply
+        if reply.app_error == codes.ERR_OK:
+            self.last_good.remember(route, key[1], key[2], reply)
+        else:
+            self.last_good.forget(route, key[1])
         return reply
 
     def _upstream_failed(self, failure, key):
@@ -469,8 +539,10 @@ class QueryConfigResolver:
 
         @param key: C{(meta_addrs, table, partition_indices)}.
         @param failure: the L{errors.BackendUnavailable} failure.
-        @return: the L{Reply} for every request of the batch: the
-            retryable C{ERR_SERVICE_NOT_ACTIVE}.
+        @return: the L{Reply} for the batch: the retryable
+            C{ERR_SERVICE_NOT_ACTIVE}, which L{_finish} turns into
+            L{could_not_answer} for each request (its table's last good
+            answer when stale-if-error may serve it).
         """
         self.unavailable_answers += 1
         return _RETRY_LATER
@@ -490,8 +562,9 @@ class QueryConfigResolver:
             else:
                 del self._flights[key]
         waiters, batch.waiters = batch.waiters, []
+        unanswered = reply.rpc_error == codes.ERR_OK and reply.app_error in _UNANSWERED
         for waiter in waiters:
-            self._answer(waiter, reply)
+            self._answer(waiter, self.could_not_answer(waiter, reply) if unanswered else reply)
 
     def _leave(self, key, waiter, expired=False):
         """
