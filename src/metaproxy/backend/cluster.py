@@ -32,6 +32,14 @@ _ARGS_CACHE_SIZE = 1024
 UP_WINDOW = 10.0
 
 
+def _fire(d, response, error):
+    """The L{MetaCluster.query_then} callback behind L{MetaCluster.query_config}'s L{Deferred}."""
+    if error is None:
+        d.callback(response)
+    else:
+        d.errback(error)
+
+
 def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
                                 max_reply_bytes=DEFAULT_MAX_REPLY_BYTES):
     def make(host, port):
@@ -197,6 +205,23 @@ class MetaCluster:
         """
         if self._closed:
             return defer.fail(BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
+        d = defer.Deferred(lambda _: query.cancel())
+        query = self.query_then(app_name, partition_indices, timeout, _fire, d)
+        return d
+
+    def query_then(self, app_name, partition_indices, timeout, done, arg):
+        """
+        L{query_config} without a L{Deferred}: C{done(arg, response, error)}
+        is called exactly once within C{timeout} seconds (possibly before
+        this returns), with the response and L{None}, or L{None} and a
+        L{BackendUnavailable}, unless the returned query is cancelled first.
+
+        @return: the running L{Query} (with C{cancel()}), or L{None} when
+            C{done} was already called.
+        """
+        if self._closed:
+            done(arg, None, BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
+            return None
         now = self.reactor.seconds()
         self.last_used = now
         key = (app_name, tuple(partition_indices))
@@ -206,7 +231,7 @@ class MetaCluster:
             if len(self._args) >= _ARGS_CACHE_SIZE:
                 self._args.clear()
             self._args[key] = args
-        query = Query(self, args, now + timeout)
+        query = Query(self, args, now + timeout, done, arg)
         self._queries.add(query)
         return query.start()
 

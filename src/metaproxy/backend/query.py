@@ -25,6 +25,7 @@ the caller gets L{BackendUnavailable}.
 import attrs
 from twisted.internet import defer
 
+from metaproxy.deadlines import Deadlines
 from metaproxy.errors import BackendUnavailable
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
@@ -38,12 +39,16 @@ class Query:
     @ivar cluster: the L{metaproxy.backend.cluster.MetaCluster}.
     @ivar args: the encoded query_cfg args.
     @ivar deadline_at: clock time by which the result fires.
+    @ivar done_callback: called once as C{done_callback(done_arg, response,
+        error)}: the winning response and L{None}, or L{None} and a
+        L{BackendUnavailable}; never after L{cancel}.
     """
 
     cluster: object
     args: bytes
     deadline_at: float
-    result: defer.Deferred = attrs.field(init=False, default=None)
+    done_callback: object
+    done_arg: object = None
     attempts: dict = attrs.field(init=False, factory=dict)
     asked: set = attrs.field(init=False, factory=set)
     hedged: bool = attrs.field(init=False, default=False)
@@ -57,12 +62,16 @@ class Query:
     retry_timer: object = attrs.field(init=False, default=None)
 
     def start(self):
-        """@return: a L{Deferred} firing with the winning response or failing with L{BackendUnavailable}."""
-        clock = self.cluster.reactor
-        self.result = defer.Deferred(self._cancelled)
-        self.deadline_timer = clock.callLater(max(self.deadline_at - clock.seconds(), 0.0), self._expired)
+        """
+        Ask the metas; C{done_callback} is called at the latest at
+        C{deadline_at} (possibly before this returns).
+
+        @return: this query (its L{cancel} stops it).
+        """
+        # One deadline structure per clock, not a reactor timer per query.
+        self.deadline_timer = Deadlines.of(self.cluster.reactor).at(self.deadline_at, Query._expired, self)
         self._round()
-        return self.result
+        return self
 
     def _left(self):
         return self.deadline_at - self.cluster.reactor.seconds()
@@ -86,7 +95,8 @@ class Query:
             # A short deadline (Java 1.x sends 1000 ms) still leaves the
             # other metas half of it.
             delay = min(cluster.hedge_delay, self._left() / 2)
-            self.hedge_timer = cluster.reactor.callLater(max(delay, 0.0), self._hedge)
+            self.hedge_timer = Deadlines.of(cluster.reactor).at(cluster.reactor.seconds() + max(delay, 0.0),
+                                                                Query._hedge, self)
         self._settle()
 
     def _send_all(self, keys):
@@ -232,11 +242,11 @@ class Query:
     def _win(self, key, response):
         self.cluster._won(key)
         self._finish()
-        self.result.callback(response)
+        self.done_callback(self.done_arg, response, None)
 
     def _fail(self, why):
         self._finish()
-        self.result.errback(BackendUnavailable(why))
+        self.done_callback(self.done_arg, None, BackendUnavailable(why))
 
     def _expired(self):
         self.deadline_timer = None
@@ -245,8 +255,10 @@ class Query:
         why = self.last_error or "no answer"
         self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
 
-    def _cancelled(self, result):
-        self._finish()
+    def cancel(self):
+        """Stop every attempt; C{done_callback} is not called any more."""
+        if not self.done:
+            self._finish()
 
     def _finish(self):
         self.done = True
