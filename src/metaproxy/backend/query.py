@@ -24,11 +24,34 @@ the caller gets L{BackendUnavailable}.
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from metaproxy.deadlines import Deadlines
 from metaproxy.errors import BackendUnavailable
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
+
+
+class _Attempt:
+    """One call to one meta: the token of L{Query.attempts} and the argument of its callback."""
+
+    __slots__ = ("query", "key", "started", "finished")
+
+    def __init__(self, query, key, started):
+        self.query = query
+        self.key = key
+        self.started = started
+        self.finished = False
+
+
+def _attempt_done(attempt, response, error):
+    """The callback of a meta connection's C{call_then}."""
+    attempt.finished = True
+    query = attempt.query
+    if error is None:
+        query._answered(response, attempt.key, attempt.started, attempt)
+    else:
+        query._failed(Failure(error), attempt.key, attempt.started, attempt)
 
 
 @attrs.define(eq=False)
@@ -117,9 +140,17 @@ class Query:
         conn = cluster._connection(key)
         self.asked.add(key)
         started = cluster.reactor.seconds()
-        # No per-call timer: the query's deadline timer cancels every
-        # attempt still in flight (L{_finish}) at the same instant.
-        d = conn.call(querycfg.QUERY_CFG, self.args, None, int(max(self._left(), 0.0) * 1000))
+        # No per-call timer: the query's deadline cancels every attempt
+        # still in flight (L{_finish}) at the same instant.
+        client_timeout_ms = int(max(self._left(), 0.0) * 1000)
+        call_then = getattr(conn, "call_then", None)
+        if call_then is not None:
+            attempt = _Attempt(self, key, started)
+            handle = call_then(querycfg.QUERY_CFG, self.args, client_timeout_ms, _attempt_done, attempt)
+            if not attempt.finished:
+                self.attempts[attempt] = (key, handle, started)
+            return
+        d = conn.call(querycfg.QUERY_CFG, self.args, None, client_timeout_ms)
         if d.called:  # failed (or answered) at once: no need to keep it
             d.addCallbacks(self._answered, self._failed, (key, started, None), errbackArgs=(key, started, None))
             return
