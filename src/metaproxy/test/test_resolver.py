@@ -383,3 +383,101 @@ class UpstreamLimitTests(ResolverTestsMixin, SynchronousTestCase):
         joined = self.resolver.handle(_request("temp"), None)  # joins a running key: still served
         self.assertNoResult(joined)
 
+
+
+class _Connection:
+    """The server side of L{QueryConfigResolver.start}: records the answers."""
+
+    def __init__(self):
+        self.answers = []
+
+    def request_answered(self, token, request, reply):
+        self.answers.append((token, request.seqid, reply))
+
+
+class _CachingRoutes(_Routes):
+    """Routes that also answer cached routes synchronously (as the static and ZooKeeper tables do)."""
+
+    def __init__(self, table):
+        _Routes.__init__(self, table)
+        self.lookups = 0
+
+    def lookup(self, table):
+        self.lookups += 1
+        return _Routes.lookup(self, table)
+
+    def cached(self, table):
+        value = self.table.get(table)
+        return value if isinstance(value, Route) else None
+
+
+class StartTests(ResolverTestsMixin, SynchronousTestCase):
+    """L{QueryConfigResolver.start}: the callback form the server uses, same answers as L{handle}."""
+
+    def setUp(self):
+        ResolverTestsMixin.setUp(self)
+        self.routes = _CachingRoutes(self.routes.table)
+        self.resolver = QueryConfigResolver(
+            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics, clock=self.clock
+        )
+        self.conn = _Connection()
+
+    def test_cached_route_answer_relayed(self):
+        """A cached route needs no lookup; the relayed answer goes to request_answered with the token."""
+        self.resolver.start(_request("temp", seqid=7), self.conn, "tok")
+        self.assertEqual(self.routes.lookups, 0)
+        [call] = self.cluster().calls
+        self.assertEqual(self.conn.answers, [])
+        self.answer(call, _ok())
+        [(token, seqid, reply)] = self.conn.answers
+        self.assertEqual((token, seqid, reply.app_error), ("tok", 7, codes.ERR_OK))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIn(("answered", "temp", codes.ERR_OK), self.metrics.events)
+
+    def test_unknown_table(self):
+        """A table with no route is looked up and answered ERR_OBJECT_NOT_FOUND (here before start returns)."""
+        self.resolver.start(_request("nope"), self.conn, 1)
+        self.assertEqual(self.routes.lookups, 1)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_OBJECT_NOT_FOUND)
+
+    def test_budget(self):
+        """No upstream answer: the retryable error at the budget, the upstream cancelled."""
+        self.resolver.start(_request("temp", client_timeout=1000), self.conn, 1)
+        self.clock.advance(0.89)
+        self.assertEqual(self.conn.answers, [])
+        self.clock.advance(0.01)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_cancel_handle(self):
+        """The client went away: nothing is answered, the lone upstream query is cancelled."""
+        handle = self.resolver.start(_request("temp"), self.conn, 1)
+        handle.cancel()
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+        self.clock.advance(10)
+        self.assertEqual(self.conn.answers, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_coalesced_with_freshness(self):
+        """Requests arriving while a query runs wait for the next one and share it."""
+        self.resolver.start(_request("temp", seqid=1), self.conn, 1)
+        self.resolver.start(_request("temp", seqid=2), self.conn, 2)
+        self.resolver.start(_request("temp", seqid=3), self.conn, 3)
+        first, = self.cluster().calls
+        self.answer(first, _ok())
+        self.assertEqual([t for t, _, _ in self.conn.answers], [1])
+        _, second = self.cluster().calls
+        self.answer(second, _ok())
+        self.assertEqual([t for t, _, _ in self.conn.answers], [1, 2, 3])
+        self.assertEqual(len(self.cluster().calls), 2)
+
+    def test_malformed_args(self):
+        """Malformed args raise L{DecodeError} at once, nothing is left waiting."""
+        bad = Request(RequestHeader(), querycfg.QUERY_CFG, 1, b"\xff\xff")
+        self.assertRaises(DecodeError, self.resolver.start, bad, self.conn, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
