@@ -70,6 +70,7 @@ class Deadlines:
         self._live = 0
         self._call = None
         self._armed_at = float("inf")
+        self._compact_at = _COMPACT_MIN
 
     @classmethod
     def of(cls, clock):
@@ -103,10 +104,12 @@ class Deadlines:
 
     def _arm(self, due):
         call = self._call
-        if call is not None and call.active():
-            call.cancel()
         self._armed_at = due
-        self._call = self.clock.callLater(max(due - self.clock.seconds(), 0.0), self._fire)
+        delay = max(due - self.clock.seconds(), 0.0)
+        if call is not None and call.active():
+            call.reset(delay)  # sooner: cheaper than cancelling and arming another
+        else:
+            self._call = self.clock.callLater(delay, self._fire)
 
     def _cancelled_one(self):
         self._live -= 1
@@ -116,9 +119,10 @@ class Deadlines:
             self._armed_at = float("inf")
             if call is not None and call.active():
                 call.cancel()
-        elif len(self._heap) - self._live > max(_COMPACT_MIN, _COMPACT_RATIO * self._live):
+        elif len(self._heap) > self._compact_at:
             self._heap = [item for item in self._heap if item[2].fn is not None]
             heapq.heapify(self._heap)
+            self._compact_at = len(self._heap) * (_COMPACT_RATIO + 1) + _COMPACT_MIN
 
     def _fire(self):
         self._call = None

@@ -32,6 +32,10 @@ _ARGS_CACHE_SIZE = 1024
 UP_WINDOW = 10.0
 
 
+#: "host:port" of each meta key, made once (every answer is observed with it).
+_LABELS = {}
+
+
 def _fire(d, response, error):
     """The L{MetaCluster.query_then} callback behind L{MetaCluster.query_config}'s L{Deferred}."""
     if error is None:
@@ -292,7 +296,12 @@ class MetaCluster:
         return conn
 
     def _label(self, key):
-        return f"{key[0]}:{key[1]}"
+        label = _LABELS.get(key)
+        if label is None:
+            if len(_LABELS) >= _ARGS_CACHE_SIZE:
+                _LABELS.clear()
+            label = _LABELS[key] = f"{key[0]}:{key[1]}"
+        return label
 
     def _key_for(self, ip, port):
         """
