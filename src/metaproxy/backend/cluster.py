@@ -18,6 +18,7 @@ from zope.interface import implementer
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
 from metaproxy.backend.connection import RECONNECT_MAX, MetaConnection
 from metaproxy.backend.query import Query
+from metaproxy.deadlines import Deadlines
 from metaproxy.errors import BackendUnavailable
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.wire import querycfg
@@ -115,8 +116,11 @@ class MetaCluster:
     _queries: set = attrs.field(init=False, factory=set)
     _closed: bool = attrs.field(init=False, default=False)
     _args: dict = attrs.field(init=False, factory=dict)
+    _deadlines: object = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
+        # Every query's deadline and hedge time: one structure per clock.
+        self._deadlines = Deadlines.of(self.reactor)
         if self.connection_factory is None:
             self.connection_factory = _default_connection_factory(
                 self.reactor, self.connect_timeout, self.reconnect_max, self.max_reply_bytes

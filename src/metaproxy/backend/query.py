@@ -26,7 +26,6 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from metaproxy.deadlines import Deadlines
 from metaproxy.errors import BackendUnavailable
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
@@ -92,7 +91,7 @@ class Query:
         @return: this query (its L{cancel} stops it).
         """
         # One deadline structure per clock, not a reactor timer per query.
-        self.deadline_timer = Deadlines.of(self.cluster.reactor).at(self.deadline_at, Query._expired, self)
+        self.deadline_timer = self.cluster._deadlines.at(self.deadline_at, Query._expired, self)
         self._round()
         return self
 
@@ -118,8 +117,7 @@ class Query:
             # A short deadline (Java 1.x sends 1000 ms) still leaves the
             # other metas half of it.
             delay = min(cluster.hedge_delay, self._left() / 2)
-            self.hedge_timer = Deadlines.of(cluster.reactor).at(cluster.reactor.seconds() + max(delay, 0.0),
-                                                                Query._hedge, self)
+            self.hedge_timer = cluster._deadlines.at(cluster.reactor.seconds() + max(delay, 0.0), Query._hedge, self)
         self._settle()
 
     def _send_all(self, keys):
