@@ -36,12 +36,10 @@ from metaproxy.testing.net import free_port, stop_process, twistd_argv, wait_for
 
 #: The settings shipped in etc/metaproxy.service and README.rst (keep in step).
 SHIPPED = {
-    "PYPY_GC_NURSERY": "4MB",
-    "PYPY_GC_MAX": "192MB",
+    "PYPY_GC_NURSERY": "16MB",
+    "PYPY_GC_MIN": "48MB",
     "PYPY_GC_MAJOR_COLLECT": "1.4",
-    "PYPY_GC_GROWTH": "1.4",
-    "PYPY_GC_MIN": "32MB",
-    "MALLOC_ARENA_MAX": "2",
+    "PYPY_GC_MAX": "160MB",
 }
 
 
