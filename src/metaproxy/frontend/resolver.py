@@ -363,8 +363,8 @@ class QueryConfigResolver:
             timeout = max(w.deadline_at for w in waiters) - self.clock.seconds()
         try:
             cluster = self.pools.get(meta_addrs, self._flights[key].cluster_name)
-        except Exception as e:
-            self._upstream_done(batch, None, e)
+        except Exception as e:  # e.g. the pools are closed
+            self._upstream_answered(batch, None, e)
             return
         query_then = getattr(cluster, "query_then", None)
         if query_then is None:  # an IMetaCluster with only the Deferred API

@@ -481,3 +481,17 @@ class StartTests(ResolverTestsMixin, SynchronousTestCase):
         bad = Request(RequestHeader(), querycfg.QUERY_CFG, 1, b"\xff\xff")
         self.assertRaises(DecodeError, self.resolver.start, bad, self.conn, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pools_refuse(self):
+        """Pools that raise (closed) give the retryable error, logged; nothing is left in flight."""
+
+        def closed(meta_addrs, cluster_name=None):
+            raise RuntimeError("the meta pools are closed")
+
+        self.pools.get = closed
+        self.resolver.start(_request("temp"), self.conn, 1)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
