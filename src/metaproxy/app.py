@@ -346,7 +346,9 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        security.wrap(RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)})),
+        security.wrap(RpcDispatcher(
+            {QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)}, {QUERY_CFG: resolver.start}
+        )),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,

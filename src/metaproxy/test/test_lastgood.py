@@ -255,6 +255,59 @@ class StaleIfErrorTests(_Setup, SynchronousTestCase):
         self.assertEqual((code, ages), (200, {"temp": 7.0, "other": None}))
 
 
+class _CachedStartRoutes(_CachedRoutes):
+    """The test routes with C{cached()} too: the resolver's synchronous route path."""
+
+    #: tables whose route is being read (C{cached()} cannot tell it)
+    reading = frozenset()
+
+    def cached(self, table):
+        if table in self.reading:
+            return None
+        value = self.table.get(table)
+        return value if isinstance(value, Route) else None
+
+
+class _Answers:
+    """The server side of L{QueryConfigResolver.start}: collects the replies."""
+
+    def __init__(self, results):
+        self.results = results
+
+    def request_answered(self, token, request, reply):
+        self.results.append(reply)
+
+
+class StaleIfErrorStartTests(StaleIfErrorTests):
+    """
+    The same, over the server's callback path (L{QueryConfigResolver.start},
+    cached routes answered without a L{Deferred}).
+    """
+
+    def setUp(self):
+        StaleIfErrorTests.setUp(self)
+        self.routes = _CachedStartRoutes(self.routes.table)
+        self.resolver = QueryConfigResolver(
+            self.routes, self.pools, clock=self.clock, default_timeout=1.5, last_good=self.last_good
+        )
+
+    def ask(self, table="temp", indices=()):
+        results = []
+        self.resolver.start(_request(table, indices), _Answers(results), 1)
+        return results
+
+    def test_route_being_read_gives_no_stale_answer(self):
+        """If C{cached()} cannot tell the table's route at once, no stale answer, and no lookup is started."""
+        self.serve_live()
+        got = self.ask()
+        lookups = []
+        self.routes.reading = {"temp"}
+        self.routes.lookup = lambda table: lookups.append(table) or defer.Deferred()
+        self.calls()[-1][3].errback(errors.BackendUnavailable("down"))
+        self.assertEqual([r.app_error for r in got], [codes.ERR_SERVICE_NOT_ACTIVE])
+        self.assertEqual(lookups, [])
+
+
 class DisabledTests(_Setup, SynchronousTestCase):
     """stale_if_error: 0 keeps nothing and serves nothing."""
 

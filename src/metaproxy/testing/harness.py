@@ -91,7 +91,7 @@ class ProxyHarness:
             clock=self.reactor,
             last_good=self.last_good,
         )
-        self.factory = PegasusServerFactory(RpcDispatcher({QUERY_CFG: self.resolver.handle}), self.reactor)
+        self.factory = PegasusServerFactory(RpcDispatcher({QUERY_CFG: self.resolver.handle}, {QUERY_CFG: self.resolver.start}), self.reactor)
         self.metrics.watch_connections(lambda: self.factory.connection_count)
         self.listener = DrainingServerService(
             TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"), self.factory, self.drain_timeout
