@@ -215,7 +215,8 @@ class MetaClientProtocol(Protocol):
         send_now(
             self.transport,
             frame.encode_request(
-                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms))
+                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms)),
+                partition_hash=self.partition_hash,
             ),
         )
         return entry

@@ -26,6 +26,7 @@ from metaproxy.backend.client import (
 )
 from metaproxy.backend.connection import MetaConnection
 from metaproxy.wire import frame, querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import RequestDecoder, encode_reply
 
 ARGS = querycfg.encode_args("temp")
@@ -248,6 +249,17 @@ class CallThenTests(SynchronousTestCase):
         [(arg, response, error)] = self.results
         self.assertEqual((arg, response.seqid, error), ("x", r.seqid, None))
         self.assertEqual(proto.stray_replies, 1)
+
+    def test_loop_marker_sent(self):
+        """
+        call_then sends the protocol's partition_hash (metaproxy's loop
+        marker, which a metaproxy refuses) exactly as call does.
+        """
+        proto, transport = connected_protocol()
+        proto.partition_hash = LOOP_MARKER
+        proto.call(QCFG, ARGS)
+        proto.call_then(QCFG, ARGS, 0, self.done, "x")
+        self.assertEqual([r.header.partition_hash for r in sent_requests(transport)], [LOOP_MARKER, LOOP_MARKER])
 
     def test_cancel_drops_the_reply(self):
         """A cancelled call is forgotten: its reply is a stray and the callback is not called."""
