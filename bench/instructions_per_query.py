@@ -11,6 +11,8 @@ client's work, which a proxy change does not touch: compare differences.
     PYTHONPATH=src python bench/instructions_per_query.py            # driver
     PYTHONPATH=src python bench/instructions_per_query.py --run N    # one run (no valgrind)
 
+STALE_IF_ERROR=0 in the environment turns stale-if-error off (A/B).
+
 The driver runs the loop under callgrind with 500 and 2500 measured queries
 and prints the difference divided by 2000 (start-up cancels out).
 """
@@ -30,7 +32,8 @@ def run(reactor, n):
     from metaproxy.testing.harness import ProxyHarness, start_cluster
 
     cluster = start_cluster(reactor, "a", {"temp": 8}, host_ports=False)
-    proxy = ProxyHarness(reactor, StaticRouteTable({"temp": Route("a", MetaAddrs.parse(cluster.meta_addrs()))}))
+    routes = StaticRouteTable({"temp": Route("a", MetaAddrs.parse(cluster.meta_addrs()))})
+    proxy = ProxyHarness(reactor, routes, stale_if_error=float(os.environ.get("STALE_IF_ERROR", "600")))
     yield proxy.start()
     client = yield proxy.client("go")
     for _ in range(500 + n):

@@ -5,6 +5,7 @@ metaproxy on CPython and on PyPy, side by side in one run, on 127.0.0.1 only.
     .venv/bin/python bench/run_bench.py            # full run (a few minutes)
     .venv/bin/python bench/run_bench.py --quick    # smaller counts (a smoke run)
     .venv/bin/python bench/run_bench.py --cpython A/bin/python --pypy B/bin/python
+    .venv/bin/python bench/run_bench.py --only abc --runs 3   # ratio ranges over 3 runs
 
 The two runtimes are two venvs with metaproxy installed (defaults: C{.venv}
 and C{.venv-pypy} of this checkout, as C{.ci/run} creates them); a runtime
@@ -25,6 +26,13 @@ Workloads, each against the simulator directly and through each proxy:
  e) burst accept (first, on the fresh processes): 10 000 connections
     opened at once; time until the server has accepted them all, and
     RSS per idle connection.
+
+With C{--runs N} the processes are started and warmed up once, then every
+chosen workload is measured N times in turn; each figure is printed with the
+1-minute load average at the time, and a summary gives, per workload and
+proxy, the range over the runs of the B{ratio} of the proxy's CPU per query
+to the simulator's own CPU per query when driven directly in the same run
+(the figure that survives a busy machine; absolute milliseconds do not).
 
 For a)-d) it prints queries per second, p50/p99 latency, the CPU each server
 process spent per 1000 queries (utime+stime from /proc/<pid>/stat, and
@@ -263,23 +271,38 @@ def burst_accept(reactor, target, n, patience=30.0):
     return elapsed, accepted, before, after
 
 
+def load1():
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def ratio(results, sim_pid, target):
+    """CPU per query of C{target} (a proxy) over the simulator's when driven directly, from one run's C{results}."""
+    direct = next(r for t, r in results if t.admin is None)
+    mine = next(r for t, r in results if t is target)
+    sim = direct.cpu_per_1k(sim_pid)
+    return mine.cpu_per_1k(target.pid) / sim if sim else float("nan")
+
+
 def fmt_ms(s):
     return f"{s * 1000:8.3f}"
 
 
-def report(title, sim_pid, results):
+def report(title, sim_pid, results, loads):
     print(f"\n({title})")
     print(f"  {'path':<22} {'queries':>8} {'qps':>8} {'p50 ms':>8} {'p99 ms':>8} {'sim CPU':>8}"
-          f" {'proxy CPU':>10} {'user/sys':>11} {'proxy RSS':>10} {'upstream':>9}")
-    print(f"  {'':<22} {'':>8} {'':>8} {'':>8} {'':>8} {'ms/1k':>8} {'ms/1k':>10} {'ms/1k':>11} {'MiB':>10} {'per query':>9}")
-    for target, r in results:
+          f" {'proxy CPU':>10} {'ratio to':>9} {'user/sys':>11} {'proxy RSS':>10} {'upstream':>9} {'load':>5}")
+    print(f"  {'':<22} {'':>8} {'':>8} {'':>8} {'':>8} {'ms/1k':>8} {'ms/1k':>10} {'direct':>9} {'ms/1k':>11}"
+          f" {'MiB':>10} {'per query':>9} {'1 min':>5}")
+    for (target, r), load in zip(results, loads):
         proxy = target.admin is not None
         print(
             f"  {target.label:<22} {r.n:>8} {r.qps:>8.0f} {fmt_ms(pct(r.latencies, 50))} {fmt_ms(pct(r.latencies, 99))}"
             f" {r.cpu_per_1k(sim_pid):>8.1f}"
-            + (f" {r.cpu_per_1k(target.pid):>10.1f}"
+            + (f" {r.cpu_per_1k(target.pid):>10.1f} {ratio(results, sim_pid, target):>8.2f}x"
                f" {f'{r.cpu_per_1k(target.pid, 0):.0f}/{r.cpu_per_1k(target.pid, 1):.0f}':>11}"
-               f" {r.rss / 1024:>10.1f} {r.upstream:>9.4f}" if proxy else "")
+               f" {r.rss / 1024:>10.1f} {r.upstream:>9.4f}" if proxy else f" {'':>10} {'':>9} {'':>11} {'':>10} {'':>9}")
+            + f" {load:>5.2f}"
         )
 
 
@@ -326,22 +349,39 @@ def run(reactor, args, sim, proxies):
     for p in proxies:
         print(f"  {p.label}: RSS after warm-up {rss_kib(p.pid) / 1024:.1f} MiB")
 
-    summary = []
-    for title, w in workloads:
-        results = []
-        for target in [sim] + proxies:
-            results.append((target, (yield w(reactor, target, pids))))
-        report(title, sim.pid, results)
-        summary.append((title.split(")")[0], results))
+    summary = []  # (workload, run, results, loads)
+    for run_no in range(1, args.runs + 1):
+        for title, w in workloads:
+            results, loads = [], []
+            for target in [sim] + proxies:
+                results.append((target, (yield w(reactor, target, pids))))
+                loads.append(load1())
+            report(f"{title}, run {run_no} of {args.runs}" if args.runs > 1 else title, sim.pid, results, loads)
+            summary.append((title.split(")")[0], run_no, results, loads))
 
-    print("\nsummary: CPU ms per 1k queries (qps) of the proxy; in the direct column, of the simulator")
-    print(f"  {'workload':<10}" + "".join(f" {t.label:>24}" for t in [sim] + proxies))
-    for name, results in summary:
+    print("\nsummary: CPU ms per 1k queries (qps) of the proxy; in the direct column, of the simulator; "
+          "[ratio to direct] load")
+    print(f"  {'workload':<14}" + "".join(f" {t.label:>34}" for t in [sim] + proxies))
+    for name, run_no, results, loads in summary:
         cells = []
-        for target, r in results:
+        for (target, r), load in zip(results, loads):
             cpu = r.cpu_per_1k(target.pid)
-            cells.append(f" {f'{cpu:.1f} ({r.qps:.0f} q/s)':>24}")
-        print(f"  {name:<10}" + "".join(cells))
+            rat = f" [{ratio(results, sim.pid, target):.2f}x]" if target.admin else ""
+            cells.append(f" {f'{cpu:.1f} ({r.qps:.0f} q/s){rat} {load:.1f}':>34}")
+        print(f"  {f'{name} run {run_no}':<14}" + "".join(cells))
+
+    print(f"\nratios over {args.runs} run(s): proxy CPU per query / simulator-direct CPU per query (same run); "
+          "load = 1-minute load average")
+    for name in dict.fromkeys(n for n, _, _, _ in summary):
+        runs = [(results, loads) for n, _, results, loads in summary if n == name]
+        for p in proxies:
+            ratios = [ratio(results, sim.pid, p) for results, _ in runs]
+            ups = [r.upstream for results, _ in runs for t, r in results if t is p]
+            load_all = [l for _, loads in runs for l in loads]
+            print(f"  {name:<3} {p.label:<24} ratio {min(ratios):.2f}-{max(ratios):.2f}x"
+                  f"  ({', '.join(f'{x:.2f}' for x in ratios)})"
+                  f"  upstream/query {min(ups):.4f}-{max(ups):.4f}"
+                  f"  load {min(load_all):.1f}-{max(load_all):.1f}")
     for p in proxies:
         print(f"  {p.label}: RSS at the end {rss_kib(p.pid) / 1024:.1f} MiB")
 
@@ -372,6 +412,7 @@ def main():
     parser.add_argument("--storm", type=int, default=1000, help="d) connections")
     parser.add_argument("--burst", type=int, default=10000, help="e) connections")
     parser.add_argument("--warmup-rounds", type=int, default=2, help="rounds of every workload before measuring")
+    parser.add_argument("--runs", type=int, default=1, help="measure every workload this many times (ranges)")
     parser.add_argument("--only", default="abcde", help="the workloads to run, e.g. 'b' or 'ae'")
     parser.add_argument("--profile", metavar="DIR",
                         help="run the CPython proxy under cProfile (twistd --profiler), stats in DIR/proxy-0.prof")

@@ -15,6 +15,7 @@ from metaproxy.ops.admin import build_admin_root, build_admin_site
 from metaproxy.ops.adminauth import guard_root
 from metaproxy.ops.admintls import split_tls
 from metaproxy.ops.fdlimit import check_fd_limit
+from metaproxy.backend.lastgood import LastGoodAnswers
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, GuardedService, OrderedMultiService, fatal_stop, with_backlog
@@ -226,6 +227,24 @@ def watch_server_limits(metrics, factory):
     )
 
 
+def build_last_good(config, reactor, metrics):
+    """
+    @return: the L{LastGoodAnswers} of stale-if-error, its size and stale
+        answers watched by C{metrics}: at most one answer per table the
+        route cache can hold (times a few partition_indices variants).
+    """
+    capacity = config.zookeeper.table_watcher_cache_capacity if config.zookeeper is not None else 1024
+    last_good = LastGoodAnswers(reactor, max_age=config.stale_if_error, capacity=max(capacity, len(config.routes)))
+    metrics.watch_counts("metaproxy_stale_answers", "query_cfg answered with the table's last good answer "
+                         "because its cluster could not answer (stale-if-error).", "cluster_name",
+                         last_good.served_by_cluster)
+    metrics.watch_gauges("metaproxy_last_good_answers", "query_cfg answers kept for stale-if-error.", None,
+                         last_good.entries)
+    metrics.watch_gauges("metaproxy_last_good_answer_bytes", "Bytes of the query_cfg answers kept for stale-if-error.",
+                         None, last_good.size_bytes)
+    return last_good
+
+
 def build_service(config, reactor, fatal=None, endpoint_for=None):
     """
     Build metaproxy's service tree.
@@ -312,6 +331,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     pools_service.setName("pools")
     pools_service.setServiceParent(top)
 
+    last_good = build_last_good(config, reactor, metrics)
     resolver = QueryConfigResolver(
         routes,
         pools,
@@ -324,6 +344,7 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
         untrusted_timeout=config.timeouts.untrusted,
         new_connection_margin=config.timeouts.new_connection_margin,
         late_answer=config.timeouts.late_answer,
+        last_good=last_good,
     )
     _watch_never_worse(metrics, resolver, pools)
     metrics.watch_gauges("metaproxy_upstream_inflight", "query_cfg queries running upstream now.", None,
@@ -331,7 +352,9 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
     metrics.watch_gauges("metaproxy_backend_up", "1 while a cluster answers (recently, or over a live link).",
                         "cluster_name", pools.backend_up)
     factory = PegasusServerFactory(
-        security.wrap(RpcDispatcher({QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)})),
+        security.wrap(RpcDispatcher(
+            {QUERY_CFG: resolver.handle, CLUSTER_INFO: _identify_as_metaproxy(config)}, {QUERY_CFG: resolver.start}
+        )),
         reactor,
         max_frame_bytes=config.limits.max_frame_bytes,
         max_pending_per_connection=config.limits.max_pending_per_connection,
@@ -375,7 +398,8 @@ def build_service(config, reactor, fatal=None, endpoint_for=None):
 
     # Each condition alone: a missing zookeeper.root must not make "proxy" look unready.
     root = build_admin_root(
-        routes, {"proxy": lambda: proxy.listening}, clusters=cluster_of, causes={"proxy": proxy_unready}
+        routes, {"proxy": lambda: proxy.listening}, clusters=cluster_of, causes={"proxy": proxy_unready},
+        last_good_ages=last_good.ages,
     )
     reporter = find_reporter(config.metric.type) if config.metric.type != "none" else None
     reporter_service = None

@@ -415,6 +415,9 @@ class Config:
     timeouts: TimeoutConfig = attrs.Factory(TimeoutConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     drain_timeout: float = 10.0
+    #: Seconds a table's last good query_cfg answer may be served while its
+    #: cluster has no meta that can answer (docs/stale-if-error.rst); 0: off.
+    stale_if_error: float = 600.0
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
     security: SecurityConfig = attrs.Factory(SecurityConfig)
 
@@ -860,6 +863,7 @@ def _check(config):
     errs.extend(_admin_auth_problems(config.admin))
     need(0 <= config.drain_timeout <= _MAX_SECONDS, "$.drain_timeout", "must be 0..86400 (seconds)")
     errs.extend(_security_problems(config.security))
+    need(0 <= config.stale_if_error <= _MAX_SECONDS, "$.stale_if_error", "must be 0..86400 (seconds; 0: off)")
     log = config.logging
     need(log.level in LOG_LEVELS, "$.logging.level",
          "must be one of debug, info, warn (or warning), error, critical")

@@ -68,11 +68,42 @@ def next_seqid(seqid):
     return _I32_MIN if seqid >= _I32_MAX else seqid + 1
 
 
-@attrs.define(eq=False, slots=False)
 class _Pending:
-    deferred: defer.Deferred
-    ack: str = ""
-    timer: object = None
+    """
+    One call waiting for its reply: a L{Deferred} (L{MetaClientProtocol.call})
+    or C{done(arg, response, error)} (L{MetaClientProtocol.call_then}); for
+    the latter it is also the call's cancel handle.
+    """
+
+    __slots__ = ("deferred", "timer", "done", "arg", "owner", "seqid", "ack")
+
+    def __init__(self, deferred, done=None, arg=None, owner=None, seqid=0, ack=""):
+        self.deferred = deferred
+        self.ack = ack
+        self.timer = None
+        self.done = done
+        self.arg = arg
+        self.owner = owner
+        self.seqid = seqid
+
+    def settle(self, response, error):
+        """Deliver the reply (or the error) to whoever waits."""
+        d = self.deferred
+        if d is None:
+            done, arg, self.done, self.arg = self.done, self.arg, None, None
+            if done is not None:
+                done(arg, response, error)
+        elif error is None:
+            d.callback(response)
+        else:
+            d.errback(error)
+
+    def cancel(self):
+        """Forget the call (L{call_then}'s handle): a late reply is dropped, C{done} is not called."""
+        pending = self.owner._pending
+        if pending.get(self.seqid) is self:
+            del pending[self.seqid]
+        self.done = self.arg = None
 
 
 @attrs.define(eq=False, slots=False)
@@ -158,7 +189,7 @@ class MetaClientProtocol(Protocol):
                 entry.timer.cancel()
 
         d = defer.Deferred(cancel)
-        entry = _Pending(d, frame.ack_name(name))
+        entry = _Pending(d, ack=frame.ack_name(name))
         if timeout is not None:
             entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
         pending[seqid] = entry
@@ -171,11 +202,39 @@ class MetaClientProtocol(Protocol):
         )
         return d
 
+    def call_then(self, name, args, client_timeout_ms, done, arg):
+        """
+        L{call} without a L{Deferred} nor a timer (the caller keeps the
+        deadline): C{done(arg, response, error)} is called once, with the
+        L{frame.Response} and L{None}, or L{None} and a L{CallError}
+        (possibly before this returns), unless the handle is cancelled first.
+
+        @return: the cancel handle (an object with C{cancel()}).
+        """
+        if not self._open:
+            entry = _Pending(None, done, arg, self, 0)
+            entry.settle(None, NotConnected("connection is not open"))
+            return entry
+        seqid = next_seqid(self._seqid)
+        pending = self._pending
+        while seqid in pending:  # only after ~4e9 calls with one still pending
+            seqid = next_seqid(seqid)
+        self._seqid = seqid
+        entry = pending[seqid] = _Pending(None, done, arg, self, seqid, frame.ack_name(name))
+        send_now(
+            self.transport,
+            frame.encode_request(
+                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms)),
+                partition_hash=self.partition_hash,
+            ),
+        )
+        return entry
+
     def _expire(self, seqid, timeout):
         entry = self._pending.pop(seqid, None)
         if entry is not None:
             entry.timer = None
-            entry.deferred.errback(CallTimedOut(f"no reply within {timeout:.3f}s"))
+            entry.settle(None, CallTimedOut(f"no reply within {timeout:.3f}s"))
 
     def dataReceived(self, data):
         """Decode replies and fire the calls they answer; drop the link on a framing error."""
@@ -205,9 +264,9 @@ class MetaClientProtocol(Protocol):
                 why = (f"meta {_peer(self.transport)} answered seqid {response.seqid} with {response.name!r}, "
                        f"expected {entry.ack}")
                 log.warn("{why}; the call fails", why=why)
-                entry.deferred.errback(WrongReply(why))
+                entry.settle(None, WrongReply(why))
                 continue
-            entry.deferred.callback(response)
+            entry.settle(response, None)
 
     def _oversized(self, response, entry):
         why = (
@@ -220,7 +279,7 @@ class MetaClientProtocol(Protocol):
             return
         if entry.timer is not None:
             entry.timer.cancel()
-        entry.deferred.errback(ReplyTooLarge(why))
+        entry.settle(None, ReplyTooLarge(why))
 
     def connectionLost(self, reason):
         """Fail every pending call with L{ConnectionClosed}."""
@@ -229,7 +288,7 @@ class MetaClientProtocol(Protocol):
         for entry in pending.values():
             if entry.timer is not None:
                 entry.timer.cancel()
-            entry.deferred.errback(ConnectionClosed(reason.getErrorMessage()))
+            entry.settle(None, ConnectionClosed(reason.getErrorMessage()))
         if self.on_lost is not None:
             self.on_lost(self)
 

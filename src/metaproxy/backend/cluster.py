@@ -29,6 +29,7 @@ from zope.interface import implementer
 from metaproxy.backend.client import DEFAULT_MAX_REPLY_BYTES
 from metaproxy.backend.connection import RECONNECT_MAX, MetaConnection
 from metaproxy.backend.query import Query
+from metaproxy.deadlines import Deadlines
 from metaproxy.errors import BackendUnavailable, ClusterDown
 from metaproxy.interfaces import IMetaCluster
 from metaproxy.wire import querycfg
@@ -45,6 +46,18 @@ UP_WINDOW = 10.0
 
 #: Seconds a query may take while the circuit breaker is open (a probe).
 BREAKER_PROBE = 0.1
+
+
+#: "host:port" of each meta key, made once (every answer is observed with it).
+_LABELS = {}
+
+
+def _fire(d, response, error):
+    """The L{MetaCluster.query_then} callback behind L{MetaCluster.query_config}'s L{Deferred}."""
+    if error is None:
+        d.callback(response)
+    else:
+        d.errback(error)
 
 
 def _default_connection_factory(reactor, connect_timeout, reconnect_max=RECONNECT_MAX,
@@ -133,8 +146,11 @@ class MetaCluster:
     _closed: bool = attrs.field(init=False, default=False)
     _args: dict = attrs.field(init=False, factory=dict)
     forwards_outside: dict = attrs.field(init=False, factory=lambda: {"followed": 0, "refused": 0})
+    _deadlines: object = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
+        # Every query's deadline and hedge time: one structure per clock.
+        self._deadlines = Deadlines.of(self.reactor)
         if self.connection_factory is None:
             self.connection_factory = _default_connection_factory(
                 self.reactor, self.connect_timeout, self.reconnect_max, self.max_reply_bytes, self.negotiator
@@ -229,6 +245,23 @@ class MetaCluster:
         """
         if self._closed:
             return defer.fail(BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
+        d = defer.Deferred(lambda _: query.cancel())
+        query = self.query_then(app_name, partition_indices, timeout, _fire, d)
+        return d
+
+    def query_then(self, app_name, partition_indices, timeout, done, arg):
+        """
+        L{query_config} without a L{Deferred}: C{done(arg, response, error)}
+        is called exactly once within C{timeout} seconds (possibly before
+        this returns), with the response and L{None}, or L{None} and a
+        L{BackendUnavailable}, unless the returned query is cancelled first.
+
+        @return: the running L{Query} (with C{cancel()}), or L{None} when
+            C{done} was already called.
+        """
+        if self._closed:
+            done(arg, None, BackendUnavailable(f"pool for {self.meta_addrs} is closed"))
+            return None
         now = self.reactor.seconds()
         self.last_used = now
         probe = self.breaker_reason() is not None
@@ -242,7 +275,7 @@ class MetaCluster:
             if len(self._args) >= _ARGS_CACHE_SIZE:
                 self._args.clear()
             self._args[key] = args
-        query = Query(self, args, now + timeout)
+        query = Query(self, args, now + timeout, done, arg)
         if probe:
             query.error = ClusterDown
         self._queries.add(query)
@@ -338,7 +371,12 @@ class MetaCluster:
         return conn
 
     def _label(self, key):
-        return f"{key[0]}:{key[1]}"
+        label = _LABELS.get(key)
+        if label is None:
+            if len(_LABELS) >= _ARGS_CACHE_SIZE:
+                _LABELS.clear()
+            label = _LABELS[key] = f"{key[0]}:{key[1]}"
+        return label
 
     def _known_key(self, ip, port):
         """@return: the key of the connection serving C{ip:port} (configured or extra), or L{None}."""

@@ -86,6 +86,15 @@ def default_retry_policy(maximum=RECONNECT_MAX, initial=0.05):
     return policy
 
 
+def _then_answered(response, done, arg):
+    done(arg, response, None)
+
+
+def _then_failed(failure, done, arg):
+    if not failure.check(defer.CancelledError):  # cancelled: nobody waits
+        done(arg, None, failure.value)
+
+
 def default_endpoint(reactor, host, port, connect_timeout):
     """
     @return: the client endpoint for C{host:port}: plain TCPv4 for an IP
@@ -277,6 +286,23 @@ class MetaConnection:
 
         waiter.addCallback(send)
         return waiter
+
+    def call_then(self, name, args, client_timeout_ms, done, arg):
+        """
+        L{call} without a L{Deferred} on an open link, and without a
+        per-call timer (the caller keeps the deadline): C{done(arg,
+        response, error)} is called once (possibly before this returns)
+        with the response and L{None}, or L{None} and the exception L{call}
+        would fail with, unless the returned handle's C{cancel()} was called.
+
+        @return: the cancel handle.
+        """
+        proto = self._protocol
+        if proto is not None and proto.is_open():
+            return proto.call_then(name, args, client_timeout_ms, done, arg)
+        d = self.call(name, args, None, client_timeout_ms)
+        d.addCallbacks(_then_answered, _then_failed, (done, arg), None, (done, arg))
+        return d
 
     # -- the reconnect loop
 

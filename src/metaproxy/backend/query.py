@@ -31,6 +31,7 @@ the cluster's circuit breaker opens (L{ClusterDown}).
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from metaproxy.errors import BackendUnavailable, ClusterDown, RouteLoop
 from metaproxy.wire import codes, querycfg
@@ -38,6 +39,28 @@ from metaproxy.wire.binary import DecodeError
 
 #: Copies of one query sent to metas outside the route, at most.
 MAX_OUTSIDE_SENDS = 3
+
+
+class _Attempt:
+    """One call to one meta: the token of L{Query.attempts} and the argument of its callback."""
+
+    __slots__ = ("query", "key", "started", "finished")
+
+    def __init__(self, query, key, started):
+        self.query = query
+        self.key = key
+        self.started = started
+        self.finished = False
+
+
+def _attempt_done(attempt, response, error):
+    """The callback of a meta connection's C{call_then}."""
+    attempt.finished = True
+    query = attempt.query
+    if error is None:
+        query._answered(response, attempt.key, attempt.started, attempt)
+    else:
+        query._failed(Failure(error), attempt.key, attempt.started, attempt)
 
 
 @attrs.define(eq=False)
@@ -48,12 +71,16 @@ class Query:
     @ivar cluster: the L{metaproxy.backend.cluster.MetaCluster}.
     @ivar args: the encoded query_cfg args.
     @ivar deadline_at: clock time by which the result fires.
+    @ivar done_callback: called once as C{done_callback(done_arg, response,
+        error)}: the winning response and L{None}, or L{None} and a
+        L{BackendUnavailable}; never after L{cancel}.
     """
 
     cluster: object
     args: bytes
     deadline_at: float
-    result: defer.Deferred = attrs.field(init=False, default=None)
+    done_callback: object
+    done_arg: object = None
     attempts: dict = attrs.field(init=False, factory=dict)
     asked: set = attrs.field(init=False, factory=set)
     hedged: bool = attrs.field(init=False, default=False)
@@ -71,12 +98,16 @@ class Query:
     retry_timer: object = attrs.field(init=False, default=None)
 
     def start(self):
-        """@return: a L{Deferred} firing with the winning response or failing with L{BackendUnavailable}."""
-        clock = self.cluster.reactor
-        self.result = defer.Deferred(self._cancelled)
-        self.deadline_timer = clock.callLater(max(self.deadline_at - clock.seconds(), 0.0), self._expired)
+        """
+        Ask the metas; C{done_callback} is called at the latest at
+        C{deadline_at} (possibly before this returns).
+
+        @return: this query (its L{cancel} stops it).
+        """
+        # One deadline structure per clock, not a reactor timer per query.
+        self.deadline_timer = self.cluster._deadlines.at(self.deadline_at, Query._expired, self)
         self._round()
-        return self.result
+        return self
 
     def _left(self):
         return self.deadline_at - self.cluster.reactor.seconds()
@@ -105,7 +136,7 @@ class Query:
             # A short deadline (Java 1.x sends 1000 ms) still leaves the
             # other metas half of it.
             delay = min(cluster.hedge_delay, self._left() / 2)
-            self.hedge_timer = cluster.reactor.callLater(max(delay, 0.0), self._hedge)
+            self.hedge_timer = cluster._deadlines.at(cluster.reactor.seconds() + max(delay, 0.0), Query._hedge, self)
         self._settle()
 
     def _send_all(self, keys):
@@ -131,9 +162,17 @@ class Query:
         conn = cluster._connection(key)
         self.asked.add(key)
         started = cluster.reactor.seconds()
-        # No per-call timer: the query's deadline timer cancels every
-        # attempt still in flight (L{_finish}) at the same instant.
-        d = conn.call(querycfg.QUERY_CFG, self.args, None, int(max(self._left(), 0.0) * 1000))
+        # No per-call timer: the query's deadline cancels every attempt
+        # still in flight (L{_finish}) at the same instant.
+        client_timeout_ms = int(max(self._left(), 0.0) * 1000)
+        call_then = getattr(conn, "call_then", None)
+        if call_then is not None:
+            attempt = _Attempt(self, key, started)
+            handle = call_then(querycfg.QUERY_CFG, self.args, client_timeout_ms, _attempt_done, attempt)
+            if not attempt.finished:
+                self.attempts[attempt] = (key, handle, started)
+            return
+        d = conn.call(querycfg.QUERY_CFG, self.args, None, client_timeout_ms)
         if d.called:  # failed (or answered) at once: no need to keep it
             d.addCallbacks(self._answered, self._failed, (key, started, None), errbackArgs=(key, started, None))
             return
@@ -272,11 +311,11 @@ class Query:
     def _win(self, key, response):
         self.cluster._won(key)
         self._finish()
-        self.result.callback(response)
+        self.done_callback(self.done_arg, response, None)
 
     def _fail(self, why, error=BackendUnavailable):
         self._finish()
-        self.result.errback(error(why))
+        self.done_callback(self.done_arg, None, error(why))
 
     def _expired(self):
         self.deadline_timer = None
@@ -288,8 +327,10 @@ class Query:
             return
         self._fail(f"no meta of {self.cluster.meta_addrs} answered in time ({why})")
 
-    def _cancelled(self, result):
-        self._finish()
+    def cancel(self):
+        """Stop every attempt; C{done_callback} is not called any more."""
+        if not self.done:
+            self._finish()
 
     def _finish(self):
         self.done = True

@@ -26,13 +26,19 @@ class RpcDispatcher:
     from a real meta server.
     """
 
-    def __init__(self, handlers):
+    def __init__(self, handlers, starters=None):
         """
         @param handlers: a mapping of rpc name to a callable
             C{(request, connection) -> Reply | Deferred[Reply]}.
+        @param starters: a mapping of rpc name to the same handler's
+            callback form C{(request, connection, token) -> cancel handle}
+            (see L{metaproxy.frontend.resolver.QueryConfigResolver.start}),
+            which L{start} uses instead of the handler: no L{Deferred} per
+            request.
         """
         self._handlers = dict(handlers)
         self._handlers.setdefault(NEGOTIATION, lambda request, connection: _AUTH_DISABLED)
+        self._starters = dict(starters or {})
 
     def handle(self, request, connection):
         """
@@ -43,3 +49,15 @@ class RpcDispatcher:
         if handler is None:
             return _NOT_FOUND
         return handler(request, connection)
+
+    def start(self, request, connection, token):
+        """
+        Like L{handle}, for a server that takes answers by callback: for an
+        rpc with a starter, what the starter returns (a cancel handle; the
+        answer comes as C{connection.request_answered(token, request,
+        reply)}); otherwise what L{handle} returns.
+        """
+        starter = self._starters.get(request.name)
+        if starter is not None:
+            return starter(request, connection, token)
+        return self.handle(request, connection)

@@ -9,6 +9,12 @@ draw on it, and when it runs out the request is answered with the retryable
 C{ERR_SERVICE_NOT_ACTIVE}, before the client's own timer fires, whatever is
 still running.
 
+When the cluster could not answer (budget spent, every meta failed, or the
+leader said C{ERR_SERVICE_NOT_ACTIVE} / C{ERR_UNDER_RECOVERY}), the one place
+that turns this into an answer is L{QueryConfigResolver.could_not_answer}:
+the table's last good answer if L{metaproxy.backend.lastgood} may serve it
+(stale-if-error), else the retryable error.
+
 Identical queries are coalesced *with freshness*: per (cluster, table,
 partition_indices) at most one upstream query is in flight, plus one queued
 batch. A request that arrives while a query is in flight waits for the next
@@ -35,7 +41,9 @@ never serves an answer of the old cluster.
 A cluster the backend knows to be down (its circuit breaker is open, see
 L{metaproxy.backend.cluster.MetaCluster}) fails the query at once; every
 "cluster unavailable" outcome becomes the client's answer in one place,
-L{QueryConfigResolver.cluster_unavailable}.
+L{QueryConfigResolver.cluster_unavailable}, and then, per request,
+L{QueryConfigResolver.could_not_answer} (so an open breaker gives a served
+table its last good answer at once, and others the retryable error).
 """
 
 from typing import Optional
@@ -45,8 +53,10 @@ import weakref
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from metaproxy import errors
+from metaproxy.deadlines import Deadlines
 from metaproxy.frontend import families
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.clusterinfo import LOOP_MARKER
@@ -75,6 +85,10 @@ def _safe_error_reply(err):
     if reply is None:
         reply = _SAFE_ERRORS[err] = _error_reply(err)
     return reply
+
+#: Answers meaning "this cluster could not answer now" (an election, a
+#: recovering leader, or the proxy's own retryable error).
+_UNANSWERED = (codes.ERR_SERVICE_NOT_ACTIVE, codes.ERR_UNDER_RECOVERY)
 
 
 def relay_reply(response):
@@ -111,19 +125,33 @@ def relay_reply(response):
     return Reply(stripped, app_error=peek.err, native_body=None if stripped is body else body)
 
 
-@attrs.define(eq=False)
 class _Waiter:
-    """One request: its deadline and where it waits (route lookup, batch)."""
+    """
+    One request: its deadline and where it waits (route lookup, batch), and
+    where its answer goes: C{answer} (a L{Deferred}, for L{QueryConfigResolver.handle})
+    or C{conn.request_answered(token, request, reply)} (for
+    L{QueryConfigResolver.start}).
+    """
 
-    table: str
-    deadline_at: float
-    started: float = 0.0
-    connection: object = None
-    answer: Optional[defer.Deferred] = None
-    timer: object = None
-    lookup: Optional[defer.Deferred] = None
-    key: Optional[tuple] = None
-    done: bool = False
+    __slots__ = ("owner", "table", "deadline_at", "started", "answer", "timer", "lookup", "key", "done",
+                 "conn", "token", "request", "connection", "route")
+
+    def __init__(self, owner, table, deadline_at, started, connection):
+        self.owner = owner
+        self.table = table
+        self.deadline_at = deadline_at
+        self.started = started
+        #: the client connection (its retries' late answers), whichever way the answer goes
+        self.connection = connection
+        self.answer = self.timer = self.lookup = self.key = self.conn = self.token = self.request = None
+        #: the route it was routed by (stale-if-error), once routed
+        self.route = None
+        self.done = False
+
+    def cancel(self):
+        """The client is gone: stop waiting, answer nothing (the request's cancel handle)."""
+        if not self.done:
+            self.owner._detach(self)
 
 
 @attrs.define(eq=False)
@@ -131,7 +159,9 @@ class _Batch:
     """Requests answered by one upstream query."""
 
     waiters: list = attrs.field(factory=list)
-    upstream: Optional[defer.Deferred] = None
+    upstream: object = None
+    key: Optional[tuple] = None
+    finished: bool = False
     #: Connections that had a request in this batch (their retries join it).
     connections: set = attrs.field(factory=set)
     #: Connections whose request ran out of budget while the query ran.
@@ -145,6 +175,7 @@ class _Flight:
     running: _Batch
     cluster_name: str = ""
     queued: Optional[_Batch] = None
+    route: object = None
 
 
 @attrs.define(eq=False)
@@ -185,6 +216,8 @@ class QueryConfigResolver:
     @ivar timer: returns the current time in seconds, for latency metrics.
     @ivar refused_upstream: requests answered at once because
         C{max_upstream} queries were in flight.
+    @ivar last_good: a L{metaproxy.backend.lastgood.LastGoodAnswers}
+        (stale-if-error), or L{None} for none.
     """
 
     routes: object
@@ -200,6 +233,7 @@ class QueryConfigResolver:
     untrusted_timeout: float = 30.0
     new_connection_margin: float = 0.2
     late_answer: float = 5.0
+    last_good: object = None
     refused_upstream: int = attrs.field(init=False, default=0)
     family_counts: dict = attrs.field(init=False, factory=dict)
     suspicious_counts: dict = attrs.field(init=False, factory=dict)
@@ -211,6 +245,8 @@ class QueryConfigResolver:
     _flights: dict = attrs.field(init=False, factory=dict)
     _relayed: dict = attrs.field(init=False, factory=dict)
     _at_cap: bool = attrs.field(init=False, default=False)
+    _deadlines: object = attrs.field(init=False, default=None)
+    _cached: object = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
         if self.clock is None:
@@ -225,6 +261,8 @@ class QueryConfigResolver:
             margin_min=self.margin_min,
             new_connection_margin=self.new_connection_margin,
         )
+        # A route table may answer cached routes synchronously (no Deferred).
+        self._cached = getattr(self.routes, "cached", None)
 
     def in_flight(self):
         """@return: how many distinct upstream queries are running now (C{metaproxy_upstream_inflight})."""
@@ -271,26 +309,71 @@ class QueryConfigResolver:
         """
         query = querycfg.decode_args(request.args)
         if request.header.partition_hash == LOOP_MARKER:
-            # Another metaproxy (or this one) routes a table to us: refuse.
-            self.suspicious_counts["from_metaproxy"] = self.suspicious_counts.get("from_metaproxy", 0) + 1
-            return defer.succeed(_LOOP)
-        clock = self.clock
+            return defer.succeed(self._refuse_loop())
+        waiter = self._waiter(request, query, connection)
+        d = waiter.answer = defer.Deferred(lambda _: waiter.cancel())
+        self._route(waiter, query)
+        return d
+
+    def start(self, request, connection, token):
+        """
+        Answer one query_cfg request without a L{Deferred} (the server's
+        fast path; same answers and budget as L{handle}).
+
+        Exactly once, within the request's budget (possibly before this
+        returns), C{connection.request_answered(token, request, reply)} is
+        called, unless the returned handle's C{cancel()} was called first.
+        A query marked as sent by a metaproxy is answered by the returned
+        L{Reply} itself instead.
+
+        @return: the cancel handle (an object with C{cancel()}), or a
+            L{Reply} answered at once.
+        @raise metaproxy.wire.binary.DecodeError: at once, for malformed args.
+        """
+        query = querycfg.decode_args(request.args)
+        if request.header.partition_hash == LOOP_MARKER:
+            return self._refuse_loop()
+        waiter = self._waiter(request, query, connection)
+        waiter.conn = connection
+        waiter.token = token
+        waiter.request = request
+        self._route(waiter, query)
+        return waiter
+
+    def _refuse_loop(self):
+        """Another metaproxy (or this one) routes a table to us: @return: the refusal."""
+        self.suspicious_counts["from_metaproxy"] = self.suspicious_counts.get("from_metaproxy", 0) + 1
+        return _LOOP
+
+    def _waiter(self, request, query, connection):
         budget = self.budget(request, connection)
         started = self.timer()
         metrics = self.metrics
         if metrics is not None:
             metrics.query_received(query.app_name)
-        waiter = _Waiter(query.app_name, clock.seconds() + budget, started, connection)
-        d = waiter.answer = defer.Deferred(lambda _: self._cancelled(waiter))
-        waiter.timer = clock.callLater(budget, self._expired, waiter)
+        clock = self.clock
+        waiter = _Waiter(self, query.app_name, clock.seconds() + budget, started, connection)
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines.of(clock)
+        waiter.timer = deadlines.at(waiter.deadline_at, self._expired, waiter)
+        return waiter
+
+    def _route(self, waiter, query):
+        """Find the route: a cached one at once, otherwise through the lookup's L{Deferred}."""
+        cached = self._cached
+        if cached is not None:
+            route = cached(query.app_name)
+            if route is not None:
+                self._routed(route, waiter, query)
+                return
         lookup = self.routes.lookup(query.app_name)
         if not lookup.called:
             waiter.lookup = lookup
         lookup.addCallbacks(self._routed, self._lookup_failed, (waiter, query), errbackArgs=(waiter,))
-        return d
 
     def _reply(self, waiter, reply):
-        """Fire the request's Deferred with C{reply}, recorded first in the metrics."""
+        """Answer the request with C{reply}, recorded first in the metrics."""
         metrics = self.metrics
         if metrics is not None:
             if reply.rpc_error != codes.ERR_OK:
@@ -298,7 +381,12 @@ class QueryConfigResolver:
             else:
                 err = reply.app_error or codes.ERR_OK
             metrics.query_answered(waiter.table, err, self.timer() - waiter.started)
-        waiter.answer.callback(reply)
+        conn = waiter.conn
+        if conn is not None:
+            request, waiter.request, waiter.conn = waiter.request, None, None
+            conn.request_answered(waiter.token, request, reply)
+        else:
+            waiter.answer.callback(reply)
 
     # -- one request's life
 
@@ -307,15 +395,15 @@ class QueryConfigResolver:
             return
         waiter.done = True
         timer, waiter.timer = waiter.timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
         self._reply(waiter, reply)
 
     def _detach(self, waiter, expired=False):
-        """Stop waiting on the route lookup or the batch (the request is answered otherwise)."""
+        """Stop waiting on the route lookup or the batch (the request is answered otherwise, or gone)."""
         waiter.done = True
         timer, waiter.timer = waiter.timer, None
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
         lookup, waiter.lookup = waiter.lookup, None
         if lookup is not None:
@@ -329,16 +417,49 @@ class QueryConfigResolver:
         if waiter.done:
             return
         self._detach(waiter, expired=True)
-        self._reply(waiter, _RETRY_LATER)
-
-    def _cancelled(self, waiter):
-        if not waiter.done:
-            self._detach(waiter)
+        # Routed and waiting for its cluster: the cluster could not answer
+        # in time. Still waiting for its route: nothing is known.
+        self._reply(waiter, _RETRY_LATER if waiter.route is None else self.could_not_answer(waiter, _RETRY_LATER))
 
     def _routed(self, route, waiter, query):
         waiter.lookup = None
         if not waiter.done:
+            if self.last_good is not None:
+                self.last_good.route_seen(query.app_name, route)
+            waiter.route = route
             self._join(route, waiter, query)
+
+    def could_not_answer(self, waiter, reply):
+        """
+        The one place where "the table's cluster could not answer" becomes
+        the answer: the table's last good answer when stale-if-error allows
+        it (see L{metaproxy.backend.lastgood}), else C{reply} (the
+        retryable error, or what the meta said, e.g. C{ERR_UNDER_RECOVERY}).
+
+        @param waiter: the request; its C{route} and C{key} are set.
+        @return: a L{Reply}.
+        """
+        last_good = self.last_good
+        if last_good is None or waiter.route is None or waiter.key is None:
+            return reply
+        table = waiter.table
+        stale = last_good.stale_reply(waiter.route, table, waiter.key[2], self._current_route(table))
+        return reply if stale is None else stale
+
+    def _current_route(self, table):
+        """@return: the table's route now if the route table knows it at once, else L{None}."""
+        cached = self._cached
+        if cached is not None:
+            return cached(table)
+        is_cached = getattr(self.routes, "is_cached", None)
+        if is_cached is None or not is_cached(table):
+            return None
+        found = []
+        lookup = self.routes.lookup(table)
+        lookup.addCallbacks(found.append, lambda _: None)
+        if not lookup.called:
+            lookup.cancel()  # a read would be needed: do not wait for it, nor leave it waiting
+        return found[0] if found else None
 
     def _lookup_failed(self, failure, waiter):
         waiter.lookup = None
@@ -392,7 +513,7 @@ class QueryConfigResolver:
             batch = _Batch([waiter])
             if conn is not None:
                 batch.connections.add(conn)
-            self._flights[key] = _Flight(batch, route.cluster_name)
+            self._flights[key] = _Flight(batch, route.cluster_name, route=route)
             self._start(key, batch)
             return
         waiter.key = key
@@ -413,6 +534,7 @@ class QueryConfigResolver:
 
     def _start(self, key, batch):
         meta_addrs, table, indices = key
+        batch.key = key
         if self.metrics is not None:
             self.metrics.upstream_query(table)
         # The query may run as long as its most patient waiter, and
@@ -425,19 +547,53 @@ class QueryConfigResolver:
         timeout = min(timeout + self.late_answer, self.max_timeout + self.late_answer)
         try:
             cluster = self.pools.get(meta_addrs, self._flights[key].cluster_name)
-            upstream = cluster.query_config(table, indices, max(timeout, 0.0))
-        except Exception:
-            upstream = defer.fail()
-        batch.upstream = upstream
-        upstream.addCallbacks(self._relay, self._upstream_failed, (key,), errbackArgs=(key,))
-        upstream.addCallback(self._finish, key, batch)
+        except Exception as e:  # e.g. the pools are closed
+            self._upstream_answered(batch, None, e)
+            return
+        query_then = getattr(cluster, "query_then", None)
+        if query_then is None:  # an IMetaCluster with only the Deferred API
+            try:
+                upstream = cluster.query_config(table, indices, max(timeout, 0.0))
+            except Exception:
+                upstream = defer.fail()
+            batch.upstream = upstream
+            upstream.addCallbacks(self._upstream_done, self._upstream_done, (batch, None),
+                                  errbackArgs=(batch, None))
+            return
+        try:
+            handle = query_then(table, indices, max(timeout, 0.0), self._upstream_answered, batch)
+        except Exception as e:
+            handle = None
+            self._upstream_answered(batch, None, e)
+        if not batch.finished:
+            batch.upstream = handle
+
+    def _upstream_done(self, result, batch, error):
+        """The Deferred API's outcome (a response or a L{Failure}) of C{batch}'s query."""
+        if isinstance(result, Failure):
+            self._upstream_answered(batch, None, result)
+        elif error is not None:
+            self._upstream_answered(batch, None, error)
+        else:
+            self._upstream_answered(batch, result, None)
+
+    def _upstream_answered(self, batch, response, error):
+        """C{batch}'s upstream query ended: relay C{response}, or the retryable error for C{error}."""
+        batch.finished = True
+        batch.upstream = None
+        key = batch.key
+        if error is None:
+            reply = self._relay(response, key)
+        else:
+            reply = self._upstream_failed(error, key)
+        self._finish(reply, key, batch)
 
     def _relay(self, response, key):
         # A table's answer rarely changes between queries: comparing bytes
         # (memcmp) is far cheaper than decoding and stripping them again.
         last = self._relayed.get(key)
         if last is not None and last[0] == response.body and response.rpc_error == codes.ERR_OK:
-            return last[1]
+            return self._live(key, last[1])
         try:
             reply = relay_reply(response)
         except ValueError:
@@ -447,9 +603,29 @@ class QueryConfigResolver:
             if len(self._relayed) >= _RELAY_CACHE_SIZE:
                 self._relayed.clear()
             self._relayed[key] = (response.body, reply)
+        return self._live(key, reply)
+
+    def _live(self, key, reply):
+        """
+        A meta answered: keep an C{ERR_OK} answer as the table's last good
+        one, forget the table on a final error (stale-if-error).
+
+        @return: C{reply}.
+        """
+        if self.last_good is None or reply.rpc_error != codes.ERR_OK or reply.app_error in _UNANSWERED:
+            return reply
+        flight = self._flights.get(key)
+        route = None if flight is None else flight.route
+        if route is None:
+            return reply
+        if reply.app_error == codes.ERR_OK:
+            self.last_good.remember(route, key[1], key[2], reply)
+        else:
+            self.last_good.forget(route, key[1])
         return reply
 
-    def _upstream_failed(self, failure, key):
+    def _upstream_failed(self, error, key):
+        failure = error if isinstance(error, Failure) else Failure(error)
         if failure.check(errors.RouteLoop):
             reject = getattr(self.routes, "reject_route", None)
             if reject is not None:
@@ -469,8 +645,10 @@ class QueryConfigResolver:
 
         @param key: C{(meta_addrs, table, partition_indices)}.
         @param failure: the L{errors.BackendUnavailable} failure.
-        @return: the L{Reply} for every request of the batch: the
-            retryable C{ERR_SERVICE_NOT_ACTIVE}.
+        @return: the L{Reply} for the batch: the retryable
+            C{ERR_SERVICE_NOT_ACTIVE}, which L{_finish} turns into
+            L{could_not_answer} for each request (its table's last good
+            answer when stale-if-error may serve it).
         """
         self.unavailable_answers += 1
         return _RETRY_LATER
@@ -490,8 +668,9 @@ class QueryConfigResolver:
             else:
                 del self._flights[key]
         waiters, batch.waiters = batch.waiters, []
+        unanswered = reply.rpc_error == codes.ERR_OK and reply.app_error in _UNANSWERED
         for waiter in waiters:
-            self._answer(waiter, reply)
+            self._answer(waiter, self.could_not_answer(waiter, reply) if unanswered else reply)
 
     def _leave(self, key, waiter, expired=False):
         """
@@ -513,5 +692,10 @@ class QueryConfigResolver:
             batch.waiters.remove(waiter)
             if expired and self.late_answer > 0 and waiter.connection is not None:
                 batch.orphans.add(waiter.connection)
-            if not batch.waiters and not batch.orphans and batch.upstream is not None:
-                batch.upstream.cancel()
+            upstream = batch.upstream
+            if not batch.waiters and not batch.orphans and upstream is not None:
+                upstream.cancel()
+                # A cancelled Deferred reports through its errback; the
+                # callback API says nothing more once cancelled.
+                if not batch.finished:
+                    self._upstream_answered(batch, None, defer.CancelledError())

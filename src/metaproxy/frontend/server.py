@@ -53,6 +53,7 @@ _RETRY = Reply(None, codes.ERR_TIMEOUT)
 _SAFE = codes.RPC_LEVEL_SAFE
 _MAX_NAMES = 64
 _OTHER = "_other"
+_GONE = object()
 _WARN_EVERY = 10.0
 #: Seconds a connection being closed (broken stream, stalled frame, drain,
 #: idle) waits for the answers to the requests decoded before, and for
@@ -195,6 +196,8 @@ class PegasusServerProtocol(Protocol):
         # pending, so they write nothing and swallow the CancelledError.
         pending, self._pending = self._pending, {}
         for d in pending.values():
+            if d is None:
+                continue
             try:
                 d.cancel()
             except Exception:
@@ -269,17 +272,43 @@ class PegasusServerProtocol(Protocol):
             factory.counters.invalid_requests += 1
             self._write(request, refusal)
             return
+        start = factory.start_request
+        if start is not None:
+            key = self._next_key
+            self._next_key = key + 1
+            pending = self._pending
+            pending[key] = None  # may be answered before start returns
         try:
-            result = factory.handler.handle(request, self)
+            if start is not None:
+                result = start(request, self, key)
+            else:
+                result = factory.handler.handle(request, self)
         except DecodeError:
+            if start is not None:
+                del self._pending[key]
             factory.counters.invalid_requests += 1
             self._write(request, _INVALID_ARGS)
             return
         except Exception:
+            if start is not None:
+                self._pending.pop(key, None)
             factory.counters.handler_errors += 1
             log.failure("handler for {rpc} raised", rpc=request.name)
             self._write(request, _RETRY)
             return
+        if start is not None:
+            if not isinstance(result, defer.Deferred):
+                if hasattr(result, "cancel"):
+                    # A cancel handle: the answer comes by request_answered.
+                    if key in pending:
+                        pending[key] = result
+                        if len(pending) >= factory.max_pending_per_connection:
+                            self._gate.pause(PENDING)
+                    return
+                if pending.pop(key, _GONE) is not _GONE:
+                    self._write(request, result)
+                return
+            del pending[key]
         if not isinstance(result, defer.Deferred):
             self._write(request, result)
             return
@@ -290,6 +319,17 @@ class PegasusServerProtocol(Protocol):
         result.addCallbacks(self._answered, self._failed, (request, key), None, (request, key))
         if key in pending and len(pending) >= factory.max_pending_per_connection:
             self._gate.pause(PENDING)
+
+    def request_answered(self, key, request, reply):
+        """
+        The answer to C{request} (dispatched with C{key}) by a handler's
+        callback form (see L{metaproxy.frontend.dispatch.RpcDispatcher.start}):
+        write it, unless the connection is gone.
+        """
+        if self._pending.pop(key, _GONE) is _GONE:
+            return
+        self._write(request, reply)
+        self._after_answer()
 
     def _answered(self, reply, request, key):
         if self._pending.pop(key, None) is None:
@@ -649,6 +689,8 @@ class PegasusServerFactory(Factory):
             connection before the other connections get a turn (0: no limit).
         """
         self.handler = handler
+        #: the handler's callback form (no Deferred per request), if it has one
+        self.start_request = getattr(handler, "start", None)
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
         self.max_pending_per_connection = max(1, max_pending_per_connection)

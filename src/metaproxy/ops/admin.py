@@ -12,7 +12,9 @@ The admin HTTP surface (loopback by default): health, readiness, routes.
     addresses, the leader (only once a meta answered), age, staleness and
     last error, and the cluster's own state (C{backend}: whether any meta
     answered, when it last did, the last error, up or not, and for a
-    Kerberos-secured cluster its negotiation state as C{auth}); with
+    Kerberos-secured cluster its negotiation state as C{auth}) and
+    C{last_good_age}: the age of the table's last good query_cfg answer,
+    which stale-if-error may serve while the cluster cannot answer; with
     ZooKeeper routes also the C{czxid} and C{mzxid} of the node version
     held (the CLI's fleet-wide wait compares them with the version it
     wrote).
@@ -161,7 +163,8 @@ def build_admin_site(root, reactor, max_connections=64, idle_timeout=30.0, tls=N
     return LimitedSite(site, max_connections, reactor)
 
 
-def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None, causes=None):
+def build_admin_root(route_table, ready, leaders=None, health=None, clusters=None, causes=None,
+                     last_good_ages=None):
     """
     Build the admin resource tree.
 
@@ -185,6 +188,9 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
     @param causes: optional mapping of condition name -> C{callable() ->
         str}: why that condition is unmet, shown in C{/readyz} (the route
         source's comes from its C{unready_reason()}).
+    @param last_good_ages: optional C{callable() -> {table: seconds}}: the
+        age of each table's last good query_cfg answer (stale-if-error),
+        shown in C{/routes} as C{last_good_age} (L{None}: none kept).
     @return: the root L{Resource}, serving C{/}, C{/healthz}, C{/readyz}
         and C{/routes}.
     """
@@ -214,6 +220,7 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
         wanted = _wanted_tables(request)
         entries = []
         known = {}
+        ages = _last_good_ages(last_good_ages)
         for entry in route_table.describe():
             if wanted is not None and entry.get("table") not in wanted:
                 continue
@@ -230,6 +237,8 @@ def build_admin_root(route_table, ready, leaders=None, health=None, clusters=Non
                 if key not in known:
                     known[key] = _leader(leaders, key) if key else None
                 entry["leader"] = known[key]
+            if ages is not None:
+                entry["last_good_age"] = ages.get(entry.get("table"))
             entries.append(entry)
         entries.sort(key=lambda e: str(e.get("table")))
         if wanted is not None:
@@ -313,6 +322,17 @@ def _backend(clusters, meta_addrs):
         return None
     backend = {k: state.get(k) for k in _BACKEND_KEYS}
     return (state.get("leader") if state.get("answered") else None), backend
+
+
+def _last_good_ages(last_good_ages):
+    """@return: C{last_good_ages()}, or L{None} when not given or it failed."""
+    if last_good_ages is None:
+        return None
+    try:
+        return last_good_ages()
+    except Exception:
+        log.failure("reading the ages of the last good answers failed")
+        return None
 
 
 def _leader(leaders, meta_addrs):

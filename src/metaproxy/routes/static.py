@@ -42,6 +42,16 @@ class StaticRouteTable(Service):
             return defer.fail(InvalidRoute(f"{table}: {problem}"))
         return defer.succeed(route)
 
+    def cached(self, table):
+        """
+        @return: the route L{lookup} would give, without a L{Deferred}, or
+            L{None} when L{lookup} must be asked (it fails).
+        """
+        route = self._routes.get(table)
+        if route is None or (self.self_addresses is not None and self._problem(route) is not None):
+            return None
+        return route
+
     def _problem(self, route):
         guard = self.self_addresses
         return None if guard is None else guard.problem(route.meta_addrs)

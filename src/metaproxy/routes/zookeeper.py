@@ -402,6 +402,20 @@ class ZooKeeperRouteTable(Service):
             if entry.route is not None else "no last good route to serve",
         )
 
+    def cached(self, table):
+        """
+        @return: the cached route L{lookup} would give at once, without a
+            L{Deferred}, or L{None} when L{lookup} must be asked (nothing
+            cached, a failure, a read to wait for).
+        """
+        entry = self._entries.get(table)
+        if entry is None or entry.route is None:
+            return None
+        self._entries.move_to_end(table)
+        if self._self_problem(entry.route) is not None:
+            return None
+        return entry.route
+
     def describe(self):
         """See L{IRouteTable.describe}."""
         now = self._reactor.seconds()

@@ -69,6 +69,8 @@ class BackendWiringTests(SynchronousTestCase):
         self.assertIsNone(entry["leader"])
         self.assertEqual(entry["backend"]["answered"], False)
         self.assertEqual(entry["backend"]["up"], False)
+        self.assertIn("last_good_age", entry)
+        self.assertIsNone(entry["last_good_age"])
 
     def readyz(self):
         root = self.top.getServiceNamed("admin").factory.wrappedFactory.resource
@@ -93,3 +95,15 @@ class BackendWiringTests(SynchronousTestCase):
         self.assertEqual(code, 503)
         self.assertEqual(doc["checks"], {"proxy": True, "route_source": False})
         self.assertEqual(doc["causes"], {"route_source": "zookeeper.root /mp does not exist"})
+
+    def test_stale_if_error_wiring(self):
+        """stale_if_error reaches the resolver's last good answers; their size and stale answers are metrics."""
+        last_good = self.top.resolver.last_good
+        self.assertEqual((last_good.max_age, last_good.capacity), (600.0, 1024))
+        self.assertEqual(self.sample("metaproxy_last_good_answers"), 0.0)
+        self.assertEqual(self.sample("metaproxy_last_good_answer_bytes"), 0.0)
+        last_good.cluster_answered("onebox")
+        self.assertEqual(self.sample("metaproxy_stale_answers_total", cluster_name="onebox"), 0.0)
+        off = build_service(parse_config(CONFIG + "stale_if_error: 0\n"), MemoryReactorClock())
+        self.addCleanup(off.pools.close)
+        self.assertEqual(off.resolver.last_good.max_age, 0.0)

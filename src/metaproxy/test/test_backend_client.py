@@ -27,6 +27,7 @@ from metaproxy.backend.client import (
 )
 from metaproxy.backend.connection import MetaConnection
 from metaproxy.wire import frame, querycfg
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import RequestDecoder, encode_reply
 
 ARGS = querycfg.encode_args("temp")
@@ -243,6 +244,80 @@ class MetaClientProtocolTests(SynchronousTestCase):
         """A protocol that never connected refuses calls at once."""
         proto = MetaClientProtocol(Clock())
         self.failureResultOf(proto.call(QCFG, ARGS), NotConnected)
+
+
+class CallThenTests(SynchronousTestCase):
+    """L{MetaClientProtocol.call_then}: the same calls with a plain callback and no timer."""
+
+    def setUp(self):
+        self.results = []
+
+    def done(self, arg, response, error):
+        self.results.append((arg, response, error))
+
+    def test_answer_calls_back_once(self):
+        """The reply goes to the callback with its argument; no timer is armed."""
+        clock = Clock()
+        proto, transport = connected_protocol(clock)
+        proto.call_then(QCFG, ARGS, 1500, self.done, "x")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        [r] = sent_requests(transport)
+        self.assertEqual(r.header.client_timeout, 1500)
+        proto.dataReceived(reply_to(r) + reply_to(r))
+        [(arg, response, error)] = self.results
+        self.assertEqual((arg, response.seqid, error), ("x", r.seqid, None))
+        self.assertEqual(proto.stray_replies, 1)
+
+    def test_loop_marker_sent(self):
+        """
+        call_then sends the protocol's partition_hash (metaproxy's loop
+        marker, which a metaproxy refuses) exactly as call does.
+        """
+        proto, transport = connected_protocol()
+        proto.partition_hash = LOOP_MARKER
+        proto.call(QCFG, ARGS)
+        proto.call_then(QCFG, ARGS, 0, self.done, "x")
+        self.assertEqual([r.header.partition_hash for r in sent_requests(transport)], [LOOP_MARKER, LOOP_MARKER])
+
+    def test_cancel_drops_the_reply(self):
+        """A cancelled call is forgotten: its reply is a stray and the callback is not called."""
+        proto, transport = connected_protocol()
+        handle = proto.call_then(QCFG, ARGS, 0, self.done, "x")
+        handle.cancel()
+        self.assertEqual(proto.pending_count(), 0)
+        [r] = sent_requests(transport)
+        proto.dataReceived(reply_to(r))
+        self.assertEqual((self.results, proto.stray_replies), ([], 1))
+
+    def test_connection_lost_and_not_connected(self):
+        """Losing the link reports L{ConnectionClosed}; a closed link L{NotConnected}, at once."""
+        proto = MetaClientProtocol(Clock())
+        proto.makeConnection(StringTransport())
+        proto.call_then(QCFG, ARGS, 0, self.done, 1)
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        proto.call_then(QCFG, ARGS, 0, self.done, 2)
+        self.assertEqual([(a, r) for a, r, _ in self.results], [(1, None), (2, None)])
+        self.assertIsInstance(self.results[0][2], ConnectionClosed)
+        self.assertIsInstance(self.results[1][2], NotConnected)
+
+    def test_connection_waits_while_connecting(self):
+        """Through a L{MetaConnection} still connecting, the call is sent once connected."""
+        reactor = MemoryReactorClock()
+        conn = MetaConnection(reactor, "127.0.0.1", 34601, retry_policy=lambda attempt: 1.0)
+        conn.start()
+        conn.call_then(QCFG, ARGS, 0, self.done, "w")
+        host, port, factory, timeout, _ = reactor.tcpClients[-1]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_Addr("127.0.0.1", port))
+        proto.makeConnection(transport)
+        [r] = sent_requests(transport)
+        self.assertEqual(self.results, [])
+        proto.dataReceived(reply_to(r))
+        self.assertEqual([(a, resp.seqid, e) for a, resp, e in self.results], [("w", r.seqid, None)])
+        conn.call_then(QCFG, ARGS, 0, self.done, "open")  # the open link: straight to the protocol
+        [_, r2] = sent_requests(transport)
+        proto.dataReceived(reply_to(r2))
+        self.assertEqual(self.results[-1][0], "open")
 
 
 class MetaConnectionTests(SynchronousTestCase):

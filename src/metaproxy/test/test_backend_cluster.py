@@ -73,18 +73,32 @@ class FakeConnection:
         self.pending.pop(0).errback(exc)
 
 
+class FakeCallbackConnection(FakeConnection):
+    """A L{FakeConnection} that also has C{call_then}, as L{MetaConnection} does (the path queries take)."""
+
+    def call_then(self, name, args, client_timeout_ms, done, arg):
+        def failed(f):
+            if not f.check(defer.CancelledError):
+                done(arg, None, f.value)
+
+        d = self.call(name, args, None, client_timeout_ms)
+        d.addCallbacks(lambda response: done(arg, response, None), failed)
+        return d
+
+
 class ClusterFixture:
     """Builds a L{MetaCluster} over L{FakeConnection}s with a L{Clock}."""
 
     addrs = "10.0.0.1:34601,10.0.0.2:34601,10.0.0.3:34601"
     peers = {}
+    connection_class = FakeConnection
 
     def setUp(self):
         self.clock = Clock()
         self.conns = {}
 
         def factory(host, port):
-            conn = FakeConnection(host, port, self.peers.get(f"{host}:{port}"))
+            conn = self.connection_class(host, port, self.peers.get(f"{host}:{port}"))
             self.conns[f"{host}:{port}"] = conn
             return conn
 
@@ -728,3 +742,65 @@ class UnlistedLeaderTests(SimulatedClusterTests):
         self.assertIn("127.0.0.1:34603", self.cluster.connections())
         self.decoded(self.query())
         self.assertEqual(self.sim.answered(), [1, 0, 2])
+
+
+class CallThenMetaClusterTests(MetaClusterTests):
+    """The same, over connections with C{call_then} (no Deferred per attempt)."""
+
+    connection_class = FakeCallbackConnection
+
+
+class CallThenSingleMetaTests(SingleMetaTests):
+    """The same, over connections with C{call_then}."""
+
+    connection_class = FakeCallbackConnection
+
+
+class QueryThenTests(ClusterFixture, SynchronousTestCase):
+    """L{MetaCluster.query_then}: the callback form of L{MetaCluster.query_config}."""
+
+    connection_class = FakeCallbackConnection
+
+    def setUp(self):
+        ClusterFixture.setUp(self)
+        self.results = []
+
+    def done(self, arg, response, error):
+        self.results.append((arg, response, error))
+
+    def test_answer(self):
+        """The winning answer goes to the callback with its argument; no timer is left."""
+        self.cluster.query_then("temp", (), 5.0, self.done, "a")
+        self.conns["10.0.0.1:34601"].answer(OK)
+        [(arg, response, error)] = self.results
+        self.assertEqual((arg, response.body, error), ("a", OK, None))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_deadline(self):
+        """Nothing answers: L{BackendUnavailable} at the deadline, once."""
+        self.cluster.query_then("temp", (), 2.0, self.done, "a")
+        self.clock.advance(1.99)
+        self.assertEqual(self.results, [])
+        self.clock.advance(0.01)
+        [(arg, response, error)] = self.results
+        self.assertIsInstance(error, BackendUnavailable)
+        self.clock.advance(10)
+        self.assertEqual(len(self.results), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel(self):
+        """A cancelled query stops every attempt and never calls back."""
+        query = self.cluster.query_then("temp", (), 5.0, self.done, "a")
+        self.clock.advance(1.0)  # hedged: every meta asked
+        query.cancel()
+        self.assertEqual([c.pending for c in self.conns.values()], [[], [], []])
+        self.clock.advance(10)
+        self.assertEqual(self.results, [])
+        self.assertEqual(self.cluster.in_flight(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closed(self):
+        """A closed pool calls back at once with L{BackendUnavailable}."""
+        self.cluster.close()
+        self.assertIsNone(self.cluster.query_then("temp", (), 5.0, self.done, "a"))
+        self.assertIsInstance(self.results[0][2], BackendUnavailable)

@@ -147,6 +147,17 @@ class ErrorTests(SynchronousTestCase):
         self.assertIn("bad.yaml:3:16: expected a finite number, got inf", msg)
         self.assertIn("bad.yaml:4:21: expected a finite number, got nan", msg)
 
+    def test_stale_if_error(self):
+        """stale_if_error defaults to 600 s, 0 is allowed (off), a negative value is a located error."""
+        from metaproxy.config import parse_config
+
+        self.assertEqual(parse_config(ROUTES).stale_if_error, 600.0)
+        self.assertEqual(parse_config(ROUTES + "stale_if_error: 0\n").stale_if_error, 0.0)
+        msg = self.error(ROUTES + "stale_if_error: -5\n")
+        self.assertIn("bad.yaml:3:", msg)
+        self.assertIn("stale_if_error", msg)
+        self.assertIn("must be 0..86400", msg)
+
     def test_bool_tag_and_empty_cluster_name(self):
         """A boolean tag value and an empty cluster name are errors, each located."""
         self.assertIn(

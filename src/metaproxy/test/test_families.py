@@ -12,6 +12,7 @@ the all-zero header of pypegasus3 and NodeJS, Java 2.x's v1 header.
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from metaproxy.backend.lastgood import LastGoodAnswers
 from metaproxy.frontend import families
 from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.sim.server import SimulatedCluster
@@ -110,20 +111,24 @@ class FamilyReplayTests(SynchronousTestCase):
         self.sim.stopService()
         self.net.flush()
 
-    def send(self, header, connection=None):
-        d = self.resolver.handle(Request(header, querycfg.QUERY_CFG, 1, querycfg.encode_args("temp", ())), connection)
+    def send(self, header, connection=None, table="temp"):
+        d = self.resolver.handle(Request(header, querycfg.QUERY_CFG, 1, querycfg.encode_args(table, ())), connection)
         sent = self.clock.seconds()
         d.addCallback(lambda reply: (self.clock.seconds() - sent, reply))
         return d
 
     def wait(self, d, most):
         """Run the network until C{d} fires (at most C{most} seconds); @return: (seconds, app error)."""
+        took, reply = self.wait_reply(d, most)
+        return took, reply.app_error
+
+    def wait_reply(self, d, most):
+        """Run the network until C{d} fires (at most C{most} seconds); @return: (seconds, reply)."""
         for _ in range(int(most / 0.01) + 2):
             if d.called:
                 break
             self.net.run(0.01, step=0.01)
-        took, reply = self.successResultOf(d)
-        return took, reply.app_error
+        return self.successResultOf(d)
 
     def retrying(self, header, pause, attempts, most=20.0):
         """
@@ -237,3 +242,28 @@ class FamilyReplayTests(SynchronousTestCase):
             self.assertEqual(err, codes.ERR_SERVICE_NOT_ACTIVE)
             self.assertLess(took, 0.2)
         self.assertEqual(self.resolver.unavailable_answers, 4)
+
+    def test_open_breaker_serves_last_good_at_once(self):
+        """
+        The breaker's fast answer goes through stale-if-error: once every
+        meta refused longer than the breaker's window, a table served before
+        gets its last good answer within 0.2 s, and a never-served table the
+        retryable error within 0.2 s.
+        """
+        self.resolver.last_good = LastGoodAnswers(self.clock)
+        self.routes.is_cached = lambda table: table in self.routes.routes  # routes known at once
+        self.routes.routes["never-served"] = Route("c1", self.addrs)
+        self.sim.create_table("never-served", 4)
+        took, live = self.wait_reply(self.send(ZERO, _Connection()), 1.0)
+        self.assertEqual(live.app_error, codes.ERR_OK)
+        for i in range(3):
+            self.successResultOf(self.sim.stop_meta(i))
+        self.net.run(2.5)
+        took, stale = self.wait_reply(self.send(ZERO, _Connection()), 1.0)
+        self.assertEqual((stale.app_error, stale.body), (codes.ERR_OK, live.body))
+        self.assertLess(took, 0.2)
+        took, never = self.wait_reply(self.send(ZERO, _Connection(), "never-served"), 1.0)
+        self.assertEqual(never.app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertLess(took, 0.2)
+        self.assertEqual(self.resolver.unavailable_answers, 2)
+        self.assertEqual(self.resolver.last_good.served_by_cluster(), {"c1": 1})

@@ -20,6 +20,25 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop", "py
 PYTHON = os.environ.get("METAPROXY_PYPEGASUS_PYTHON")
 
 
+@defer.inlineCallbacks
+def open_table(case, address, table, handshake=None):
+    """
+    Open C{table} with pypegasus3 (2000 ms timeout) in a subprocess, in a
+    work directory of the test case C{case}.
+
+    @return: a L{Deferred} firing with C{(exit status, the client's JSON line)}.
+    """
+    workdir = os.path.abspath(case.mktemp())
+    os.makedirs(workdir)  # the client writes pegasus.log into its cwd
+    args = [SCRIPT, address, table, "2000"] + ([handshake] if handshake else [])
+    out, err, code = yield utils.getProcessOutputAndValue(
+        PYTHON, args, env={"PATH": os.environ.get("PATH", "")}, path=workdir
+    )
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    case.assertTrue(lines, f"no result from the client (rc {code}): {err.decode()[-2000:]}")
+    return code, json.loads(lines[-1])
+
+
 class PyPegasusTests(TestCase):
     timeout = 90
 
@@ -35,17 +54,8 @@ class PyPegasusTests(TestCase):
         yield self.proxy.start()
         self.addCleanup(self.proxy.stop)
 
-    @defer.inlineCallbacks
     def open_table(self, address, table, handshake=None):
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)  # the client writes pegasus.log into its cwd
-        args = [SCRIPT, address, table, "2000"] + ([handshake] if handshake else [])
-        out, err, code = yield utils.getProcessOutputAndValue(
-            PYTHON, args, env={"PATH": os.environ.get("PATH", "")}, path=workdir
-        )
-        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
-        self.assertTrue(lines, f"no result from the client (rc {code}): {err.decode()[-2000:]}")
-        return code, json.loads(lines[-1])
+        return open_table(self, address, table, handshake)
 
     @defer.inlineCallbacks
     def test_open_table_through_proxy(self):

@@ -14,6 +14,7 @@ from metaproxy.frontend.resolver import QueryConfigResolver, relay_reply
 from metaproxy.routes.route import MetaAddrs, Route
 from metaproxy.wire import codes, querycfg
 from metaproxy.wire.binary import DecodeError
+from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import Request, RequestHeader, Response
 
 A = querycfg.rpc_address
@@ -388,3 +389,166 @@ class UpstreamLimitTests(ResolverTestsMixin, SynchronousTestCase):
         joined = self.resolver.handle(_request("temp"), None)  # joins a running key: still served
         self.assertNoResult(joined)
 
+
+
+class _Connection:
+    """The server side of L{QueryConfigResolver.start}: records the answers."""
+
+    def __init__(self, answers=None):
+        self.answers = [] if answers is None else answers
+
+    def request_answered(self, token, request, reply):
+        self.answers.append((token, request.seqid, reply))
+
+
+class _CachingRoutes(_Routes):
+    """Routes that also answer cached routes synchronously (as the static and ZooKeeper tables do)."""
+
+    def __init__(self, table):
+        _Routes.__init__(self, table)
+        self.lookups = 0
+
+    def lookup(self, table):
+        self.lookups += 1
+        return _Routes.lookup(self, table)
+
+    def cached(self, table):
+        value = self.table.get(table)
+        return value if isinstance(value, Route) else None
+
+
+class StartTests(ResolverTestsMixin, SynchronousTestCase):
+    """L{QueryConfigResolver.start}: the callback form the server uses, same answers as L{handle}."""
+
+    def setUp(self):
+        ResolverTestsMixin.setUp(self)
+        self.routes = _CachingRoutes(self.routes.table)
+        self.resolver = QueryConfigResolver(
+            self.routes, self.pools, default_timeout=5.0, max_timeout=30.0, metrics=self.metrics, clock=self.clock
+        )
+        self.conn = _Connection()
+
+    def test_cached_route_answer_relayed(self):
+        """A cached route needs no lookup; the relayed answer goes to request_answered with the token."""
+        self.resolver.start(_request("temp", seqid=7), self.conn, "tok")
+        self.assertEqual(self.routes.lookups, 0)
+        [call] = self.cluster().calls
+        self.assertEqual(self.conn.answers, [])
+        self.answer(call, _ok())
+        [(token, seqid, reply)] = self.conn.answers
+        self.assertEqual((token, seqid, reply.app_error), ("tok", 7, codes.ERR_OK))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIn(("answered", "temp", codes.ERR_OK), self.metrics.events)
+
+    def test_unknown_table(self):
+        """A table with no route is looked up and answered ERR_OBJECT_NOT_FOUND (here before start returns)."""
+        self.resolver.start(_request("nope"), self.conn, 1)
+        self.assertEqual(self.routes.lookups, 1)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_OBJECT_NOT_FOUND)
+
+    def test_budget(self):
+        """No upstream answer: the retryable error at the budget, the upstream cancelled."""
+        # Late answers off: with them the query would run on for a retry
+        # (test_budget_leaves_query_for_retry). Not the connection's first
+        # request, which keeps new_connection_margin more (test_families).
+        self.resolver.late_answer = 0
+        self.resolver.budget(_request("temp"), self.conn)
+        self.resolver.start(_request("temp", client_timeout=1000), self.conn, 1)
+        self.clock.advance(0.89)
+        self.assertEqual(self.conn.answers, [])
+        self.clock.advance(0.01)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.resolver.in_flight(), 0)
+
+    def test_budget_leaves_query_for_retry(self):
+        """
+        Past its budget a request gets the retryable error but its query runs
+        on (late_answer): a retry on the same connection joins it and gets
+        its answer, with no second upstream query.
+        """
+        self.resolver.budget(_request("temp"), self.conn)
+        self.resolver.start(_request("temp", client_timeout=1000, seqid=1), self.conn, 1)
+        self.clock.advance(0.9)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(reply.app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual((self.cluster().cancelled, self.resolver.in_flight()), (0, 1))
+        self.resolver.start(_request("temp", client_timeout=1000, seqid=2), self.conn, 2)
+        [call] = self.cluster().calls
+        self.answer(call, _ok())
+        self.assertEqual([(t, r.app_error) for t, _, r in self.conn.answers][1:], [(2, codes.ERR_OK)])
+        self.assertEqual(self.resolver.late_answers, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_handle(self):
+        """The client went away: nothing is answered, the lone upstream query is cancelled."""
+        handle = self.resolver.start(_request("temp"), self.conn, 1)
+        handle.cancel()
+        self.assertEqual(self.cluster().cancelled, 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+        self.clock.advance(10)
+        self.assertEqual(self.conn.answers, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_coalesced_with_freshness(self):
+        """Requests arriving while a query runs wait for the next one and share it."""
+        # Other connections: the same connection's repeat is a retry, which
+        # joins the running query (late answers, test_budget_leaves_query_for_retry).
+        self.resolver.start(_request("temp", seqid=1), self.conn, 1)
+        self.resolver.start(_request("temp", seqid=2), _Connection(self.conn.answers), 2)
+        self.resolver.start(_request("temp", seqid=3), _Connection(self.conn.answers), 3)
+        first, = self.cluster().calls
+        self.answer(first, _ok())
+        self.assertEqual([t for t, _, _ in self.conn.answers], [1])
+        _, second = self.cluster().calls
+        self.answer(second, _ok())
+        self.assertEqual([t for t, _, _ in self.conn.answers], [1, 2, 3])
+        self.assertEqual(len(self.cluster().calls), 2)
+
+    def test_marked_query_refused_at_once(self):
+        """
+        A query carrying the loop marker (sent by a metaproxy) is refused
+        with the rpc-level ERR_HANDLER_NOT_FOUND, returned at once on both
+        paths, counted, never routed.
+        """
+        marked = Request(RequestHeader(partition_hash=LOOP_MARKER), querycfg.QUERY_CFG, 1,
+                         querycfg.encode_args("temp", ()))
+        reply = self.resolver.start(marked, self.conn, 1)
+        self.assertEqual((reply.rpc_error, reply.body), (codes.ERR_HANDLER_NOT_FOUND, None))
+        self.assertEqual(self.successResultOf(self.resolver.handle(marked, self.conn)), reply)
+        self.assertEqual(self.resolver.suspicious_counts, {"from_metaproxy": 2})
+        self.assertEqual((self.routes.lookups, self.conn.answers, self.clock.getDelayedCalls()), (0, [], []))
+
+    def test_route_loop_rejects_route(self):
+        """An upstream that turns out to be a metaproxy: the route is rejected, the client gets the retryable error."""
+        rejected = []
+        self.routes.reject_route = lambda table, meta_addrs, why: rejected.append((table, meta_addrs, why))
+        self.resolver.start(_request("temp"), self.conn, 1)
+        [call] = self.cluster().calls
+        call[3].errback(errors.RouteLoop("10.0.0.1:34601 is a metaproxy"))
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(reply.app_error, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(rejected, [("temp", META1, "10.0.0.1:34601 is a metaproxy")])
+
+    def test_malformed_args(self):
+        """Malformed args raise L{DecodeError} at once, nothing is left waiting."""
+        bad = Request(RequestHeader(), querycfg.QUERY_CFG, 1, b"\xff\xff")
+        self.assertRaises(DecodeError, self.resolver.start, bad, self.conn, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pools_refuse(self):
+        """Pools that raise (closed) give the retryable error, logged; nothing is left in flight."""
+
+        def closed(meta_addrs, cluster_name=None):
+            raise RuntimeError("the meta pools are closed")
+
+        self.pools.get = closed
+        self.resolver.start(_request("temp"), self.conn, 1)
+        [(_, _, reply)] = self.conn.answers
+        self.assertEqual(querycfg.peek_result(reply.body).err, codes.ERR_SERVICE_NOT_ACTIVE)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.resolver.in_flight(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

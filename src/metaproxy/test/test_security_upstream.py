@@ -112,6 +112,31 @@ class NegotiationTests(SynchronousTestCase):
         self.assertEqual((self.negotiator.state, self.negotiator.counts[OK]), (OK, 1))
         self.assertEqual(_FakeMechanism.instances[-1].target, ("pegasus", "10.0.0.1", "creds"))
 
+    def test_call_then_waits_for_negotiation(self):
+        """
+        The callback form (C{call_then}, the query path's) waits for the
+        negotiation as L{MetaConnection.call} does: nothing but the
+        negotiation is sent before SASL_SUCC, then the call goes out and its
+        answer reaches C{done}; a failed negotiation reaches C{done} as an error.
+        """
+        got = []
+        self.conn.call_then(QCFG, ARGS, 1000, lambda arg, response, error: got.append((arg, response, error)), "a")
+        self.full_exchange()
+        [req] = self.requests()
+        self.assertEqual((req.name, got), (QCFG, []))
+        self.proto.dataReceived(frame.encode_reply(frame.ack_name(QCFG), req.seqid, b"\x0c\x00\x00\x00"))
+        [(arg, response, error)] = got
+        self.assertEqual((arg, response.seqid, error), ("a", req.seqid, None))
+
+    def test_call_then_negotiation_fails(self):
+        """A call_then waiting for a negotiation that fails gets the error, not a hang."""
+        got = []
+        self.conn.call_then(QCFG, ARGS, 1000, lambda arg, response, error: got.append((response, error)), None)
+        self.answer(nego.SASL_LIST_MECHANISMS_RESP, b"PLAIN")
+        [(response, error)] = got
+        self.assertIsNone(response)
+        self.assertIsInstance(error, NotConnected)
+
     def test_service_fqdn_overrides_host(self):
         """With service_fqdn set, the target is service/fqdn whatever the meta's address."""
         self.negotiator.service_fqdn = "cluster.example"

@@ -8,6 +8,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
+from metaproxy.backend.lastgood import LastGoodAnswers
 from metaproxy.backend.pools import ClusterPools
 from metaproxy.frontend.dispatch import RpcDispatcher
 from metaproxy.ops.lifecycle import DrainingServerService, OrderedMultiService
@@ -56,12 +57,14 @@ class ProxyHarness:
     default_timeout: float = 1.5  # as timeouts.client_default
     hedge_delay: float = 0.2
     drain_timeout: float = 5.0
+    stale_if_error: float = 600.0
     service: object = attrs.field(init=False, default=None)
     listener: object = attrs.field(init=False, default=None)
     factory: object = attrs.field(init=False, default=None)
     pools: object = attrs.field(init=False, default=None)
     resolver: object = attrs.field(init=False, default=None)
     metrics: object = attrs.field(init=False, default=None)
+    last_good: object = attrs.field(init=False, default=None)
     port: int = attrs.field(init=False, default=0)
 
     @defer.inlineCallbacks
@@ -78,6 +81,7 @@ class ProxyHarness:
             connect_timeout=1.0,
             metrics=self.metrics,
         )
+        self.last_good = LastGoodAnswers(self.reactor, max_age=self.stale_if_error)
         self.resolver = QueryConfigResolver(
             self.routes,
             self.pools,
@@ -85,8 +89,9 @@ class ProxyHarness:
             max_timeout=10.0,
             metrics=self.metrics,
             clock=self.reactor,
+            last_good=self.last_good,
         )
-        self.factory = PegasusServerFactory(RpcDispatcher({QUERY_CFG: self.resolver.handle}), self.reactor)
+        self.factory = PegasusServerFactory(RpcDispatcher({QUERY_CFG: self.resolver.handle}, {QUERY_CFG: self.resolver.start}), self.reactor)
         self.metrics.watch_connections(lambda: self.factory.connection_count)
         self.listener = DrainingServerService(
             TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"), self.factory, self.drain_timeout
