@@ -22,7 +22,7 @@ from metaproxy.config import ConfigError
 from metaproxy.ops.fdlimit import RESERVED_FDS, check_fd_limit, fd_limit_too_low, soft_fd_limit
 from metaproxy.ops.metrics import Metrics
 from metaproxy.ops.reloads import ConfigReloads
-from metaproxy.test.test_signals import _read, _stop, _wait_for
+from metaproxy.test.test_signals import _stop, _wait_for
 from metaproxy.testing.net import free_port, twistd_argv, wait_for_port
 
 

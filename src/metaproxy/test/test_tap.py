@@ -6,7 +6,6 @@ Tests for L{metaproxy.tap}: options, the service tree, and one twistd run.
 import io
 import os
 import signal
-import socket
 import sys
 import subprocess
 
