@@ -25,7 +25,7 @@ from metaproxy.backend.client import (
     WrongReply,
     next_seqid,
 )
-from metaproxy.backend.connection import MetaConnection
+from metaproxy.backend.connection import CONNECTING, MetaConnection
 from metaproxy.wire import frame, querycfg
 from metaproxy.wire.clusterinfo import LOOP_MARKER
 from metaproxy.wire.frame import RequestDecoder, encode_reply
@@ -507,7 +507,8 @@ class MetaConnectionTests(SynchronousTestCase):
 
     def _up_again(self, conn):
         """Let the next attempt (probe or retry) start, and let it succeed."""
-        self.reactor.tcpClients.clear()
+        if conn.state != CONNECTING:  # an attempt already under way is the last one listed: keep it
+            self.reactor.tcpClients.clear()
         for _ in range(40):
             if self.reactor.tcpClients:
                 break
