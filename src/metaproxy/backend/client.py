@@ -177,11 +177,8 @@ class MetaClientProtocol(Protocol):
         """
         if not self._open:
             return defer.fail(NotConnected("connection is not open"))
-        seqid = next_seqid(self._seqid)
+        seqid = self._take_seqid()
         pending = self._pending
-        while seqid in pending:  # only after ~4e9 calls with one still pending
-            seqid = next_seqid(seqid)
-        self._seqid = seqid
 
         def cancel(d):
             entry = pending.pop(seqid, None)
@@ -193,13 +190,7 @@ class MetaClientProtocol(Protocol):
         if timeout is not None:
             entry.timer = self.clock.callLater(timeout, self._expire, seqid, timeout)
         pending[seqid] = entry
-        send_now(
-            self.transport,
-            frame.encode_request(
-                name, seqid, args, version=self.header_version, client_timeout=max(0, int(client_timeout_ms)),
-                partition_hash=self.partition_hash,
-            ),
-        )
+        self._send(name, seqid, args, client_timeout_ms)
         return d
 
     def call_then(self, name, args, client_timeout_ms, done, arg):
@@ -215,12 +206,21 @@ class MetaClientProtocol(Protocol):
             entry = _Pending(None, done, arg, self, 0)
             entry.settle(None, NotConnected("connection is not open"))
             return entry
+        seqid = self._take_seqid()
+        entry = self._pending[seqid] = _Pending(None, done, arg, self, seqid, frame.ack_name(name))
+        self._send(name, seqid, args, client_timeout_ms)
+        return entry
+
+    def _take_seqid(self):
+        """@return: the next seqid no pending call holds (the last one taken is remembered)."""
         seqid = next_seqid(self._seqid)
         pending = self._pending
         while seqid in pending:  # only after ~4e9 calls with one still pending
             seqid = next_seqid(seqid)
         self._seqid = seqid
-        entry = pending[seqid] = _Pending(None, done, arg, self, seqid, frame.ack_name(name))
+        return seqid
+
+    def _send(self, name, seqid, args, client_timeout_ms):
         send_now(
             self.transport,
             frame.encode_request(
@@ -228,7 +228,6 @@ class MetaClientProtocol(Protocol):
                 partition_hash=self.partition_hash,
             ),
         )
-        return entry
 
     def _expire(self, seqid, timeout):
         entry = self._pending.pop(seqid, None)

@@ -61,6 +61,22 @@ def _run(argv, cwd=None, timeout=120):
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 
+def _build_wheel(case, tree, out_dir):
+    """
+    @return: the path of the wheel C{pip wheel} builds from C{tree} into
+        C{out_dir}; skip when this Python has no pip or pip cannot fetch the
+        build requirements; fail C{case} on any other error.
+    """
+    rc, out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out_dir, tree], timeout=300)
+    if rc != 0 and "No module named pip" in out:
+        raise SkipTest(f"{sys.executable} has no pip")
+    if rc != 0 and "satisfies the requirement setuptools" in out:
+        raise SkipTest(f"pip cannot fetch the build requirements (offline?): {out[-500:]}")
+    case.assertEqual(rc, 0, out)
+    [wheel] = os.listdir(out_dir)
+    return os.path.join(out_dir, wheel)
+
+
 def rules_exprs(path):
     """@return: the PromQL expression of every rule in a Prometheus rules file."""
     from ruamel.yaml import YAML
@@ -291,15 +307,8 @@ class WheelTests(SynchronousTestCase):
             source, copy,
             ignore=shutil.ignore_patterns(".git", ".venv*", ".tox", "build", "dist", "_trial_temp*", "*.egg-info", "__pycache__"),
         )
-        rc, out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", os.path.join(work, "out"), copy],
-                       timeout=300)
-        if rc != 0 and "No module named pip" in out:
-            raise SkipTest(f"{sys.executable} has no pip")
-        if rc != 0 and "satisfies the requirement setuptools" in out:
-            raise SkipTest(f"pip cannot fetch the build requirements (offline?): {out[-500:]}")
-        self.assertEqual(rc, 0, out)
-        [wheel] = os.listdir(os.path.join(work, "out"))
-        with zipfile.ZipFile(os.path.join(work, "out", wheel)) as z:
+        wheel = _build_wheel(self, copy, os.path.join(work, "out"))
+        with zipfile.ZipFile(wheel) as z:
             names = z.namelist()
         data = {n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n}
         expected = {
@@ -497,13 +506,6 @@ class VersionTests(SynchronousTestCase):
         rc, out = _run(["tar", "-xf", archive, "-C", tree])
         self.assertEqual(rc, 0, out)
         self.assertFalse(os.path.exists(os.path.join(tree, ".git")))
-        rc, out = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", os.path.join(work, "out"), tree],
-                       timeout=300)
-        if rc != 0 and "No module named pip" in out:
-            raise SkipTest(f"{sys.executable} has no pip")
-        if rc != 0 and "satisfies the requirement setuptools" in out:
-            raise SkipTest(f"pip cannot fetch the build requirements (offline?): {out[-500:]}")
-        self.assertEqual(rc, 0, out)
-        [wheel] = os.listdir(os.path.join(work, "out"))
-        version = wheel.split("-")[1]
+        wheel = _build_wheel(self, tree, os.path.join(work, "out"))
+        version = os.path.basename(wheel).split("-")[1]
         self.assertIn(f"+g{head[:7]}", version)
