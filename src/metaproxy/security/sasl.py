@@ -20,6 +20,7 @@ L{metaproxy.security.upstream}). The C{gssapi} binding is imported lazily so
 that the rest of metaproxy runs without it.
 """
 
+import functools
 import os
 import struct
 
@@ -108,6 +109,15 @@ def acquire_initiator(principal, keytab, ccache):
     if lifetime is None:
         lifetime = float("inf")
     return creds, float(lifetime)
+
+
+def keytab_acceptor(keytab):
+    """
+    @return: a callable (no arguments) that runs L{acquire_acceptor} on
+        C{keytab}: what a L{metaproxy.security.downstream.NegotiatingHandler}
+        calls, in a thread, for each client negotiation.
+    """
+    return functools.partial(acquire_acceptor, keytab)
 
 
 def acquire_acceptor(keytab):

@@ -12,7 +12,7 @@ from twisted.python.threadpool import ThreadPool
 
 from metaproxy.security.credentials import KerberosCredentials
 from metaproxy.security.downstream import NegotiatingHandler
-from metaproxy.security.sasl import acquire_acceptor
+from metaproxy.security.sasl import keytab_acceptor
 from metaproxy.security.upstream import UpstreamNegotiator
 
 
@@ -104,15 +104,8 @@ class Security:
         clients = self.config.clients
         if not clients.enabled:
             return handler
-        acceptor = None
-        if clients.enabled:
-            keytab = self.config.keytab
-
-            def acceptor():
-                return acquire_acceptor(keytab)
-
         self.handler = NegotiatingHandler(
-            handler, acceptor, self.run, mandatory=clients.mandatory, allow=frozenset(clients.allow), clock=self.clock
+            handler, keytab_acceptor(self.config.keytab), self.run, mandatory=clients.mandatory, allow=frozenset(clients.allow), clock=self.clock
         )
         return self.handler
 

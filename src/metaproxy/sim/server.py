@@ -259,13 +259,9 @@ class SimulatedCluster(Service):
 
         acceptor = None
         if self.enable_auth:
-            from metaproxy.security.sasl import acquire_acceptor
+            from metaproxy.security.sasl import keytab_acceptor
 
-            keytab = self.keytab
-
-            def acceptor():
-                return acquire_acceptor(keytab)
-
+            acceptor = keytab_acceptor(self.keytab)
         run = self.run
         if run is None and acceptor is not None:
             from metaproxy.security.upstream import thread_runner
